@@ -1,0 +1,4 @@
+import type { BenchSection } from './types.js';
+
+/** Every `lora bench` section, in the order they run. Add a section: one file, one line here. */
+export const sections: readonly BenchSection[] = [];

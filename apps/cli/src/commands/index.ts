@@ -1,0 +1,5 @@
+import type { Command } from 'commander';
+import { registerBench } from './bench.js';
+
+/** Every subcommand registers itself on the program. One file per command, one line here. */
+export const commands: ReadonlyArray<(program: Command) => void> = [registerBench];

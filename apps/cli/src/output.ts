@@ -1,0 +1,92 @@
+import { existsSync } from 'node:fs';
+import { UsageError } from './errors.js';
+
+/** Options every command accepts. */
+export interface CommonOptions {
+  json?: boolean;
+  quiet?: boolean;
+  verbose?: boolean;
+  force?: boolean;
+}
+
+/** Prints either the human text or one JSON document on stdout. */
+export function emit(options: CommonOptions, json: unknown, human: () => string): void {
+  if (options.json) process.stdout.write(`${JSON.stringify(json, jsonReplacer, 2)}\n`);
+  else process.stdout.write(`${human()}\n`);
+}
+
+function jsonReplacer(_key: string, value: unknown): unknown {
+  return typeof value === 'bigint' ? value.toString() : value;
+}
+
+/** Logs go to stderr, never in --json or --quiet mode. */
+export function log(options: CommonOptions, message: string): void {
+  if (!options.quiet && !options.json) process.stderr.write(`${message}\n`);
+}
+
+/** Whether progress bars may be drawn: stderr is a terminal and the user did not ask for quiet. */
+export function progressEnabled(options: CommonOptions): boolean {
+  return Boolean(process.stderr.isTTY) && !options.quiet && !options.json;
+}
+
+export function useColor(): boolean {
+  return Boolean(process.stdout.isTTY) && !process.env.NO_COLOR;
+}
+
+/** Refuses to overwrite an existing output unless --force. */
+export function checkOutput(path: string, options: CommonOptions): void {
+  if (existsSync(path) && !options.force) {
+    throw new UsageError(`${path} exists. Choose another output or pass --force to overwrite it.`);
+  }
+}
+
+/** Formats a table of rows with aligned columns (numbers right-aligned). */
+export function table(header: readonly string[], rows: readonly (readonly (string | number)[])[]): string {
+  const cells = [header, ...rows.map((r) => r.map((c) => (typeof c === 'number' ? formatNumber(c) : c)))];
+  const widths = header.map((_, i) => Math.max(...cells.map((r) => String(r[i] ?? '').length)));
+  const numeric = header.map((_, i) => rows.length > 0 && rows.every((r) => typeof r[i] === 'number'));
+  return cells
+    .map((r) =>
+      r
+        .map((c, i) => (numeric[i] ? String(c).padStart(widths[i]) : String(c).padEnd(widths[i])))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
+}
+
+export function formatNumber(n: number): string {
+  if (Number.isInteger(n)) return n.toLocaleString('en-US');
+  const abs = Math.abs(n);
+  if (abs !== 0 && (abs < 1e-3 || abs >= 1e6)) return n.toExponential(3);
+  return n.toPrecision(4);
+}
+
+export function formatBytes(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = bytes;
+  let u = 0;
+  while (Math.abs(v) >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${v} B` : `${v.toFixed(2)} ${units[u]}`;
+}
+
+/** Parses a positive integer flag value. */
+export function parsePositiveInt(name: string) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isSafeInteger(n) || n <= 0) throw new UsageError(`--${name} must be a positive integer, got "${value}".`);
+    return n;
+  };
+}
+
+/** Parses a number flag value (accepts 65e9, 0.5, ...). */
+export function parseNumber(name: string) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isFinite(n)) throw new UsageError(`--${name} must be a number, got "${value}".`);
+    return n;
+  };
+}
