@@ -7,3 +7,4 @@ export * from './safetensors/header.js';
 export * from './safetensors/reader.js';
 export * from './safetensors/writer.js';
 export * from './tensor.js';
+export * from './random.js';
