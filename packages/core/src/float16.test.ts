@@ -155,3 +155,18 @@ describe('bf16', () => {
     expect(Number.isNaN(bf16ToF32Array(f32ToBf16Array(lowNan))[0])).toBe(true);
   });
 });
+
+describe('array conversions', () => {
+  it('match the one-value conversions for odd lengths, unaligned outputs and special values', () => {
+    const values = [1, -0, 0, Number.NaN, 1e-8, 65504, 70000, -3.5, 2 ** -24, Number.NEGATIVE_INFINITY, 0.1];
+    const src = Float32Array.from(values);
+    const backing = new Uint16Array(values.length + 1);
+    const unaligned = backing.subarray(1); // byteOffset 2: the pairwise path must not be taken
+    for (const out of [new Uint16Array(values.length), unaligned]) {
+      f32ToF16Array(src, out);
+      expect([...out]).toEqual(values.map((v) => toF16Bits(v)));
+      f32ToBf16Array(src, out);
+      expect([...out]).toEqual(values.map((v) => toBf16Bits(v)));
+    }
+  });
+});

@@ -105,51 +105,86 @@ export function fromBf16Bits(h: number): number {
   return scratchF32[0];
 }
 
-function u32View(a: Float32Array): Uint32Array {
-  return new Uint32Array(a.buffer, a.byteOffset, a.length);
+function i32View(a: Float32Array): Int32Array {
+  return new Int32Array(a.buffer, a.byteOffset, a.length);
 }
+
+// The array loops below read float32 bits through Int32Array views and keep every intermediate
+// in int32 range, so V8 compiles them to plain 32-bit integer instructions (no float64 detours).
 
 /** float32 array -> f16 bit patterns. `out` may be given to avoid an allocation. */
 export function f32ToF16Array(src: Float32Array, out: Uint16Array = new Uint16Array(src.length)): Uint16Array {
-  const bits = u32View(src);
+  const bits = i32View(src);
   const n = src.length;
-  for (let i = 0; i < n; i++) {
-    const f = bits[i];
-    const abs = f & 0x7fffffff;
-    // Hot path: normal results need only the rebias-and-round below.
-    if (abs >= 0x38800000 && abs < 0x47800000) {
-      out[i] = ((f >>> 16) & 0x8000) | ((abs - 0x38000000 + 0xfff + ((abs >>> 13) & 1)) >>> 13);
-    } else {
-      out[i] = f32BitsToF16Bits(f);
+  let i = 0;
+  // Two results per 32-bit store when both are normal f16 numbers (the common case for weights):
+  // |x| in [2^-14, 2^16) <=> (abs - 0x38800000) as uint32 < 0x0f000000.
+  if (out.byteOffset % 4 === 0) {
+    const pairs = new Int32Array(out.buffer, out.byteOffset, n >> 1);
+    for (let j = 0; j < pairs.length; j++) {
+      const f = bits[2 * j];
+      const g = bits[2 * j + 1];
+      const a = f & 0x7fffffff;
+      const b = g & 0x7fffffff;
+      if ((a - 0x38800000) >>> 0 < 0x0f000000 && (b - 0x38800000) >>> 0 < 0x0f000000) {
+        const lo = ((f >>> 16) & 0x8000) | ((a - 0x38000000 + 0xfff + ((a >> 13) & 1)) >> 13);
+        const hi = ((g >>> 16) & 0x8000) | ((b - 0x38000000 + 0xfff + ((b >> 13) & 1)) >> 13);
+        pairs[j] = lo | (hi << 16); // little-endian: element 2j in the low half
+      } else {
+        out[2 * j] = f32BitsToF16Bits(f >>> 0);
+        out[2 * j + 1] = f32BitsToF16Bits(g >>> 0);
+      }
     }
+    i = pairs.length * 2;
   }
+  for (; i < n; i++) out[i] = f32BitsToF16Bits(bits[i] >>> 0);
   return out;
 }
 
 /** f16 bit patterns -> float32 array. */
 export function f16ToF32Array(src: Uint16Array, out: Float32Array = new Float32Array(src.length)): Float32Array {
-  const table = f16Table();
-  const bits = u32View(out);
+  const bits = i32View(out);
   const n = src.length;
-  for (let i = 0; i < n; i++) bits[i] = table[src[i]];
+  for (let i = 0; i < n; i++) {
+    const h = src[i];
+    const exp = h & 0x7c00;
+    if (exp !== 0 && exp !== 0x7c00) {
+      bits[i] = ((h & 0x8000) << 16) | (((h & 0x7fff) << 13) + 0x38000000);
+    } else {
+      bits[i] = f16BitsToF32Bits(h); // zero, subnormal, Inf, NaN
+    }
+  }
   return out;
 }
 
 /** float32 array -> bf16 bit patterns. */
 export function f32ToBf16Array(src: Float32Array, out: Uint16Array = new Uint16Array(src.length)): Uint16Array {
-  const bits = u32View(src);
+  const bits = i32View(src);
   const n = src.length;
-  for (let i = 0; i < n; i++) {
-    const f = bits[i];
-    if ((f & 0x7fffffff) > 0x7f800000) out[i] = f32BitsToBf16Bits(f);
-    else out[i] = (f + 0x7fff + ((f >>> 16) & 1)) >>> 16;
+  let i = 0;
+  // Two results per 32-bit store. No int32 overflow: the largest non-NaN pattern plus the
+  // rounding carry stays within int32.
+  if (out.byteOffset % 4 === 0) {
+    const pairs = new Int32Array(out.buffer, out.byteOffset, n >> 1);
+    for (let j = 0; j < pairs.length; j++) {
+      const f = bits[2 * j];
+      const g = bits[2 * j + 1];
+      if ((f & 0x7fffffff) > 0x7f800000 || (g & 0x7fffffff) > 0x7f800000) {
+        out[2 * j] = f32BitsToBf16Bits(f >>> 0);
+        out[2 * j + 1] = f32BitsToBf16Bits(g >>> 0);
+      } else {
+        pairs[j] = ((f + 0x7fff + ((f >> 16) & 1)) >>> 16) | ((g + 0x7fff + ((g >> 16) & 1)) & 0xffff0000);
+      }
+    }
+    i = pairs.length * 2;
   }
+  for (; i < n; i++) out[i] = f32BitsToBf16Bits(bits[i] >>> 0);
   return out;
 }
 
 /** bf16 bit patterns -> float32 array (exact). */
 export function bf16ToF32Array(src: Uint16Array, out: Float32Array = new Float32Array(src.length)): Float32Array {
-  const bits = u32View(out);
+  const bits = i32View(out);
   const n = src.length;
   for (let i = 0; i < n; i++) bits[i] = src[i] << 16;
   return out;
