@@ -1,1 +1,3 @@
 export {};
+export * from './formats/onnx-adapter.js';
+export * from './registry.js';
