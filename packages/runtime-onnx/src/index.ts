@@ -1,1 +1,11 @@
-export {};
+export * from './errors.js';
+export * from './generate/stepper.js';
+export * from './graph/builder.js';
+export * from './graph/dtypes.js';
+export * as ops from './graph/ops.js';
+export * from './graph/opset.js';
+export * from './graph/reference.js';
+export * from './graph/serialize.js';
+export * from './graph/types.js';
+export * from './session/device.js';
+export * from './session/session.js';

@@ -1,0 +1,149 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Tokenizer as HfJsTokenizer } from '@huggingface/tokenizers';
+import { RuntimeError } from '../errors.js';
+import type { DecodeOptions, EncodeOptions, Tokenizer } from './tokenizer.js';
+
+/** The fields of `tokenizer_config.json` this wrapper reads (all optional). */
+export interface HfTokenizerConfig {
+  bos_token?: string | { content: string } | null;
+  eos_token?: string | { content: string } | null;
+  add_bos_token?: boolean;
+  add_eos_token?: boolean;
+  clean_up_tokenization_spaces?: boolean;
+  [key: string]: unknown;
+}
+
+/**
+ * A Hugging Face `tokenizer.json` run by `@huggingface/tokenizers` (pure JS).
+ *
+ * BOS/EOS come from `tokenizer_config.json` (`bos_token`, `eos_token`). Whether BOS/EOS are added
+ * follows `add_bos_token` / `add_eos_token` when the config states them (as transformers' Llama
+ * tokenizers do); otherwise whatever the `tokenizer.json` post-processor adds.
+ */
+export class HfTokenizer implements Tokenizer {
+  readonly kind = 'huggingface' as const;
+  readonly vocabSize: number;
+  readonly bosId: number | undefined;
+  readonly eosId: number | undefined;
+  private readonly inner: HfJsTokenizer;
+  private readonly addBos: boolean | undefined;
+  private readonly addEos: boolean | undefined;
+
+  /**
+   * @param tokenizerJson the parsed `tokenizer.json`
+   * @param config the parsed `tokenizer_config.json` (`{}` when the folder has none)
+   * @param source where the JSON came from, for error messages
+   */
+  constructor(tokenizerJson: unknown, config: HfTokenizerConfig = {}, source = 'tokenizer.json') {
+    if (
+      typeof tokenizerJson !== 'object' ||
+      tokenizerJson === null ||
+      !('model' in tokenizerJson)
+    ) {
+      throw new RuntimeError(
+        'TOKENIZER_INVALID',
+        `${source}: not a Hugging Face tokenizer (no "model" field).`,
+        { source },
+      );
+    }
+    try {
+      this.inner = new HfJsTokenizer(tokenizerJson, config);
+    } catch (e) {
+      throw new RuntimeError(
+        'TOKENIZER_INVALID',
+        `${source}: @huggingface/tokenizers could not load it: ${(e as Error).message}`,
+        { source },
+        { cause: e },
+      );
+    }
+    this.vocabSize = this.inner.get_vocab(true).size;
+    this.bosId = this.specialId(config.bos_token, 'bos_token', source);
+    this.eosId = this.specialId(config.eos_token, 'eos_token', source);
+    this.addBos = typeof config.add_bos_token === 'boolean' ? config.add_bos_token : undefined;
+    this.addEos = typeof config.add_eos_token === 'boolean' ? config.add_eos_token : undefined;
+    if (this.addBos && this.bosId === undefined) {
+      throw new RuntimeError(
+        'TOKENIZER_INVALID',
+        `${source}: add_bos_token is true but bos_token is not set.`,
+        { source },
+      );
+    }
+    if (this.addEos && this.eosId === undefined) {
+      throw new RuntimeError(
+        'TOKENIZER_INVALID',
+        `${source}: add_eos_token is true but eos_token is not set.`,
+        { source },
+      );
+    }
+  }
+
+  /** Loads `tokenizer.json` and, when present, `tokenizer_config.json` from a model folder. */
+  static async fromFolder(modelDir: string): Promise<HfTokenizer> {
+    const jsonPath = join(modelDir, 'tokenizer.json');
+    const tokenizerJson = await readJson(jsonPath, true);
+    const config = (await readJson(join(modelDir, 'tokenizer_config.json'), false)) ?? {};
+    return new HfTokenizer(tokenizerJson, config as HfTokenizerConfig, jsonPath);
+  }
+
+  encode(text: string, options: EncodeOptions = {}): number[] {
+    const special = options.addSpecialTokens ?? true;
+    // The post-processor decides when the config is silent; an explicit config wins.
+    const configDecides = this.addBos !== undefined || this.addEos !== undefined;
+    const ids = this.inner.encode(text, { add_special_tokens: special && !configDecides }).ids;
+    if (special && configDecides) {
+      if (this.addBos) ids.unshift(this.bosId!);
+      if (this.addEos) ids.push(this.eosId!);
+    }
+    return ids;
+  }
+
+  decode(ids: readonly number[], options: DecodeOptions = {}): string {
+    return this.inner.decode(ids as number[], {
+      skip_special_tokens: options.skipSpecialTokens ?? true,
+    });
+  }
+
+  private specialId(
+    token: HfTokenizerConfig['bos_token'],
+    field: string,
+    source: string,
+  ): number | undefined {
+    if (token === undefined || token === null) return undefined;
+    const content = typeof token === 'string' ? token : token.content;
+    const id = this.inner.token_to_id(content);
+    if (id === undefined) {
+      throw new RuntimeError(
+        'TOKENIZER_INVALID',
+        `${source}: tokenizer_config.json ${field} "${content}" is not in the vocabulary. Fix the config or the tokenizer.json.`,
+        { source, field },
+      );
+    }
+    return id;
+  }
+}
+
+async function readJson(path: string, required: boolean): Promise<unknown> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    if (!required && (e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new RuntimeError(
+      'TOKENIZER_NOT_FOUND',
+      `cannot read ${path}: ${(e as Error).message}`,
+      { path },
+      { cause: e },
+    );
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new RuntimeError(
+      'TOKENIZER_INVALID',
+      `${path} is not valid JSON: ${(e as Error).message}`,
+      { path },
+      { cause: e },
+    );
+  }
+}

@@ -1,0 +1,223 @@
+import { RuntimeError } from '../errors.js';
+
+/**
+ * How the next token is chosen from a row of logits.
+ *
+ * Order of operations (the same as Hugging Face transformers' `generate`):
+ * repetition penalty → temperature → top-k → top-p → softmax → draw.
+ * Temperature 0 is greedy decoding: the argmax (after the repetition penalty), ties to the lowest id.
+ */
+export interface SamplingOptions {
+  /** Divides the logits; 0 means greedy. Default 0. */
+  temperature?: number;
+  /** Keep only the k most likely tokens (exactly k: ties at the cut go to the lower id). 0 or absent: off. */
+  topK?: number;
+  /**
+   * Nucleus sampling: keep the smallest set of most likely tokens whose probability (after
+   * temperature and top-k, renormalised) sums to at least p. 1 or absent: off.
+   */
+  topP?: number;
+  /**
+   * Penalise tokens already in the sequence (prompt and generated), as CTRL / transformers do:
+   * a positive logit is divided by it, a negative one multiplied. 1 or absent: off.
+   */
+  repetitionPenalty?: number;
+}
+
+/** A filtered, renormalised next-token distribution, most likely first (ties: lower id first). */
+export interface TokenDistribution {
+  ids: Int32Array;
+  probs: Float64Array;
+}
+
+/** Checks sampling options; throws `SAMPLING_OPTIONS_INVALID` naming the bad one. */
+export function validateSamplingOptions(options: SamplingOptions): void {
+  const { temperature, topK, topP, repetitionPenalty } = options;
+  const bad = (what: string, value: unknown) =>
+    new RuntimeError('SAMPLING_OPTIONS_INVALID', `${what}, got ${value}.`, {
+      option: what.split(' ')[0],
+      value,
+    });
+  if (temperature !== undefined && !(Number.isFinite(temperature) && temperature >= 0)) {
+    throw bad('temperature must be a finite number >= 0 (0 = greedy)', temperature);
+  }
+  if (topK !== undefined && !(Number.isSafeInteger(topK) && topK >= 0))
+    throw bad('topK must be an integer >= 0 (0 = off)', topK);
+  if (topP !== undefined && !(topP > 0 && topP <= 1))
+    throw bad('topP must be in (0, 1] (1 = off)', topP);
+  if (
+    repetitionPenalty !== undefined &&
+    !(Number.isFinite(repetitionPenalty) && repetitionPenalty > 0)
+  ) {
+    throw bad('repetitionPenalty must be a finite number > 0 (1 = off)', repetitionPenalty);
+  }
+}
+
+/** Index of the largest logit; ties go to the lowest id. Throws on NaN. */
+export function argmax(logits: ArrayLike<number>): number {
+  let best = 0;
+  let bestValue = logits[0];
+  for (let i = 0; i < logits.length; i++) {
+    const v = logits[i];
+    if (Number.isNaN(v)) throw nanLogits(i);
+    if (v > bestValue) {
+      bestValue = v;
+      best = i;
+    }
+  }
+  return best;
+}
+
+/**
+ * Returns a copy of `logits` with every id in `previous` penalised once (see
+ * {@link SamplingOptions.repetitionPenalty}). The input is not modified.
+ */
+export function applyRepetitionPenalty(
+  logits: Float32Array,
+  previous: Iterable<number>,
+  penalty: number,
+): Float32Array {
+  const out = new Float32Array(logits);
+  if (penalty === 1) return out;
+  const seen = new Set<number>();
+  for (const id of previous) {
+    if (seen.has(id) || id < 0 || id >= out.length) continue;
+    seen.add(id);
+    const v = out[id];
+    out[id] = v > 0 ? v / penalty : v * penalty;
+  }
+  return out;
+}
+
+/**
+ * The distribution a draw would use for temperature > 0: softmax(logits / temperature),
+ * restricted by top-k then top-p, renormalised. Computed in float64.
+ */
+export function samplingDistribution(
+  logits: ArrayLike<number>,
+  options: SamplingOptions,
+): TokenDistribution {
+  const temperature = options.temperature ?? 0;
+  if (!(temperature > 0)) {
+    throw new RuntimeError(
+      'SAMPLING_OPTIONS_INVALID',
+      'samplingDistribution needs temperature > 0; temperature 0 is greedy (use argmax).',
+    );
+  }
+  const vocab = logits.length;
+  // weights[i] = exp((logit_i - max) / T): unnormalised probabilities, the largest is 1.
+  const maxLogit = logits[argmax(logits)];
+  if (!Number.isFinite(maxLogit)) {
+    throw new RuntimeError(
+      'LOGITS_INVALID',
+      `the largest logit is ${maxLogit}; the model produced no usable distribution.`,
+    );
+  }
+  const weights = new Float64Array(vocab);
+  for (let i = 0; i < vocab; i++) weights[i] = Math.exp((logits[i] - maxLogit) / temperature);
+
+  const topK = options.topK ?? 0;
+  const topP = options.topP ?? 1;
+  let ids = topK > 0 && topK < vocab ? topKIds(weights, topK) : null;
+  if (topP < 1) ids = nucleusIds(weights, ids, topP);
+  ids ??= allIds(vocab);
+  sortByWeight(ids, weights);
+  let sum = 0;
+  for (const id of ids) sum += weights[id];
+  const probs = new Float64Array(ids.length);
+  for (let j = 0; j < ids.length; j++) probs[j] = weights[ids[j]] / sum;
+  return { ids, probs };
+}
+
+/**
+ * Chooses the next token: greedy when temperature is 0, else one draw from
+ * {@link samplingDistribution}. `uniform` returns floats in [0, 1) (e.g. `rng.uniform` of
+ * @lora/core's `createRng`); `previous` is the sequence so far, for the repetition penalty.
+ */
+export function sampleToken(
+  logits: Float32Array,
+  options: SamplingOptions,
+  uniform: () => number,
+  previous: readonly number[] = [],
+): number {
+  const penalty = options.repetitionPenalty ?? 1;
+  const scores = penalty === 1 ? logits : applyRepetitionPenalty(logits, previous, penalty);
+  if ((options.temperature ?? 0) === 0) return argmax(scores);
+  const { ids, probs } = samplingDistribution(scores, options);
+  const u = uniform();
+  let cumulative = 0;
+  for (let j = 0; j < ids.length; j++) {
+    cumulative += probs[j];
+    if (u < cumulative) return ids[j];
+  }
+  return ids[ids.length - 1]; // u within rounding of 1
+}
+
+function allIds(vocab: number): Int32Array {
+  const ids = new Int32Array(vocab);
+  for (let i = 0; i < vocab; i++) ids[i] = i;
+  return ids;
+}
+
+/** The k ids of largest weight; ties at the k-th value go to the lower ids. */
+function topKIds(weights: Float64Array, k: number): Int32Array {
+  // The k-th largest weight by a native numeric sort of a copy (descending via negation).
+  const sorted = Float64Array.from(weights, (w) => -w).sort();
+  const threshold = -sorted[k - 1];
+  const ids = new Int32Array(k);
+  let n = 0;
+  for (let i = 0; i < weights.length; i++) if (weights[i] > threshold) ids[n++] = i;
+  for (let i = 0; i < weights.length && n < k; i++) if (weights[i] === threshold) ids[n++] = i;
+  return ids;
+}
+
+/**
+ * The smallest most-likely prefix of `candidates` (all ids when null) whose weight reaches
+ * `topP` of the candidates' total. Only ids above a weight floor are sorted: the floor is
+ * lowered until the ids above it already hold `topP` of the mass, so the nucleus is among them.
+ */
+function nucleusIds(
+  weights: Float64Array,
+  candidates: Int32Array | null,
+  topP: number,
+): Int32Array {
+  const pool = candidates ?? allIds(weights.length);
+  let total = 0;
+  for (const id of pool) total += weights[id];
+  const target = topP * total;
+  let floor = 1e-4; // weights are <= 1 (the max is exactly 1)
+  let kept: Int32Array;
+  for (;;) {
+    let mass = 0;
+    const above: number[] = [];
+    for (const id of pool) {
+      if (weights[id] >= floor) {
+        above.push(id);
+        mass += weights[id];
+      }
+    }
+    if (mass >= target || floor === 0) {
+      kept = Int32Array.from(above);
+      break;
+    }
+    floor = floor < 1e-300 ? 0 : floor * 1e-4;
+  }
+  sortByWeight(kept, weights);
+  let cumulative = 0;
+  let count = 0;
+  while (count < kept.length && cumulative < target) cumulative += weights[kept[count++]];
+  return kept.slice(0, Math.max(1, count));
+}
+
+/** Sorts ids in place: larger weight first, then lower id. */
+function sortByWeight(ids: Int32Array, weights: Float64Array): void {
+  ids.sort((a, b) => weights[b] - weights[a] || a - b);
+}
+
+function nanLogits(index: number): RuntimeError {
+  return new RuntimeError(
+    'LOGITS_INVALID',
+    `logit ${index} is NaN; the model produced no usable distribution (check the weights for NaN/Inf).`,
+    { index },
+  );
+}

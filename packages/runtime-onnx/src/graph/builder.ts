@@ -1,0 +1,186 @@
+import { type DType, type Tensor, tensor } from '@lora/core';
+import { RuntimeError } from '../errors.js';
+import { type InferInput, OPS } from './opset.js';
+import type { Attrs, Dim, Graph, GraphNode, RefTensor, Value } from './types.js';
+
+/** Initializers up to this many elements are remembered as values, so shape inference can read them. */
+const SMALL_CONSTANT = 64;
+
+/**
+ * Builds a graph one typed value at a time. Every node goes through {@link GraphBuilder.node},
+ * which checks the op is in the op set and infers output dtypes and shapes, so mistakes surface
+ * while building (with the node's name), not as an onnxruntime error at session creation.
+ */
+export class GraphBuilder {
+  readonly name: string;
+  private readonly inputs: Value[] = [];
+  private readonly outputs: Value[] = [];
+  private readonly initializers = new Map<string, Tensor>();
+  private readonly smallConstants = new Map<string, RefTensor>();
+  private readonly nodes: GraphNode[] = [];
+  private readonly values = new Map<string, Value>();
+  private readonly counters = new Map<string, number>();
+
+  constructor(name = 'graph') {
+    this.name = name;
+  }
+
+  /** A name not used yet, derived from `prefix` (`q_proj`, `q_proj_1`, ...). */
+  uniqueName(prefix: string): string {
+    if (!this.values.has(prefix) && !this.counters.has(prefix)) {
+      this.counters.set(prefix, 0);
+      return prefix;
+    }
+    let n = this.counters.get(prefix) ?? 0;
+    let name: string;
+    do {
+      n += 1;
+      name = `${prefix}_${n}`;
+    } while (this.values.has(name));
+    this.counters.set(prefix, n);
+    return name;
+  }
+
+  private define(value: Value): Value {
+    if (this.values.has(value.name)) {
+      throw new RuntimeError(
+        'GRAPH_INVALID',
+        `Graph "${this.name}": the name "${value.name}" is defined twice.`,
+        {
+          name: value.name,
+        },
+      );
+    }
+    this.values.set(value.name, value);
+    return value;
+  }
+
+  /** A graph input fed at run time. Symbolic dims (`'batch'`) mark sizes that vary per call. */
+  input(name: string, dtype: DType, shape: readonly Dim[]): Value {
+    const v = this.define({ name, dtype, shape: [...shape] });
+    this.inputs.push(v);
+    return v;
+  }
+
+  /** A constant tensor stored in the model (weights). The tensor is kept by reference, not copied. */
+  initializer(name: string, t: Tensor): Value {
+    const v = this.define({ name, dtype: t.dtype, shape: [...t.shape] });
+    this.initializers.set(name, t);
+    if (t.data.length <= SMALL_CONSTANT && t.dtype !== 'bf16' && t.dtype !== 'f16') {
+      const data =
+        t.data instanceof BigInt64Array || t.data instanceof BigUint64Array
+          ? Float64Array.from(t.data, (x) => Number(x))
+          : Float64Array.from(t.data as ArrayLike<number>);
+      this.smallConstants.set(name, { dtype: t.dtype, shape: [...t.shape], data });
+    }
+    return v;
+  }
+
+  /** A small auto-named constant: int64 by default (shapes, axes, indices), or float32. */
+  constant(
+    values: readonly number[],
+    dtype: 'i64' | 'f32' = 'i64',
+    shape: readonly number[] = [values.length],
+  ): Value {
+    const data =
+      dtype === 'i64' ? BigInt64Array.from(values, (v) => BigInt(v)) : Float32Array.from(values);
+    return this.initializer(
+      this.uniqueName(dtype === 'i64' ? 'const_i64' : 'const_f32'),
+      tensor(dtype, shape, data),
+    );
+  }
+
+  /** A float32 scalar constant (shape `[]`), broadcastable against anything. */
+  scalar(value: number, dtype: 'f32' | 'i64' = 'f32'): Value {
+    return this.constant([value], dtype, []);
+  }
+
+  /**
+   * Applies an operator. `inputs` may contain `undefined` for omitted optional inputs. Returns the
+   * outputs with inferred dtype and shape.
+   */
+  node(
+    op: string,
+    inputs: readonly (Value | undefined)[],
+    attrs: Attrs = {},
+    name?: string,
+  ): Value[] {
+    const def = OPS[op];
+    if (!def) {
+      throw new RuntimeError('GRAPH_OP', `Operator "${op}" is not in the graph builder's op set.`, {
+        op,
+      });
+    }
+    const nodeName = this.uniqueNodeName(name ?? op);
+    const where = `${op} node "${nodeName}"`;
+    const inferInputs: (InferInput | undefined)[] = inputs.map((v) => {
+      if (!v) return undefined;
+      const known = this.values.get(v.name);
+      if (!known) {
+        throw new RuntimeError(
+          'GRAPH_INVALID',
+          `${where}: input "${v.name}" is not defined in this graph.`,
+          {
+            value: v.name,
+          },
+        );
+      }
+      return { dtype: known.dtype, shape: known.shape, constant: this.smallConstants.get(v.name) };
+    });
+    const inferred = def.infer(inferInputs, attrs, where);
+    const outputs = inferred.map((o, i) =>
+      this.define({
+        name: this.uniqueName(inferred.length === 1 ? nodeName : `${nodeName}_out${i}`),
+        ...o,
+      }),
+    );
+    this.nodes.push({
+      op,
+      domain: def.domain,
+      name: nodeName,
+      inputs: inputs.map((v) => v?.name ?? ''),
+      outputs: outputs.map((o) => o.name),
+      attrs,
+    });
+    return outputs;
+  }
+
+  private readonly nodeNames = new Set<string>();
+  private uniqueNodeName(base: string): string {
+    let name = base;
+    for (let i = 1; this.nodeNames.has(name) || this.values.has(name); i++) name = `${base}_${i}`;
+    this.nodeNames.add(name);
+    return name;
+  }
+
+  /** Marks a value as a graph output, under `name` (an Identity node renames it when needed). */
+  output(value: Value, name?: string): Value {
+    let v = value;
+    if (name !== undefined && name !== value.name) {
+      if (this.values.has(name)) {
+        throw new RuntimeError(
+          'GRAPH_INVALID',
+          `Graph "${this.name}": output name "${name}" is already used.`,
+        );
+      }
+      [v] = this.node('Identity', [value], {}, name);
+    }
+    this.outputs.push(v);
+    return v;
+  }
+
+  /** The finished graph as plain data. */
+  build(): Graph {
+    if (this.outputs.length === 0) {
+      throw new RuntimeError('GRAPH_INVALID', `Graph "${this.name}" has no outputs.`);
+    }
+    return {
+      name: this.name,
+      inputs: [...this.inputs],
+      outputs: [...this.outputs],
+      initializers: new Map(this.initializers),
+      nodes: [...this.nodes],
+      values: new Map(this.values),
+    };
+  }
+}

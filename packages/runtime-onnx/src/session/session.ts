@@ -1,0 +1,144 @@
+import { availableParallelism } from 'node:os';
+import { type DType, type Tensor, tensor } from '@lora/core';
+import * as ort from 'onnxruntime-node';
+import { RuntimeError } from '../errors.js';
+import { ORT_TENSOR_TYPE } from '../graph/dtypes.js';
+import { type SerializedModel, serializeGraph } from '../graph/serialize.js';
+import type { Graph } from '../graph/types.js';
+import { type Device, explainCudaFailure, providerPlan } from './device.js';
+
+/** The boundary to onnxruntime-node, injectable so device selection can be tested without a GPU. */
+export interface SessionFactory {
+  listSupportedBackends(): readonly { name: string; bundled?: boolean }[];
+  create(
+    model: Uint8Array,
+    options: ort.InferenceSession.SessionOptions,
+  ): Promise<ort.InferenceSession>;
+}
+
+/** The real onnxruntime-node. */
+export const ortSessionFactory: SessionFactory = {
+  listSupportedBackends: () => ort.listSupportedBackends(),
+  create: (model, options) => ort.InferenceSession.create(model, options),
+};
+
+export interface SessionOptions {
+  /** `cpu` (default), `cuda`, or `auto` (CUDA if it starts, else CPU with a warning). */
+  readonly device?: Device;
+  /** CUDA device index (default 0). */
+  readonly deviceId?: number;
+  /** Threads for one op; default: the machine's available parallelism. */
+  readonly intraOpNumThreads?: number;
+  /** Where `auto` says it fell back to CPU (default: `console.warn`). */
+  readonly warn?: (message: string) => void;
+  /** For tests: replaces onnxruntime-node at the session boundary. */
+  readonly factory?: SessionFactory;
+}
+
+function toOrtTensor(t: Tensor): ort.Tensor {
+  const type = ORT_TENSOR_TYPE[t.dtype];
+  if (!type) {
+    throw new RuntimeError(
+      'TENSOR_DTYPE',
+      `onnxruntime-node cannot take ${t.dtype} tensors; convert to f32 first.`,
+      {
+        dtype: t.dtype,
+      },
+    );
+  }
+  return new ort.Tensor(type as 'float32', t.data as Float32Array, [...t.shape]);
+}
+
+const DTYPE_OF_ORT: Readonly<Record<string, DType>> = Object.fromEntries(
+  Object.entries(ORT_TENSOR_TYPE).map(([d, o]) => [o, d as DType]),
+);
+
+function fromOrtTensor(t: ort.Tensor): Tensor {
+  const dtype = DTYPE_OF_ORT[t.type];
+  if (!dtype)
+    throw new RuntimeError('TENSOR_DTYPE', `onnxruntime returned an unsupported ${t.type} tensor.`);
+  return tensor(dtype, t.dims as number[], t.data as Float32Array as never);
+}
+
+/**
+ * An onnxruntime session over a graph, speaking `@lora/core` tensors. Holds native memory:
+ * call {@link ModelSession.release} when done.
+ */
+export class ModelSession {
+  private constructor(
+    private readonly session: ort.InferenceSession,
+    /** The provider that actually runs the model. */
+    readonly device: 'cpu' | 'cuda',
+    readonly inputNames: readonly string[],
+    readonly outputNames: readonly string[],
+  ) {}
+
+  /** Builds a session from a graph (weights passed as external data, not copied into the protobuf). */
+  static async fromGraph(graph: Graph, options: SessionOptions = {}): Promise<ModelSession> {
+    return ModelSession.fromSerialized(serializeGraph(graph), options);
+  }
+
+  static async fromSerialized(
+    model: SerializedModel,
+    options: SessionOptions = {},
+  ): Promise<ModelSession> {
+    const factory = options.factory ?? ortSessionFactory;
+    const plan = providerPlan(options.device ?? 'cpu', factory.listSupportedBackends());
+    const warn = options.warn ?? ((m: string) => console.warn(m));
+    const base: ort.InferenceSession.SessionOptions = {
+      graphOptimizationLevel: 'all',
+      intraOpNumThreads: options.intraOpNumThreads ?? availableParallelism(),
+      logSeverityLevel: 3,
+      externalData: model.externalData.map((c) => ({ path: c.path, data: c.data })),
+    };
+    for (const provider of plan) {
+      const executionProviders: ort.InferenceSession.ExecutionProviderConfig[] =
+        provider === 'cuda' ? [{ name: 'cuda', deviceId: options.deviceId ?? 0 }] : ['cpu'];
+      try {
+        const s = await factory.create(model.model, { ...base, executionProviders });
+        return new ModelSession(s, provider, s.inputNames, s.outputNames);
+      } catch (error) {
+        if (provider !== 'cuda') {
+          throw new RuntimeError(
+            'SESSION_CREATE',
+            `onnxruntime could not create the session: ${String(error)}`,
+            {},
+            {
+              cause: error,
+            },
+          );
+        }
+        const why = explainCudaFailure(error);
+        if (plan.length === 1) {
+          throw new RuntimeError(
+            'DEVICE_UNAVAILABLE',
+            `${why}, or use --device cpu.`,
+            {},
+            { cause: error },
+          );
+        }
+        warn(`${why}. Falling back to CPU.`);
+      }
+    }
+    throw new RuntimeError('SESSION_CREATE', 'No execution provider could run the model.');
+  }
+
+  /** Runs the model. Feeds and results are core tensors (int64 as BigInt64Array). */
+  async run(
+    feeds: Readonly<Record<string, Tensor>>,
+    fetches?: readonly string[],
+  ): Promise<Record<string, Tensor>> {
+    const ortFeeds: Record<string, ort.Tensor> = {};
+    for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = toOrtTensor(t);
+    const results = fetches
+      ? await this.session.run(ortFeeds, [...fetches])
+      : await this.session.run(ortFeeds);
+    const out: Record<string, Tensor> = {};
+    for (const [name, t] of Object.entries(results)) out[name] = fromOrtTensor(t);
+    return out;
+  }
+
+  async release(): Promise<void> {
+    await this.session.release();
+  }
+}
