@@ -1,4 +1,5 @@
 export * from './errors.js';
+export * from './generate/index.js';
 export * from './generate/stepper.js';
 export * from './graph/builder.js';
 export * from './graph/dtypes.js';
