@@ -1,0 +1,129 @@
+import { existsSync, statSync } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { type SafetensorsSummary, summarizeSafetensors } from '@lora/core';
+import type { Command } from 'commander';
+import { UsageError } from '../errors.js';
+import { type CommonOptions, emit, formatBytes, table } from '../output.js';
+
+interface InspectOptions extends CommonOptions {
+  tensors?: boolean;
+}
+
+export function registerInspect(program: Command): void {
+  program
+    .command('inspect')
+    .argument('<path>', 'a .safetensors file, a model folder (config.json) or a PEFT adapter folder (adapter_config.json)')
+    .description('Show tensors, dtypes, shapes, parameter counts, LoRA config and bytes on disk and in memory.')
+    .option('--tensors', 'list every tensor (the default for single files and adapters)')
+    .option('--json', 'print one JSON document')
+    .action(async (path: string, options: InspectOptions) => {
+      const report = await inspectPath(path);
+      emit(options, report, () => renderReport(report, options));
+    });
+}
+
+export type InspectReport =
+  | { kind: 'safetensors'; file: SafetensorsSummary }
+  | { kind: 'model'; path: string; config: ModelConfigSummary; files: SafetensorsSummary[]; params: number; bytes: number };
+
+interface ModelConfigSummary {
+  modelType?: string;
+  architectures?: string[];
+  hiddenSize?: number;
+  intermediateSize?: number;
+  numLayers?: number;
+  numHeads?: number;
+  numKvHeads?: number;
+  headDim?: number;
+  vocabSize?: number;
+  tieWordEmbeddings?: boolean;
+  torchDtype?: string;
+  quantizationConfig?: unknown;
+}
+
+/** Works out what `path` is and summarises it. */
+export async function inspectPath(path: string): Promise<InspectReport> {
+  if (!existsSync(path)) throw new UsageError(`${path} does not exist.`);
+  if (statSync(path).isFile()) {
+    if (path.endsWith('.safetensors')) return { kind: 'safetensors', file: await summarizeSafetensors(path) };
+    throw new UsageError(`${path}: cannot inspect this kind of file (expected .safetensors, or a folder).`);
+  }
+  if (existsSync(join(path, 'config.json'))) return inspectModel(path);
+  throw new UsageError(`${path}: no config.json or adapter_config.json in this folder; nothing to inspect.`);
+}
+
+async function inspectModel(dir: string): Promise<InspectReport> {
+  const raw = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+  const num = (k: string) => (typeof raw[k] === 'number' ? (raw[k] as number) : undefined);
+  const heads = num('num_attention_heads');
+  const hidden = num('hidden_size');
+  const config: ModelConfigSummary = {
+    modelType: raw.model_type as string | undefined,
+    architectures: raw.architectures as string[] | undefined,
+    hiddenSize: hidden,
+    intermediateSize: num('intermediate_size'),
+    numLayers: num('num_hidden_layers'),
+    numHeads: heads,
+    numKvHeads: num('num_key_value_heads') ?? heads,
+    headDim: num('head_dim') ?? (hidden && heads ? hidden / heads : undefined),
+    vocabSize: num('vocab_size'),
+    tieWordEmbeddings: raw.tie_word_embeddings as boolean | undefined,
+    torchDtype: (raw.torch_dtype ?? raw.dtype) as string | undefined,
+    quantizationConfig: raw.quantization_config,
+  };
+  const weightFiles = (await readdir(dir)).filter((n) => n.endsWith('.safetensors')).sort();
+  const files = await Promise.all(weightFiles.map((n) => summarizeSafetensors(join(dir, n))));
+  return {
+    kind: 'model',
+    path: dir,
+    config,
+    files,
+    params: files.reduce((a, f) => a + f.params, 0),
+    bytes: files.reduce((a, f) => a + f.fileBytes, 0),
+  };
+}
+
+function renderTensors(f: SafetensorsSummary): string {
+  return table(
+    ['tensor', 'dtype', 'shape', 'params', 'bytes'],
+    f.tensors.map((t) => [t.name, t.dtype, `[${t.shape.join(', ')}]`, t.params, t.bytes]),
+  );
+}
+
+function renderFile(f: SafetensorsSummary, withTensors: boolean): string {
+  const dtypes = Object.entries(f.bytesByDType)
+    .map(([d, b]) => `${d} ${formatBytes(b ?? 0)}`)
+    .join(', ');
+  const meta = Object.entries(f.metadata)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(', ');
+  const lines = [
+    `${f.path}: ${f.tensors.length} tensors, ${f.params.toLocaleString('en-US')} parameters, ${formatBytes(f.fileBytes)} on disk (${dtypes || 'no data'})`,
+  ];
+  if (meta) lines.push(`metadata: ${meta}`);
+  if (withTensors) lines.push('', renderTensors(f));
+  return lines.join('\n');
+}
+
+function renderReport(r: InspectReport, options: InspectOptions): string {
+  if (r.kind === 'safetensors') return renderFile(r.file, true);
+  const c = r.config;
+  const shape = [
+    c.hiddenSize !== undefined && `hidden ${c.hiddenSize}`,
+    c.intermediateSize !== undefined && `intermediate ${c.intermediateSize}`,
+    c.numLayers !== undefined && `${c.numLayers} layers`,
+    c.numHeads !== undefined && `${c.numHeads} heads (${c.numKvHeads} key/value)`,
+    c.headDim !== undefined && `head_dim ${c.headDim}`,
+    c.vocabSize !== undefined && `vocab ${c.vocabSize}`,
+    c.tieWordEmbeddings && 'tied embeddings',
+  ].filter(Boolean);
+  const lines = [
+    `${r.path}: ${c.modelType ?? 'unknown'} model${c.architectures ? ` (${c.architectures.join(', ')})` : ''}`,
+    shape.join(', '),
+    `${r.params.toLocaleString('en-US')} parameters in ${r.files.length} file(s), ${formatBytes(r.bytes)} on disk; in memory: f32 ${formatBytes(r.params * 4)}, f16/bf16 ${formatBytes(r.params * 2)}`,
+  ];
+  if (c.quantizationConfig) lines.push(`quantization_config: ${JSON.stringify(c.quantizationConfig)}`);
+  for (const f of r.files) lines.push('', renderFile(f, Boolean(options.tensors)));
+  return lines.join('\n');
+}
