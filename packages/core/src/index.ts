@@ -19,3 +19,5 @@ export * from './lora/target-modules.js';
 export * from './linalg/matmul.js';
 export * from './linalg/matrix.js';
 export * from './linalg/transpose.js';
+export * from './linalg/qr.js';
+export * from './linalg/svd.js';

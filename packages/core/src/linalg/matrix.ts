@@ -9,7 +9,7 @@ import { type Tensor, tensor } from '../tensor.js';
  * Inputs may be f64, f32, f16 or bf16 (f16/bf16 are decoded to float32 first). All arithmetic
  * runs in float64 (JavaScript numbers); results are f64 unless a function says otherwise.
  */
-export type Matrix = Tensor<'f64'> | Tensor<'f32'>;
+export type Matrix = Tensor<'f64' | 'f32'>;
 
 /** Float values a matrix kernel can read directly. */
 export type FloatValues = Float64Array | Float32Array;
@@ -105,4 +105,18 @@ export function maxAbsDiff(a: Tensor, b: Tensor): number {
     if (d > m || Number.isNaN(d)) m = d;
   }
   return m;
+}
+
+/** Throws MATRIX_NOT_FINITE naming `what` and the first bad index if any value is NaN or infinite. */
+export function assertFiniteMatrix(values: FloatValues, cols: number, what: string): void {
+  for (let i = 0; i < values.length; i++) {
+    if (!Number.isFinite(values[i])) {
+      const row = Math.floor(i / cols);
+      throw new CoreError(
+        'MATRIX_NOT_FINITE',
+        `${what}: element [${row}, ${i - row * cols}] is ${values[i]}; the decomposition needs finite values.`,
+        { what, row, col: i - row * cols },
+      );
+    }
+  }
 }
