@@ -100,6 +100,16 @@ describe('samplingDistribution (hand-computed, q = [.1 .2 .3 .4])', () => {
     );
   });
 
+  it('top-k on a large random vocabulary keeps the same set as a full sort', () => {
+    const rng = createRng(5);
+    const big = Float32Array.from({ length: 5_000 }, () => rng.normal() * 3);
+    for (const k of [1, 2, 37, 4_999]) {
+      const bySort = [...big.keys()].sort((a, b) => big[b] - big[a] || a - b).slice(0, k);
+      const d = samplingDistribution(big, { temperature: 0.7, topK: k });
+      expect([...d.ids].sort((a, b) => a - b)).toEqual(bySort.sort((a, b) => a - b));
+    }
+  });
+
   it('finds the nucleus in a large vocabulary with a long flat tail', () => {
     // 1 token with weight 1, then 50,000 tokens each 1e-6 as likely: total 1.05.
     const big = new Float32Array(50_001).fill(Math.log(1e-6));
@@ -146,13 +156,16 @@ describe('sampleToken', () => {
     expect(run(7)).not.toEqual(run(8));
   });
 
-  it('maps the uniform draw through the cumulative distribution, most likely first', () => {
-    // order 3 (.4), 2 (.3), 1 (.2), 0 (.1): cumulative .4 .7 .9 1
+  it('maps the uniform draw through the cumulative distribution, in ascending id order', () => {
+    // ids 0..3 with probabilities .1 .2 .3 .4: cumulative .1 .3 .6 1
+    const draws = [0, 0.09, 0.11, 0.29, 0.31, 0.59, 0.61, 0.999];
+    expect(draws.map((u) => sampleToken(logits, { temperature: 1 }, () => u))).toEqual([
+      0, 0, 1, 1, 2, 2, 3, 3,
+    ]);
+    // top-k 2 keeps ids 2 (.3/.7) and 3 (.4/.7): cumulative .4286 1
     expect(
-      [0, 0.39, 0.41, 0.69, 0.71, 0.89, 0.91, 0.999].map((u) =>
-        sampleToken(logits, { temperature: 1 }, () => u),
-      ),
-    ).toEqual([3, 3, 2, 2, 1, 1, 0, 0]);
+      [0.42, 0.43].map((u) => sampleToken(logits, { temperature: 1, topK: 2 }, () => u)),
+    ).toEqual([2, 3]);
   });
 });
 

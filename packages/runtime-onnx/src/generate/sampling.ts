@@ -97,33 +97,12 @@ export function samplingDistribution(
   logits: ArrayLike<number>,
   options: SamplingOptions,
 ): TokenDistribution {
-  const temperature = options.temperature ?? 0;
-  if (!(temperature > 0)) {
-    throw new RuntimeError(
-      'SAMPLING_OPTIONS_INVALID',
-      'samplingDistribution needs temperature > 0; temperature 0 is greedy (use argmax).',
-    );
-  }
-  const vocab = logits.length;
-  // weights[i] = exp((logit_i - max) / T): unnormalised probabilities, the largest is 1.
-  const maxLogit = logits[argmax(logits)];
-  if (!Number.isFinite(maxLogit)) {
-    throw new RuntimeError(
-      'LOGITS_INVALID',
-      `the largest logit is ${maxLogit}; the model produced no usable distribution.`,
-    );
-  }
-  const weights = new Float64Array(vocab);
-  for (let i = 0; i < vocab; i++) weights[i] = Math.exp((logits[i] - maxLogit) / temperature);
-
-  const topK = options.topK ?? 0;
-  const topP = options.topP ?? 1;
-  let ids = topK > 0 && topK < vocab ? topKIds(weights, topK) : null;
-  if (topP < 1) ids = nucleusIds(weights, ids, topP);
-  ids ??= allIds(vocab);
+  const kept = keptWeights(logits, options);
+  const weights = kept.weights;
+  const ids = kept.ids ?? allIds(weights.length);
   sortByWeight(ids, weights);
   let sum = 0;
-  for (const id of ids) sum += weights[id];
+  for (let j = 0; j < ids.length; j++) sum += weights[ids[j]];
   const probs = new Float64Array(ids.length);
   for (let j = 0; j < ids.length; j++) probs[j] = weights[ids[j]] / sum;
   return { ids, probs };
@@ -131,8 +110,10 @@ export function samplingDistribution(
 
 /**
  * Chooses the next token: greedy when temperature is 0, else one draw from
- * {@link samplingDistribution}. `uniform` returns floats in [0, 1) (e.g. `rng.uniform` of
- * @lora/core's `createRng`); `previous` is the sequence so far, for the repetition penalty.
+ * {@link samplingDistribution}: the inverse of its cumulative distribution at `uniform()`,
+ * walking the kept ids in ascending id order. `uniform` returns floats in [0, 1) (e.g. `rng.uniform`
+ * of @lora/core's `createRng`); `previous` is the sequence so far, for the repetition penalty.
+ * Cost: O(vocab) plus sorting the nucleus when top-p is on; no full sort of the vocabulary.
  */
 export function sampleToken(
   logits: Float32Array,
@@ -143,14 +124,61 @@ export function sampleToken(
   const penalty = options.repetitionPenalty ?? 1;
   const scores = penalty === 1 ? logits : applyRepetitionPenalty(logits, previous, penalty);
   if ((options.temperature ?? 0) === 0) return argmax(scores);
-  const { ids, probs } = samplingDistribution(scores, options);
-  const u = uniform();
+  const { ids, weights } = keptWeights(scores, options);
+  if (ids === null) {
+    // No filter: every id, in id order.
+    let sum = 0;
+    for (let i = 0; i < weights.length; i++) sum += weights[i];
+    const target = uniform() * sum;
+    let cumulative = 0;
+    for (let i = 0; i < weights.length; i++) {
+      cumulative += weights[i];
+      if (target < cumulative) return i;
+    }
+    return weights.length - 1; // target within rounding of the sum
+  }
+  ids.sort();
+  let sum = 0;
+  for (let j = 0; j < ids.length; j++) sum += weights[ids[j]];
+  const target = uniform() * sum;
   let cumulative = 0;
   for (let j = 0; j < ids.length; j++) {
-    cumulative += probs[j];
-    if (u < cumulative) return ids[j];
+    cumulative += weights[ids[j]];
+    if (target < cumulative) return ids[j];
   }
-  return ids[ids.length - 1]; // u within rounding of 1
+  return ids[ids.length - 1];
+}
+
+/**
+ * Unnormalised probabilities `weights[i] = exp((logit_i - max) / T)` (the largest is 1) and
+ * the ids that survive top-k then top-p, in no particular order (null: no filter, all ids).
+ */
+function keptWeights(
+  logits: ArrayLike<number>,
+  options: SamplingOptions,
+): { ids: Int32Array | null; weights: Float64Array } {
+  const temperature = options.temperature ?? 0;
+  if (!(temperature > 0)) {
+    throw new RuntimeError(
+      'SAMPLING_OPTIONS_INVALID',
+      'sampling needs temperature > 0; temperature 0 is greedy (use argmax).',
+    );
+  }
+  const vocab = logits.length;
+  const maxLogit = logits[argmax(logits)];
+  if (!Number.isFinite(maxLogit)) {
+    throw new RuntimeError(
+      'LOGITS_INVALID',
+      `the largest logit is ${maxLogit}; the model produced no usable distribution.`,
+    );
+  }
+  const weights = new Float64Array(vocab);
+  for (let i = 0; i < vocab; i++) weights[i] = Math.exp((logits[i] - maxLogit) / temperature);
+  const topK = options.topK ?? 0;
+  const topP = options.topP ?? 1;
+  let ids = topK > 0 && topK < vocab ? topKIds(weights, topK) : null;
+  if (topP < 1) ids = nucleusIds(weights, ids, topP);
+  return { ids, weights };
 }
 
 function allIds(vocab: number): Int32Array {
@@ -161,14 +189,40 @@ function allIds(vocab: number): Int32Array {
 
 /** The k ids of largest weight; ties at the k-th value go to the lower ids. */
 function topKIds(weights: Float64Array, k: number): Int32Array {
-  // The k-th largest weight by a native numeric sort of a copy (descending via negation).
-  const sorted = Float64Array.from(weights, (w) => -w).sort();
-  const threshold = -sorted[k - 1];
+  const threshold = kthLargest(Float64Array.from(weights), k);
   const ids = new Int32Array(k);
   let n = 0;
   for (let i = 0; i < weights.length; i++) if (weights[i] > threshold) ids[n++] = i;
   for (let i = 0; i < weights.length && n < k; i++) if (weights[i] === threshold) ids[n++] = i;
   return ids;
+}
+
+/** The k-th largest value (k >= 1) by quickselect, O(n) on average; reorders `values`. */
+function kthLargest(values: Float64Array, k: number): number {
+  let lo = 0;
+  let hi = values.length - 1;
+  const want = k - 1; // index in descending order
+  while (lo < hi) {
+    const pivot = values[(lo + hi) >>> 1];
+    let i = lo;
+    let j = hi;
+    // Hoare partition, descending: [lo, j] >= pivot >= [i, hi]
+    while (i <= j) {
+      while (values[i] > pivot) i++;
+      while (values[j] < pivot) j--;
+      if (i <= j) {
+        const t = values[i];
+        values[i] = values[j];
+        values[j] = t;
+        i++;
+        j--;
+      }
+    }
+    if (want <= j) hi = j;
+    else if (want >= i) lo = i;
+    else return values[want];
+  }
+  return values[want];
 }
 
 /**
@@ -183,14 +237,15 @@ function nucleusIds(
 ): Int32Array {
   const pool = candidates ?? allIds(weights.length);
   let total = 0;
-  for (const id of pool) total += weights[id];
+  for (let j = 0; j < pool.length; j++) total += weights[pool[j]];
   const target = topP * total;
   let floor = 1e-4; // weights are <= 1 (the max is exactly 1)
   let kept: Int32Array;
   for (;;) {
     let mass = 0;
     const above: number[] = [];
-    for (const id of pool) {
+    for (let j = 0; j < pool.length; j++) {
+      const id = pool[j];
       if (weights[id] >= floor) {
         above.push(id);
         mass += weights[id];
