@@ -1,3 +1,11 @@
-export {};
-export * from './formats/onnx-adapter.js';
-export * from './registry.js';
+export * from './adapter.js';
+export * from './errors.js';
+export * from './io/atomic-folder.js';
+export * from './merge/float-rows.js';
+export * from './merge/low-rank-delta.js';
+export * from './merge/merge-weight.js';
+export * from './peft/files.js';
+export * from './peft/keys.js';
+export * from './peft/load.js';
+export * from './peft/save.js';
+export * from './describe.js';

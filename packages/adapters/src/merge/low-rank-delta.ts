@@ -1,0 +1,193 @@
+import { AdapterError } from '../errors.js';
+
+/**
+ * A weight update of low rank, expressed in the layout of the STORED weight:
+ *
+ *   delta[i, j] = sum_k coef[i, k] * basis[k, j]      delta: [rows, cols]
+ *
+ * coef: [rows, rank], basis: [rank, cols], both row-major float64. A torch Linear (`[out, in]`)
+ * gets coef = s·B and basis = A; a Conv1D (fan_in_fan_out, stored `[in, out]`) or an embedding
+ * (`[vocab, dim]`) gets the transposed product: coef = A^T and basis = s·B^T. Several adapters
+ * are one LowRankDelta whose ranks are concatenated (see {@link concatLowRank}).
+ */
+export interface LowRankDelta {
+  readonly rows: number;
+  readonly cols: number;
+  readonly rank: number;
+  /** [rows, rank] */
+  readonly coef: Float64Array;
+  /** [rank, cols] */
+  readonly basis: Float64Array;
+}
+
+/**
+ * The low-rank form of `scale · B·A` for a weight stored `[out, in]` (transpose false) or
+ * `[in, out]` (transpose true: GPT-2 Conv1D with fan_in_fan_out, or an embedding, whose delta is
+ * `(B·A)^T`). A: [r, in] values, B: [out, r] values.
+ */
+export function lowRankFromFactors(
+  A: ArrayLike<number>,
+  B: ArrayLike<number>,
+  r: number,
+  inFeatures: number,
+  outFeatures: number,
+  scale: number,
+  transpose: boolean,
+): LowRankDelta {
+  if (A.length !== r * inFeatures || B.length !== outFeatures * r) {
+    throw new AdapterError(
+      'LORA_FACTOR_SHAPE',
+      `LoRA factors do not fit: A has ${A.length} values (expected r x in = ${r} x ${inFeatures}), B has ${B.length} (expected out x r = ${outFeatures} x ${r}).`,
+    );
+  }
+  if (!transpose) {
+    // coef = scale·B [out, r], basis = A [r, in]
+    const coef = new Float64Array(outFeatures * r);
+    for (let i = 0; i < coef.length; i++) coef[i] = scale * B[i];
+    return { rows: outFeatures, cols: inFeatures, rank: r, coef, basis: Float64Array.from(A) };
+  }
+  // coef = A^T [in, r], basis = scale·B^T [r, out]
+  const coef = new Float64Array(inFeatures * r);
+  for (let k = 0; k < r; k++)
+    for (let i = 0; i < inFeatures; i++) coef[i * r + k] = A[k * inFeatures + i];
+  const basis = new Float64Array(r * outFeatures);
+  for (let o = 0; o < outFeatures; o++)
+    for (let k = 0; k < r; k++) basis[k * outFeatures + o] = scale * B[o * r + k];
+  return { rows: inFeatures, cols: outFeatures, rank: r, coef, basis };
+}
+
+/** Several deltas of the same [rows, cols] as one of summed rank: sum_i delta_i. */
+export function concatLowRank(deltas: readonly LowRankDelta[]): LowRankDelta {
+  if (deltas.length === 1) return deltas[0];
+  const { rows, cols } = deltas[0];
+  let rank = 0;
+  for (const d of deltas) {
+    if (d.rows !== rows || d.cols !== cols) {
+      throw new AdapterError(
+        'LORA_FACTOR_SHAPE',
+        `Cannot add deltas of shapes [${rows}, ${cols}] and [${d.rows}, ${d.cols}].`,
+      );
+    }
+    rank += d.rank;
+  }
+  const coef = new Float64Array(rows * rank);
+  const basis = new Float64Array(rank * cols);
+  let k0 = 0;
+  for (const d of deltas) {
+    for (let i = 0; i < rows; i++) {
+      for (let k = 0; k < d.rank; k++) coef[i * rank + k0 + k] = d.coef[i * d.rank + k];
+    }
+    basis.set(d.basis, k0 * cols);
+    k0 += d.rank;
+  }
+  return { rows, cols, rank, coef, basis };
+}
+
+/** Ranks per pass of {@link deltaRow}; ranks are zero-padded to a multiple of it. */
+export const RANKS_PER_PASS = 16;
+
+/**
+ * A LowRankDelta laid out for {@link deltaRow}: the rank padded to a multiple of 16 with zeros,
+ * and the basis transposed in chunks of 16 ranks, so the 16 values multiplied into one output
+ * element are adjacent in memory.
+ */
+export interface PackedLowRank {
+  readonly rows: number;
+  readonly cols: number;
+  readonly chunks: number;
+  /** [rows, chunks * 16] */
+  readonly coef: Float64Array;
+  /** [chunks, cols, 16] */
+  readonly basisT: Float64Array;
+}
+
+export function packLowRank(d: LowRankDelta): PackedLowRank {
+  const P = RANKS_PER_PASS;
+  const chunks = Math.max(1, Math.ceil(d.rank / P));
+  const width = chunks * P;
+  const coef = new Float64Array(d.rows * width);
+  for (let i = 0; i < d.rows; i++)
+    coef.set(d.coef.subarray(i * d.rank, (i + 1) * d.rank), i * width);
+  const basisT = new Float64Array(chunks * d.cols * P);
+  for (let k = 0; k < d.rank; k++) {
+    const q = Math.floor(k / P);
+    const t = k % P;
+    const src = k * d.cols;
+    const dst = q * d.cols * P + t;
+    for (let j = 0; j < d.cols; j++) basisT[dst + j * P] = d.basis[src + j];
+  }
+  return { rows: d.rows, cols: d.cols, chunks, coef, basisT };
+}
+
+/**
+ * Writes row `i` of the delta into `out` (length cols): each output element is a 16-term dot
+ * product of the row's coefficients with 16 adjacent basis values, so `out` is stored once per
+ * 16 ranks and everything touched stays in cache. The order of operations is fixed, so a row
+ * always gives the same bits (the exact unmerge relies on it). About 2 GFLOP/s of
+ * multiply-adds in V8, against 0.6 for a rank-at-a-time axpy.
+ */
+export function deltaRow(p: PackedLowRank, i: number, out: Float64Array): void {
+  const { cols, chunks, coef, basisT } = p;
+  const P = RANKS_PER_PASS;
+  for (let q = 0; q < chunks; q++) {
+    const c = (i * chunks + q) * P;
+    const c0 = coef[c];
+    const c1 = coef[c + 1];
+    const c2 = coef[c + 2];
+    const c3 = coef[c + 3];
+    const c4 = coef[c + 4];
+    const c5 = coef[c + 5];
+    const c6 = coef[c + 6];
+    const c7 = coef[c + 7];
+    const c8 = coef[c + 8];
+    const c9 = coef[c + 9];
+    const c10 = coef[c + 10];
+    const c11 = coef[c + 11];
+    const c12 = coef[c + 12];
+    const c13 = coef[c + 13];
+    const c14 = coef[c + 14];
+    const c15 = coef[c + 15];
+    const b0 = q * cols * P;
+    if (q === 0) {
+      for (let j = 0, b = b0; j < cols; j++, b += P) {
+        out[j] =
+          c0 * basisT[b] +
+          c1 * basisT[b + 1] +
+          c2 * basisT[b + 2] +
+          c3 * basisT[b + 3] +
+          c4 * basisT[b + 4] +
+          c5 * basisT[b + 5] +
+          c6 * basisT[b + 6] +
+          c7 * basisT[b + 7] +
+          c8 * basisT[b + 8] +
+          c9 * basisT[b + 9] +
+          c10 * basisT[b + 10] +
+          c11 * basisT[b + 11] +
+          c12 * basisT[b + 12] +
+          c13 * basisT[b + 13] +
+          c14 * basisT[b + 14] +
+          c15 * basisT[b + 15];
+      }
+    } else {
+      for (let j = 0, b = b0; j < cols; j++, b += P) {
+        out[j] +=
+          c0 * basisT[b] +
+          c1 * basisT[b + 1] +
+          c2 * basisT[b + 2] +
+          c3 * basisT[b + 3] +
+          c4 * basisT[b + 4] +
+          c5 * basisT[b + 5] +
+          c6 * basisT[b + 6] +
+          c7 * basisT[b + 7] +
+          c8 * basisT[b + 8] +
+          c9 * basisT[b + 9] +
+          c10 * basisT[b + 10] +
+          c11 * basisT[b + 11] +
+          c12 * basisT[b + 12] +
+          c13 * basisT[b + 13] +
+          c14 * basisT[b + 14] +
+          c15 * basisT[b + 15];
+      }
+    }
+  }
+}

@@ -1,0 +1,177 @@
+import {
+  DTYPES,
+  type FloatDType,
+  type Tensor,
+  type TypedArrayOf,
+  type UnmergeResidual,
+} from '@lora/core';
+import { AdapterError } from '../errors.js';
+import { bitsView, FloatRows } from './float-rows.js';
+import { deltaRow, type LowRankDelta, packLowRank } from './low-rank-delta.js';
+
+export interface MergeWeightResult {
+  readonly merged: Tensor;
+  /** Present when `captureResidual` was asked. */
+  readonly residual?: UnmergeResidual;
+  /** Index of the first row holding a NaN or infinite value, or -1. */
+  readonly firstNonFiniteRow: number;
+}
+
+function checkShape(weight: Tensor, delta: LowRankDelta, what: string): void {
+  const [rows, cols] = weight.shape;
+  if (weight.shape.length !== 2 || rows !== delta.rows || cols !== delta.cols) {
+    throw new AdapterError(
+      'MERGE_SHAPE_MISMATCH',
+      `${what}: the weight has shape [${weight.shape.join(', ')}] but the adapter's delta is [${delta.rows}, ${delta.cols}].`,
+      { tensor: what, expected: [delta.rows, delta.cols], actual: weight.shape },
+    );
+  }
+}
+
+/**
+ * `merged = round_out(weight + delta)`, row by row: decode a row, add the row's rank-r update
+ * (computed in float64), round once to the output dtype. Memory: the output tensor plus a few
+ * rows. With `captureResidual`, also computes `round_in(merged - delta)` for each row and
+ * records where it differs from the original bits, so {@link unmergeLowRankDelta} can restore
+ * the original exactly. Never throws on NaN/Inf: reports `firstNonFiniteRow` so the caller can
+ * abort before anything is written.
+ */
+export function mergeLowRankDelta(
+  weight: Tensor,
+  delta: LowRankDelta,
+  outDtype: FloatDType,
+  options: { captureResidual?: boolean; name?: string } = {},
+): MergeWeightResult {
+  const inDtype = weight.dtype as FloatDType;
+  checkShape(weight, delta, options.name ?? 'weight');
+  const { rows: nRows, cols } = delta;
+  const packed = packLowRank(delta);
+  const out = DTYPES[outDtype].create(nRows * cols);
+  const io = new FloatRows(cols);
+  const w = new Float64Array(cols);
+  const d = new Float64Array(cols);
+  let firstNonFiniteRow = -1;
+
+  // Residual scratch: one row decoded back from the output, one re-encoded in the input dtype.
+  const capture = options.captureResidual === true;
+  const back = capture ? DTYPES[inDtype].create(cols) : undefined;
+  const origBits = capture ? bitsView(weight.data, inDtype) : undefined;
+  const backBits = back ? bitsView(back, inDtype) : undefined;
+  const indices: number[] = [];
+
+  for (let i = 0; i < nRows; i++) {
+    io.read(weight.data, inDtype, i, w);
+    deltaRow(packed, i, d);
+    for (let j = 0; j < cols; j++) w[j] += d[j];
+    if (!io.write(w, out, outDtype, i) && firstNonFiniteRow < 0) firstNonFiniteRow = i;
+    if (capture) {
+      io.read(out, outDtype, i, w);
+      for (let j = 0; j < cols; j++) w[j] -= d[j];
+      io.write(w, back!, inDtype, 0);
+      const base = i * cols;
+      for (let j = 0; j < cols; j++)
+        if (backBits![j] !== origBits![base + j]) indices.push(base + j);
+    }
+  }
+  const merged = { dtype: outDtype, shape: [nRows, cols], data: out } as Tensor;
+  if (!capture) return { merged, firstNonFiniteRow };
+  return { merged, firstNonFiniteRow, residual: takeResidual(weight, origBits!, indices) };
+}
+
+function takeResidual(
+  weight: Tensor,
+  bits: Uint16Array | Uint32Array | BigUint64Array,
+  indices: number[],
+): UnmergeResidual {
+  const idx = Uint32Array.from(indices);
+  const ctor = bits.constructor as new (n: number) => typeof bits;
+  const picked = new ctor(idx.length);
+  for (let k = 0; k < idx.length; k++) picked[k] = bits[idx[k]];
+  return {
+    dtype: weight.dtype as FloatDType,
+    shape: [...weight.shape],
+    indices: idx,
+    bits: picked,
+    checksum: checksum16(weight.data),
+  };
+}
+
+/**
+ * FNV-1a over the tensor's bytes taken as 16-bit words: the checksum core's `UnmergeResidual`
+ * carries, checked after unmerge to catch a wrong adapter or a modified merged model.
+ */
+export function checksum16(data: Tensor['data']): number {
+  const words = new Uint16Array(data.buffer, data.byteOffset, data.byteLength >>> 1);
+  let h = 0x811c9dc5;
+  for (let i = 0; i < words.length; i++) h = Math.imul(h ^ words[i], 0x01000193);
+  return h >>> 0;
+}
+
+/**
+ * The inverse of {@link mergeLowRankDelta}: `round_in(merged - delta)` row by row, then the
+ * residual's original bits are put back. Bit-exact when `delta` is the one that was merged and
+ * the residual is the one recorded then.
+ */
+export function unmergeLowRankDelta<D extends FloatDType>(
+  merged: Tensor,
+  delta: LowRankDelta,
+  baseDtype: D,
+  residual?: UnmergeResidual,
+  name = 'weight',
+): Tensor<D> {
+  checkShape(merged, delta, name);
+  const mergedDtype = merged.dtype as FloatDType;
+  const { rows: nRows, cols } = delta;
+  const packed = packLowRank(delta);
+  const out = DTYPES[baseDtype].create(nRows * cols) as TypedArrayOf[D];
+  const io = new FloatRows(cols);
+  const m = new Float64Array(cols);
+  const d = new Float64Array(cols);
+  for (let i = 0; i < nRows; i++) {
+    io.read(merged.data, mergedDtype, i, m);
+    deltaRow(packed, i, d);
+    for (let j = 0; j < cols; j++) m[j] -= d[j];
+    io.write(m, out, baseDtype, i);
+  }
+  if (residual) {
+    applyResidual(out, baseDtype, residual, name);
+    if (checksum16(out) !== residual.checksum) {
+      throw new AdapterError(
+        'UNMERGE_MISMATCH',
+        `${name}: after unmerge the weight does not match the original (checksum differs). The merged model or the adapter is not the one that was merged; use the same adapter folders, weights and order as for the merge.`,
+        { tensor: name },
+      );
+    }
+  }
+  return { dtype: baseDtype, shape: [nRows, cols], data: out };
+}
+
+/** Writes the residual's original bits back into `data`. */
+export function applyResidual(
+  data: Tensor['data'],
+  dtype: FloatDType,
+  residual: UnmergeResidual,
+  name: string,
+): void {
+  const bits = bitsView(data, dtype);
+  if (bits.constructor !== residual.bits.constructor || residual.dtype !== dtype) {
+    throw new AdapterError(
+      'UNMERGE_RESIDUAL_MISMATCH',
+      `${name}: the residual holds ${residual.bits.constructor.name} bits but the base dtype is ${dtype}.`,
+      { tensor: name },
+    );
+  }
+  const { indices } = residual;
+  for (let k = 0; k < indices.length; k++) {
+    if (indices[k] >= bits.length) {
+      throw new AdapterError(
+        'UNMERGE_RESIDUAL_MISMATCH',
+        `${name}: residual index ${indices[k]} is outside the tensor (${bits.length} elements).`,
+        {
+          tensor: name,
+        },
+      );
+    }
+    bits[indices[k]] = residual.bits[k];
+  }
+}
