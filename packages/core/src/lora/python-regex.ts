@@ -16,7 +16,10 @@ import { CoreError } from '../errors.js';
  * quantifiers, conditionals `(?(1)...)`. Python `\d`/`\w` also match non-ASCII digits/letters;
  * module names are ASCII identifiers, so the ASCII JS classes give the same answers.
  */
-export function translatePythonRegex(pattern: string, where: string): { source: string; flags: string } {
+export function translatePythonRegex(
+  pattern: string,
+  where: string,
+): { source: string; flags: string } {
   let flags = '';
   let i = 0;
   const lead = /^\(\?([aiLmsux]+)\)/.exec(pattern);
@@ -91,7 +94,11 @@ export function translatePythonRegex(pattern: string, where: string): { source: 
         continue;
       }
     }
-    if ((c === '+' || c === '*' || c === '?' || c === '}') && pattern[i + 1] === '+' && out.length > 0) {
+    if (
+      (c === '+' || c === '*' || c === '?' || c === '}') &&
+      pattern[i + 1] === '+' &&
+      out.length > 0
+    ) {
       throw unsupported(pattern, where, 'possessive quantifiers');
     }
     out += c;
@@ -113,10 +120,14 @@ export function pythonFullmatchRegExp(pattern: string, where: string): RegExp {
 }
 
 function invalid(pattern: string, where: string, why: string): CoreError {
-  return new CoreError('REGEX_INVALID', `${where}: the regular expression "${pattern}" is invalid (${why}). Fix the pattern.`, {
-    pattern,
-    where,
-  });
+  return new CoreError(
+    'REGEX_INVALID',
+    `${where}: the regular expression "${pattern}" is invalid (${why}). Fix the pattern.`,
+    {
+      pattern,
+      where,
+    },
+  );
 }
 
 function unsupported(pattern: string, where: string, what: string): CoreError {
