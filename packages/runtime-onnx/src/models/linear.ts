@@ -1,0 +1,158 @@
+import { type Tensor, tensor } from '@lora/core';
+import type { GraphBuilder } from '../graph/builder.js';
+import * as op from '../graph/ops.js';
+import type { Value } from '../graph/types.js';
+
+/**
+ * A linear layer's weight, ready for the graph: dense float32 (stored transposed, `[in, out]`,
+ * for MatMul), or 4-bit for onnxruntime's `MatMulNBits` (int4/uint4) or `MatMulBnb4` (nf4/fp4).
+ * `inFeatures`/`outFeatures` are torch's `[out, in]` sizes.
+ */
+export type LinearWeight =
+  | {
+      readonly kind: 'dense';
+      readonly inFeatures: number;
+      readonly outFeatures: number;
+      readonly weightT: Tensor<'f32'>;
+    }
+  | {
+      readonly kind: 'nbits';
+      readonly inFeatures: number;
+      readonly outFeatures: number;
+      readonly blockSize: number;
+      /** [N, ceil(K / blockSize), blockSize / 2], element k in the low nibble when k is even. */
+      readonly packed: Tensor<'u8'>;
+      /** [N * ceil(K / blockSize)] */
+      readonly scales: Tensor<'f32'>;
+      /** Packed 4-bit zero points [N * ceil(nBlocks / 2)]; absent means 8 (symmetric int4). */
+      readonly zeroPoints?: Tensor<'u8'>;
+    }
+  | {
+      readonly kind: 'bnb4';
+      readonly inFeatures: number;
+      readonly outFeatures: number;
+      readonly blockSize: number;
+      readonly quantType: 'nf4' | 'fp4';
+      /** [(N * K + 1) / 2], the flattened [N, K] weight, high nibble first (bitsandbytes). */
+      readonly packed: Tensor<'u8'>;
+      /** [ceil(N * K / blockSize)], already expanded from double quantization. */
+      readonly absmax: Tensor<'f32'>;
+    };
+
+/** Where a linear sits in the graph, as a {@link LinearHook} sees it. */
+export interface LinearSite {
+  /** HF module name, e.g. `model.layers.0.self_attn.q_proj`. */
+  readonly module: string;
+  /** Decoder layer index. */
+  readonly layer: number;
+  /** The layer's input, x: [batch, sequence, inFeatures]; the same Value for q/k/v and for gate/up. */
+  readonly x: Value;
+  /** The base layer's output (bias included), y: [batch, sequence, outFeatures]. */
+  readonly y: Value;
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+}
+
+/**
+ * Called once for every linear layer of the decoder layers (q, k, v, o, gate, up, down; not
+ * lm_head), in that order, right after the base product. Return the value used downstream (for
+ * example `y + scale * (x A) B` with A and B as new graph inputs), or `undefined` to keep `y`.
+ * This is how LoRA branches enter any model without model code knowing about them.
+ */
+export type LinearHook = (g: GraphBuilder, site: LinearSite) => Value | undefined;
+
+/**
+ * The single place every model emits a linear layer: y = x W^T (+ bias), through MatMul,
+ * MatMulNBits or MatMulBnb4 depending on the weight, then the hook (given for decoder layers). x: [..., in] -> y: [..., out].
+ */
+export function emitLinear(
+  g: GraphBuilder,
+  moduleName: string,
+  x: Value,
+  weight: LinearWeight,
+  bias?: Tensor<'f32'>,
+  hook?: { readonly fn: LinearHook; readonly layer: number },
+): Value {
+  const N = weight.outFeatures;
+  const K = weight.inFeatures;
+  let y: Value;
+  switch (weight.kind) {
+    case 'dense':
+      y = op.matmul(
+        g,
+        x,
+        g.initializer(`${moduleName}.weight_t`, weight.weightT),
+        `${moduleName}/MatMul`,
+      );
+      break;
+    case 'nbits': {
+      const inputs = [
+        x,
+        g.initializer(`${moduleName}.weight_q4`, weight.packed),
+        g.initializer(`${moduleName}.weight_scales`, weight.scales),
+        weight.zeroPoints
+          ? g.initializer(`${moduleName}.weight_zero_points`, weight.zeroPoints)
+          : undefined,
+      ];
+      [y] = g.node(
+        'MatMulNBits',
+        inputs,
+        { K: { int: K }, N: { int: N }, bits: { int: 4 }, block_size: { int: weight.blockSize } },
+        `${moduleName}/MatMulNBits`,
+      );
+      break;
+    }
+    case 'bnb4':
+      [y] = g.node(
+        'MatMulBnb4',
+        [
+          x,
+          g.initializer(`${moduleName}.weight_bnb4`, weight.packed),
+          g.initializer(`${moduleName}.weight_absmax`, weight.absmax),
+        ],
+        {
+          K: { int: K },
+          N: { int: N },
+          block_size: { int: weight.blockSize },
+          quant_type: { int: weight.quantType === 'nf4' ? 1 : 0 },
+        },
+        `${moduleName}/MatMulBnb4`,
+      );
+      break;
+  }
+  if (bias) y = op.add(g, y, g.initializer(`${moduleName}.bias`, bias), `${moduleName}/Add`);
+  return (
+    hook?.fn(g, { module: moduleName, layer: hook.layer, x, y, inFeatures: K, outFeatures: N }) ?? y
+  );
+}
+
+/** [rows, cols] -> [cols, rows], float32, in cache-friendly tiles. */
+export function transpose2d(src: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  const tile = 32;
+  for (let r0 = 0; r0 < rows; r0 += tile) {
+    const r1 = Math.min(r0 + tile, rows);
+    for (let c0 = 0; c0 < cols; c0 += tile) {
+      const c1 = Math.min(c0 + tile, cols);
+      for (let r = r0; r < r1; r++) {
+        const rowBase = r * cols;
+        for (let c = c0; c < c1; c++) out[c * rows + r] = src[rowBase + c];
+      }
+    }
+  }
+  return out;
+}
+
+/** A dense linear from a torch-layout [out, in] float32 weight. */
+export function denseLinear(
+  weight: Float32Array,
+  outFeatures: number,
+  inFeatures: number,
+): LinearWeight {
+  return {
+    kind: 'dense',
+    inFeatures,
+    outFeatures,
+    weightT: tensor('f32', [inFeatures, outFeatures], transpose2d(weight, outFeatures, inFeatures)),
+  };
+}

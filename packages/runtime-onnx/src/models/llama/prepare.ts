@@ -1,0 +1,126 @@
+import { type Tensor, tensor, toFloat32Array } from '@lora/core';
+import { RuntimeError } from '../../errors.js';
+import { denseLinear, type LinearWeight } from '../linear.js';
+import { type BaseQuantOptions, quantizeLinear } from '../quantize-linear.js';
+import type { WeightSource } from '../weights.js';
+import {
+  LLAMA_LINEARS,
+  type LlamaConfig,
+  type LlamaLinear,
+  llamaLinearHasBias,
+  llamaLinearShape,
+  llamaModuleName,
+  llamaWeightSpec,
+} from './config.js';
+import type { LlamaGraphWeights } from './graph.js';
+
+const FLOAT_DTYPES = new Set(['f32', 'f16', 'bf16', 'f64']);
+
+/**
+ * Checks that a weight source holds every tensor the config implies, with the right shape and a
+ * float dtype, before anything is read: the error names the tensor and both shapes.
+ */
+export function validateLlamaWeights(config: LlamaConfig, source: WeightSource): void {
+  const missing: string[] = [];
+  for (const { name, shape } of llamaWeightSpec(config)) {
+    const info = source.info(name);
+    if (!info) {
+      missing.push(name);
+      continue;
+    }
+    if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
+      throw new RuntimeError(
+        'WEIGHT_SHAPE',
+        `${source.description}: tensor "${name}" has shape [${info.shape.join(', ')}], the config implies [${shape.join(', ')}]; the config and the weights do not belong together.`,
+        { tensor: name, expected: shape, actual: info.shape },
+      );
+    }
+    if (!FLOAT_DTYPES.has(info.dtype)) {
+      throw new RuntimeError(
+        'WEIGHT_DTYPE',
+        `${source.description}: tensor "${name}" is ${info.dtype}; a float dtype (f32, f16, bf16) is needed.`,
+        { tensor: name, dtype: info.dtype },
+      );
+    }
+  }
+  if (missing.length > 0) {
+    const shown = missing
+      .slice(0, 3)
+      .map((n) => `"${n}"`)
+      .join(', ');
+    const more = missing.length > 3 ? ` and ${missing.length - 3} more` : '';
+    const hint = missing.includes('lm_head.weight')
+      ? ' (set "tie_word_embeddings": true in config.json if the model shares its embedding matrix)'
+      : '';
+    throw new RuntimeError(
+      'WEIGHT_MISSING',
+      `${source.description}: missing tensor ${shown}${more}${hint}.`,
+      { missing },
+    );
+  }
+}
+
+async function readF32(source: WeightSource, name: string): Promise<Tensor<'f32'>> {
+  const t = await source.read(name);
+  const data = t.dtype === 'f64' ? Float32Array.from(t.data as Float64Array) : toFloat32Array(t);
+  return tensor('f32', t.shape, data === t.data ? (data as Float32Array) : data);
+}
+
+export interface PrepareOptions {
+  /** Quantize the decoder layers' linears on load (lm_head and embeddings stay float32). */
+  readonly quant?: BaseQuantOptions;
+}
+
+/**
+ * Reads, converts (f16/bf16 -> f32) and lays out every weight for the graph, one tensor at a
+ * time: linears transposed for MatMul, or quantized to 4 bits.
+ */
+export async function prepareLlamaWeights(
+  config: LlamaConfig,
+  source: WeightSource,
+  options: PrepareOptions = {},
+): Promise<LlamaGraphWeights> {
+  validateLlamaWeights(config, source);
+  const embedTokens = await readF32(source, 'model.embed_tokens.weight');
+  const layers: LlamaGraphWeights['layers'][number][] = [];
+  for (let l = 0; l < config.numLayers; l++) {
+    const linears = {} as Record<LlamaLinear, LinearWeight>;
+    const biases: Partial<Record<LlamaLinear, Tensor<'f32'>>> = {};
+    for (const linear of LLAMA_LINEARS) {
+      const module = llamaModuleName(l, linear);
+      const [out, inF] = llamaLinearShape(config, linear);
+      const w = await readF32(source, `${module}.weight`);
+      linears[linear] = options.quant
+        ? quantizeLinear(w.data, out, inF, options.quant, module)
+        : denseLinear(w.data, out, inF);
+      if (llamaLinearHasBias(config, linear))
+        biases[linear] = await readF32(source, `${module}.bias`);
+    }
+    layers.push({
+      inputNorm: await readF32(source, `model.layers.${l}.input_layernorm.weight`),
+      postAttentionNorm: await readF32(source, `model.layers.${l}.post_attention_layernorm.weight`),
+      linears,
+      biases,
+    });
+  }
+  const lmHeadSource = config.tieWordEmbeddings
+    ? embedTokens
+    : await readF32(source, 'lm_head.weight');
+  return {
+    embedTokens,
+    finalNorm: await readF32(source, 'model.norm.weight'),
+    lmHead: denseLinear(lmHeadSource.data, config.vocabSize, config.hiddenSize),
+    layers,
+  };
+}
+
+/** Every tensor of the model as float32, by HF name (for reference computations and merging). */
+export async function readLlamaWeightsF32(
+  config: LlamaConfig,
+  source: WeightSource,
+): Promise<Map<string, Tensor<'f32'>>> {
+  validateLlamaWeights(config, source);
+  const out = new Map<string, Tensor<'f32'>>();
+  for (const { name } of llamaWeightSpec(config)) out.set(name, await readF32(source, name));
+  return out;
+}
