@@ -21,3 +21,4 @@ export * from './linalg/matrix.js';
 export * from './linalg/transpose.js';
 export * from './linalg/qr.js';
 export * from './linalg/svd.js';
+export * from './linalg/randomized-svd.js';
