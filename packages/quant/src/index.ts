@@ -1,1 +1,14 @@
-export {};
+export * from './blockwise.js';
+export * from './bnb4-state-dict.js';
+export * from './bnb4-weight.js';
+export * from './codebooks.js';
+export * from './double-quant.js';
+export * from './error-report.js';
+export * from './errors.js';
+export * from './formats.js';
+export * from './nbits.js';
+export * from './ort-layout.js';
+export * from './python-json.js';
+export * from './qlora.js';
+export * from './quantization-config.js';
+export * from './quantized-weight.js';

@@ -1,0 +1,318 @@
+import {
+  FP4_CODE,
+  FP4_MAGNITUDE_CODES,
+  FP4_SIGN_BIT,
+  FP4_THRESHOLDS,
+  NF4_CODE,
+  NF4_THRESHOLDS,
+  NF4_ZERO_CODE,
+} from './codebooks.js';
+import { QuantError } from './errors.js';
+import {
+  assertBlockSize,
+  assertFinite,
+  type Bnb4Format,
+  BNB4_DEFAULT_BLOCK_SIZE,
+  isBnb4Format,
+} from './formats.js';
+
+/**
+ * A tensor quantized the bitsandbytes way: blocks of `blockSize` consecutive values of the
+ * flattened (row-major) tensor, one float32 absmax per block, two 4-bit codes per byte.
+ *
+ * Layout (sizes asserted by {@link assertBlockwiseLayout}):
+ * - `packed`: `ceil(length / 2)` bytes; value `2j` in the HIGH nibble, `2j + 1` in the LOW nibble.
+ *   An odd count is padded with the code of 0.0 (NF4 7, FP4 0).
+ * - `absmax`: `ceil(length / blockSize)` float32; the last partial block covers only its real values.
+ */
+export interface Blockwise4Bit {
+  readonly format: Bnb4Format;
+  readonly blockSize: number;
+  /** Number of quantized values. */
+  readonly length: number;
+  readonly packed: Uint8Array;
+  readonly absmax: Float32Array;
+}
+
+export interface BlockwiseOptions {
+  format: Bnb4Format;
+  /** Values per block, 32..4096 (power of two). Default 64. */
+  blockSize?: number;
+  /** Tensor name used in error messages. */
+  name?: string;
+}
+
+/** The code table of a bitsandbytes 4-bit format. */
+export function codeTable(format: Bnb4Format): Float32Array {
+  return format === 'nf4' ? NF4_CODE : FP4_CODE;
+}
+
+export function blockCount(length: number, blockSize: number): number {
+  return Math.ceil(length / blockSize);
+}
+
+/** Throws QUANT_SHAPE unless the arrays have the sizes the layout requires. */
+export function assertBlockwiseLayout(q: Blockwise4Bit): void {
+  const wantPacked = Math.ceil(q.length / 2);
+  const wantAbsmax = blockCount(q.length, q.blockSize);
+  if (q.packed.length !== wantPacked || q.absmax.length !== wantAbsmax) {
+    throw new QuantError(
+      'QUANT_SHAPE',
+      `${q.format} blocks of ${q.blockSize} over ${q.length} values need ${wantPacked} packed bytes and ${wantAbsmax} absmax values, got ${q.packed.length} and ${q.absmax.length}.`,
+      { length: q.length, blockSize: q.blockSize },
+    );
+  }
+}
+
+// --- Reference: the decision rules written out one value at a time ----------------------------
+
+/**
+ * The code of one normalised value, as the bitsandbytes kernel decides it. NF4: the number of
+ * thresholds strictly below `y`. FP4: sign bit for `y < 0`, magnitude level = number of
+ * thresholds strictly below `|y|`. NaN (0/0 in an all-zero block) fails every comparison and
+ * gives code 0, as on CUDA.
+ */
+export function quantizeValueRef(format: Bnb4Format, y: number): number {
+  if (format === 'nf4') {
+    let code = 0;
+    for (let k = 0; k < NF4_THRESHOLDS.length; k++) if (y > NF4_THRESHOLDS[k]) code = k + 1;
+    return code;
+  }
+  const sign = y < 0 ? FP4_SIGN_BIT : 0;
+  const magnitude = Math.abs(y);
+  let level = 0;
+  for (let k = 0; k < FP4_THRESHOLDS.length; k++) if (magnitude > FP4_THRESHOLDS[k]) level = k + 1;
+  return sign | FP4_MAGNITUDE_CODES[level];
+}
+
+/**
+ * Reference blockwise quantization (slow, plain): absmax per block, `y = f32(x * f32(1/absmax))`,
+ * {@link quantizeValueRef}, pack high nibble first. The fast {@link quantizeBlockwise} must give
+ * the same bytes.
+ */
+export function quantizeBlockwiseRef(
+  values: Float32Array,
+  options: BlockwiseOptions,
+): Blockwise4Bit {
+  const { format } = options;
+  const blockSize = options.blockSize ?? BNB4_DEFAULT_BLOCK_SIZE;
+  assertBlockSize(format, blockSize);
+  assertFinite(values, options.name);
+  const n = values.length;
+  const absmax = new Float32Array(blockCount(n, blockSize));
+  const codes = new Uint8Array(n + (n % 2));
+  for (let b = 0; b < absmax.length; b++) {
+    const start = b * blockSize;
+    const end = Math.min(start + blockSize, n);
+    let m = 0;
+    for (let i = start; i < end; i++) m = Math.max(m, Math.abs(values[i]));
+    absmax[b] = m;
+    const inverse = Math.fround(1 / m);
+    for (let i = start; i < end; i++)
+      codes[i] = quantizeValueRef(format, Math.fround(values[i] * inverse));
+    // Padding of an odd count is the value 0.0, normalised like the rest (NaN when absmax is 0).
+    if (end === n && n % 2 === 1) codes[n] = quantizeValueRef(format, Math.fround(0 * inverse));
+  }
+  const packed = new Uint8Array(Math.ceil(n / 2));
+  for (let j = 0; j < packed.length; j++) packed[j] = (codes[2 * j] << 4) | codes[2 * j + 1];
+  return { format, blockSize, length: n, packed, absmax };
+}
+
+// --- Fast path: bucket tables ---------------------------------------------------------------
+
+/**
+ * Normalised values lie in [-1, 1] (a hair over with rounding). The axis [-2, 2) is cut into
+ * buckets of 1/512; each bucket holds at most one decision threshold, so the code of `y` is
+ * `y > bucketThreshold ? codeAbove : codeBelow`, with no search. Bucket edges are exact
+ * (`floor(y * 512)` scales by a power of two), so this is bit-identical to the reference.
+ */
+const BUCKETS_PER_UNIT = 512;
+const BUCKET_COUNT = 4 * BUCKETS_PER_UNIT;
+const BUCKET_OFFSET = 2 * BUCKETS_PER_UNIT;
+
+interface BucketTable {
+  readonly threshold: Float64Array;
+  readonly below: Uint8Array;
+  readonly above: Uint8Array;
+  /** Code of 0.0 in a block with a non-zero absmax (padding of odd counts). */
+  readonly zeroCode: number;
+}
+
+/** Largest float32 below `x` (for turning `y >= t` into `y > t'` on float32 values). */
+function previousFloat32(x: number): number {
+  const f = new Float32Array([x]);
+  const u = new Uint32Array(f.buffer);
+  if (x === 0) {
+    u[0] = 0x80000001; // -min subnormal
+  } else if (x > 0) {
+    u[0]--;
+  } else {
+    u[0]++;
+  }
+  return f[0];
+}
+
+function buildBucketTable(format: Bnb4Format): BucketTable {
+  // Decision points along the signed axis: code changes when y > t (strict) for each t, in order.
+  // `codes[s]` is the code of the s-th interval from the left.
+  let points: number[];
+  let codes: number[];
+  if (format === 'nf4') {
+    points = [...NF4_THRESHOLDS];
+    codes = Array.from({ length: 16 }, (_, k) => k);
+  } else {
+    // Negative side: |y| > t means a larger magnitude, so going right the level drops when
+    // y >= -t, i.e. y > previousFloat32(-t). At zero, y >= 0 (including -0) loses the sign bit.
+    const negative = [...FP4_THRESHOLDS].reverse().map((t) => previousFloat32(-t));
+    points = [...negative, previousFloat32(0), ...FP4_THRESHOLDS];
+    codes = [];
+    for (let level = 7; level >= 0; level--) codes.push(FP4_SIGN_BIT | FP4_MAGNITUDE_CODES[level]);
+    for (let level = 0; level <= 7; level++) codes.push(FP4_MAGNITUDE_CODES[level]);
+  }
+  const threshold = new Float64Array(BUCKET_COUNT).fill(Number.POSITIVE_INFINITY);
+  const below = new Uint8Array(BUCKET_COUNT);
+  const above = new Uint8Array(BUCKET_COUNT);
+  for (let b = 0; b < BUCKET_COUNT; b++) {
+    const lo = (b - BUCKET_OFFSET) / BUCKETS_PER_UNIT;
+    const hi = lo + 1 / BUCKETS_PER_UNIT;
+    const passed = points.filter((t) => t < lo).length;
+    const inside = points.filter((t) => t >= lo && t < hi);
+    if (inside.length > 1) throw new Error('internal: two thresholds in one bucket');
+    below[b] = codes[passed];
+    above[b] = codes[Math.min(passed + inside.length, codes.length - 1)];
+    if (inside.length === 1) threshold[b] = inside[0];
+  }
+  return { threshold, below, above, zeroCode: format === 'nf4' ? NF4_ZERO_CODE : 0 };
+}
+
+const BUCKET_TABLES: Readonly<Record<Bnb4Format, BucketTable>> = {
+  nf4: buildBucketTable('nf4'),
+  fp4: buildBucketTable('fp4'),
+};
+
+/**
+ * Quantizes `values` (the flattened tensor) to NF4 or FP4 exactly as bitsandbytes does: one
+ * absmax per block, `x * (1/absmax)` in float32, the kernel's thresholds and tie rules, high
+ * nibble first. An all-zero block gets absmax 0 and codes 0 (bytes 0x00, as the CUDA kernel
+ * writes; the pure-torch backend writes 0x77 for NF4, which also decodes to zeros).
+ * Throws QUANT_NON_FINITE on NaN/Inf (with the first bad index), QUANT_BLOCK_SIZE on a block
+ * size bitsandbytes does not allow.
+ */
+export function quantizeBlockwise(values: Float32Array, options: BlockwiseOptions): Blockwise4Bit {
+  const { format } = options;
+  if (!isBnb4Format(format)) {
+    throw new QuantError('QUANT_FORMAT', `quantizeBlockwise takes nf4 or fp4, got ${format}.`, {
+      format,
+    });
+  }
+  const blockSize = options.blockSize ?? BNB4_DEFAULT_BLOCK_SIZE;
+  assertBlockSize(format, blockSize);
+  const n = values.length;
+  const absmax = new Float32Array(blockCount(n, blockSize));
+  const packed = new Uint8Array(Math.ceil(n / 2));
+  quantizeBlocksInto(values, format, blockSize, 0, absmax.length, packed, absmax, options.name);
+  return { format, blockSize, length: n, packed, absmax };
+}
+
+/**
+ * Quantizes blocks `[firstBlock, endBlock)` of `values` into `packed` and `absmax` (full-size
+ * outputs). The unit of work that parallel quantization hands to each thread.
+ */
+export function quantizeBlocksInto(
+  values: Float32Array,
+  format: Bnb4Format,
+  blockSize: number,
+  firstBlock: number,
+  endBlock: number,
+  packed: Uint8Array,
+  absmax: Float32Array,
+  name = 'tensor',
+): void {
+  const table = BUCKET_TABLES[format];
+  const { threshold, below, above } = table;
+  const n = values.length;
+  for (let b = firstBlock; b < endBlock; b++) {
+    const start = b * blockSize;
+    const end = Math.min(start + blockSize, n);
+    let m = 0;
+    let poison = 0; // becomes NaN if any value is NaN or +-Inf
+    for (let i = start; i < end; i++) {
+      const v = values[i];
+      const a = Math.abs(v);
+      if (a > m) m = a;
+      poison += v * 0;
+    }
+    if (poison !== 0) assertFinite(values, name, start, end);
+    absmax[b] = m;
+    const inverse = Math.fround(1 / m);
+    let o = start >> 1;
+    if (inverse === Number.POSITIVE_INFINITY) {
+      // absmax 0 (all-zero block) or below ~3e-39: the kernel multiplies by +Inf; follow it literally.
+      for (let i = start; i < end; i += 2) {
+        const c0 = quantizeValueRef(format, Math.fround(values[i] * inverse));
+        const c1 = quantizeValueRef(
+          format,
+          Math.fround((i + 1 < end ? values[i + 1] : 0) * inverse),
+        );
+        packed[o++] = (c0 << 4) | c1;
+      }
+      continue;
+    }
+    let i = start;
+    for (; i + 1 < end; i += 2) {
+      const y0 = Math.fround(values[i] * inverse);
+      const y1 = Math.fround(values[i + 1] * inverse);
+      const b0 = Math.floor(y0 * BUCKETS_PER_UNIT) + BUCKET_OFFSET;
+      const b1 = Math.floor(y1 * BUCKETS_PER_UNIT) + BUCKET_OFFSET;
+      const c0 = y0 > threshold[b0] ? above[b0] : below[b0];
+      const c1 = y1 > threshold[b1] ? above[b1] : below[b1];
+      packed[o++] = (c0 << 4) | c1;
+    }
+    if (i < end) {
+      // Odd count: the last byte pairs the final value with a padding 0.0.
+      const y0 = Math.fround(values[i] * inverse);
+      const b0 = Math.floor(y0 * BUCKETS_PER_UNIT) + BUCKET_OFFSET;
+      const c0 = y0 > threshold[b0] ? above[b0] : below[b0];
+      packed[o] = (c0 << 4) | table.zeroCode;
+    }
+  }
+}
+
+/**
+ * Dequantizes to float32: `w = f32(table[code] * absmax[i / blockSize])`. Writes into `out` when
+ * given (length >= q.length).
+ */
+export function dequantizeBlockwise(
+  q: Blockwise4Bit,
+  out: Float32Array = new Float32Array(q.length),
+): Float32Array {
+  assertBlockwiseLayout(q);
+  dequantizeBlocksInto(q, 0, q.absmax.length, out);
+  return out;
+}
+
+/** Dequantizes blocks `[firstBlock, endBlock)` of `q` into `out` (full size). */
+export function dequantizeBlocksInto(
+  q: Blockwise4Bit,
+  firstBlock: number,
+  endBlock: number,
+  out: Float32Array,
+): void {
+  const code = codeTable(q.format);
+  const { packed, absmax, blockSize, length: n } = q;
+  const scaled = new Float32Array(16);
+  for (let b = firstBlock; b < endBlock; b++) {
+    const a = absmax[b];
+    for (let c = 0; c < 16; c++) scaled[c] = code[c] * a;
+    const start = b * blockSize;
+    const end = Math.min(start + blockSize, n);
+    let o = start >> 1;
+    let i = start;
+    for (; i + 1 < end; i += 2) {
+      const byte = packed[o++];
+      out[i] = scaled[byte >> 4];
+      out[i + 1] = scaled[byte & 15];
+    }
+    if (i < end) out[i] = scaled[packed[o] >> 4];
+  }
+}

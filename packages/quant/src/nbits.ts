@@ -1,0 +1,209 @@
+import { QuantError } from './errors.js';
+import {
+  assertBlockSize,
+  assertFinite,
+  isNBitsFormat,
+  NBITS_DEFAULT_BLOCK_SIZE,
+  type NBitsFormat,
+} from './formats.js';
+
+/**
+ * A weight `[N, K]` (torch Linear layout: N outputs, K inputs) in onnxruntime's
+ * `com.microsoft.MatMulNBits` layout, 4 bits. Blocks of `blockSize` run along K within each row;
+ * dequantization is `(q - zeroPoint) * scale`.
+ *
+ * Layout (sizes asserted by {@link assertNBitsLayout}), with `blocksPerRow = ceil(K / blockSize)`
+ * and `bytesPerBlock = blockSize / 2`:
+ * - `B`: uint8 `[N, blocksPerRow, bytesPerBlock]`; element k of a block at byte k/2, LOW nibble
+ *   when k is even (the opposite of bitsandbytes). The row stride is `blocksPerRow *
+ *   bytesPerBlock`, not K/2, when K is not a multiple of the block size.
+ * - `scales`: float32 `[N * blocksPerRow]`.
+ * - `zeroPoints` (uint4 only): uint8 `[N * ceil(blocksPerRow / 2)]`, two per byte, low nibble
+ *   first, each row padded to whole bytes. Absent for int4: the kernel then uses zero point 8.
+ */
+export interface MatMulNBitsWeight {
+  readonly format: NBitsFormat;
+  /** Rows (output features). */
+  readonly N: number;
+  /** Columns (input features), the reduction dimension. */
+  readonly K: number;
+  readonly blockSize: number;
+  readonly B: Uint8Array;
+  readonly scales: Float32Array;
+  readonly zeroPoints?: Uint8Array;
+}
+
+export interface NBitsOptions {
+  format: NBitsFormat;
+  /** Values per block along K: 16, 32, 64, 128 or 256. Default 32. */
+  blockSize?: number;
+  /** Tensor name used in error messages. */
+  name?: string;
+}
+
+/** Number of blocks in each row. */
+export function blocksPerRow(K: number, blockSize: number): number {
+  return Math.ceil(K / blockSize);
+}
+
+/** Throws QUANT_SHAPE unless the arrays have the sizes the layout requires. */
+export function assertNBitsLayout(w: MatMulNBitsWeight): void {
+  const nb = blocksPerRow(w.K, w.blockSize);
+  const wantB = w.N * nb * (w.blockSize / 2);
+  const wantScales = w.N * nb;
+  const wantZp = w.format === 'uint4' ? w.N * Math.ceil(nb / 2) : 0;
+  const gotZp = w.zeroPoints?.length ?? 0;
+  if (w.B.length !== wantB || w.scales.length !== wantScales || gotZp !== wantZp) {
+    throw new QuantError(
+      'QUANT_SHAPE',
+      `MatMulNBits ${w.format} [N=${w.N}, K=${w.K}] in blocks of ${w.blockSize} needs B ${wantB} bytes, ${wantScales} scales, ${wantZp} zero-point bytes; got ${w.B.length}, ${w.scales.length}, ${gotZp}.`,
+      { N: w.N, K: w.K, blockSize: w.blockSize },
+    );
+  }
+}
+
+/** C's `roundf`: halves away from zero (JS `Math.round` sends -2.5 to -2). Exact for float32 input. */
+export function roundHalfAwayFromZero(v: number): number {
+  return v < 0 ? -Math.floor(-v + 0.5) : Math.floor(v + 0.5);
+}
+
+/** Largest magnitude of int4 codes: q in [-7, 7], stored as q + 8 (see README for why not -8). */
+export const INT4_MAX = 7;
+
+/**
+ * Quantizes `weight` `[N, K]` (row-major float32) into the `MatMulNBits` layout.
+ *
+ * - `uint4`: asymmetric with a zero point, identical to onnxruntime's own quantizer (MLAS):
+ *   `min = min(block, 0)`, `max = max(block, 0)`, `scale = f32(max - min) / 15`,
+ *   `zp = roundf(-min / scale)` clamped to 0..15, `q = clamp(roundf(f32(v * f32(1/scale)) + zp), 0, 15)`;
+ *   scale 0 gives q = zp.
+ * - `int4`: symmetric absmax, `scale = absmax / 7`, `q = clamp(roundf(v * f32(1/scale)), -7, 7)`,
+ *   stored as `q + 8` with no zero points (the kernel's default zero point is 8).
+ *
+ * Padding: a block's odd last value pairs with the zero-point code; whole missing bytes of a
+ * partial block are 0 (what onnxruntime's quantizer leaves). Kernels never read them.
+ */
+export function quantizeMatMulNBits(
+  weight: Float32Array,
+  N: number,
+  K: number,
+  options: NBitsOptions,
+): MatMulNBitsWeight {
+  const { format } = options;
+  if (!isNBitsFormat(format))
+    throw new QuantError(
+      'QUANT_FORMAT',
+      `quantizeMatMulNBits takes int4 or uint4, got ${format}.`,
+      { format },
+    );
+  const blockSize = options.blockSize ?? NBITS_DEFAULT_BLOCK_SIZE;
+  assertBlockSize(format, blockSize);
+  if (
+    !Number.isSafeInteger(N) ||
+    !Number.isSafeInteger(K) ||
+    N < 0 ||
+    K < 0 ||
+    weight.length !== N * K
+  ) {
+    throw new QuantError(
+      'QUANT_SHAPE',
+      `${options.name ?? 'weight'}: expected N x K = ${N} x ${K} values, got ${weight.length}.`,
+      {
+        tensor: options.name,
+      },
+    );
+  }
+  const nb = blocksPerRow(K, blockSize);
+  const bytesPerBlock = blockSize / 2;
+  const B = new Uint8Array(N * nb * bytesPerBlock);
+  const scales = new Float32Array(N * nb);
+  const zpBytesPerRow = Math.ceil(nb / 2);
+  const zeroPoints = format === 'uint4' ? new Uint8Array(N * zpBytesPerRow) : undefined;
+  const f = Math.fround;
+  for (let n = 0; n < N; n++) {
+    const row = n * K;
+    for (let blk = 0; blk < nb; blk++) {
+      const k0 = blk * blockSize;
+      const k1 = Math.min(k0 + blockSize, K);
+      let min = 0;
+      let max = 0;
+      let poison = 0;
+      for (let k = row + k0; k < row + k1; k++) {
+        const v = weight[k];
+        if (v < min) min = v;
+        if (v > max) max = v;
+        poison += v * 0;
+      }
+      if (poison !== 0) assertFinite(weight, options.name, row + k0, row + k1);
+      let scale: number;
+      let zp: number;
+      let qmin: number;
+      let qmax: number;
+      if (format === 'uint4') {
+        scale = f(f(max - min) / 15);
+        const zpReal = scale !== 0 ? f(0 - f(min / scale)) : min;
+        zp = zpReal < 0 ? 0 : zpReal > 15 ? 15 : roundHalfAwayFromZero(zpReal);
+        zeroPoints![n * zpBytesPerRow + (blk >> 1)] |= (blk & 1) === 0 ? zp : zp << 4;
+        qmin = 0;
+        qmax = 15;
+      } else {
+        const absmax = Math.max(max, -min);
+        scale = f(absmax / INT4_MAX);
+        zp = 8;
+        qmin = 8 - INT4_MAX;
+        qmax = 8 + INT4_MAX;
+      }
+      scales[n * nb + blk] = scale;
+      const inverse = scale !== 0 ? f(1 / scale) : 0;
+      const out = (n * nb + blk) * bytesPerBlock;
+      for (let k = k0; k < k1; k += 2) {
+        const q0 = clampRound(f(weight[row + k] * inverse) + zp, qmin, qmax);
+        const q1 = k + 1 < k1 ? clampRound(f(weight[row + k + 1] * inverse) + zp, qmin, qmax) : zp;
+        B[out + ((k - k0) >> 1)] = q0 | (q1 << 4);
+      }
+    }
+  }
+  return zeroPoints
+    ? { format, N, K, blockSize, B, scales, zeroPoints }
+    : { format, N, K, blockSize, B, scales };
+}
+
+/** `clamp(roundf(f32(v)), lo, hi)`: v is rounded to float32 first, as the C code adds in float. */
+function clampRound(v: number, lo: number, hi: number): number {
+  const r = roundHalfAwayFromZero(Math.fround(v));
+  return r < lo ? lo : r > hi ? hi : r;
+}
+
+/** Zero point of block `blk` in row `n` (8 when the layout has none). */
+export function nbitsZeroPoint(w: MatMulNBitsWeight, n: number, blk: number): number {
+  if (!w.zeroPoints) return 8;
+  const nb = blocksPerRow(w.K, w.blockSize);
+  const byte = w.zeroPoints[n * Math.ceil(nb / 2) + (blk >> 1)];
+  return (blk & 1) === 0 ? byte & 15 : byte >> 4;
+}
+
+/** Dequantizes a `MatMulNBits` weight to float32 `[N, K]`: `f32((q - zp) * scale)`. */
+export function dequantizeMatMulNBits(
+  w: MatMulNBitsWeight,
+  out: Float32Array = new Float32Array(w.N * w.K),
+): Float32Array {
+  assertNBitsLayout(w);
+  const { N, K, blockSize, B, scales } = w;
+  const nb = blocksPerRow(K, blockSize);
+  const bytesPerBlock = blockSize / 2;
+  for (let n = 0; n < N; n++) {
+    for (let blk = 0; blk < nb; blk++) {
+      const scale = scales[n * nb + blk];
+      const zp = nbitsZeroPoint(w, n, blk);
+      const k0 = blk * blockSize;
+      const k1 = Math.min(k0 + blockSize, K);
+      const base = (n * nb + blk) * bytesPerBlock;
+      for (let k = k0; k < k1; k++) {
+        const byte = B[base + ((k - k0) >> 1)];
+        const q = ((k - k0) & 1) === 0 ? byte & 15 : byte >> 4;
+        out[n * K + k] = (q - zp) * scale;
+      }
+    }
+  }
+  return out;
+}
