@@ -41,7 +41,8 @@ export function providerPlan(
 export function explainCudaFailure(error: unknown): string {
   const text = error instanceof Error ? error.message : String(error);
   const firstLine = text.split('\n')[0].slice(0, 200);
-  const missingLib = /lib[\w.+-]+\.so[\w.]*/.exec(text)?.[0];
+  // The last library named is the one that was missing (the provider library is named first).
+  const missingLib = text.match(/lib[\w+-]+\.so[\w.]*/g)?.at(-1);
   const what = missingLib
     ? `a CUDA library could not be loaded (${missingLib})`
     : `it failed: ${firstLine}`;
