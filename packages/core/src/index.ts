@@ -11,6 +11,7 @@ export * from './tensor.js';
 export * from './random.js';
 export * from './lora/config.js';
 export * from './lora/delta.js';
+export * from './lora/linear.js';
 export * from './lora/merge.js';
 export * from './lora/python-regex.js';
 export * from './lora/round-once.js';
