@@ -23,3 +23,4 @@ export * from './linalg/transpose.js';
 export * from './linalg/qr.js';
 export * from './linalg/svd.js';
 export * from './linalg/randomized-svd.js';
+export * from './init.js';
