@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { registerBench } from './bench.js';
+import { registerGenerate } from './generate.js';
 import { registerInspect } from './inspect.js';
 
 /** Every subcommand registers itself on the program. One file per command, one line here. */
-export const commands: ReadonlyArray<(program: Command) => void> = [registerInspect, registerBench];
+export const commands: ReadonlyArray<(program: Command) => void> = [registerInspect, registerBench, registerGenerate];

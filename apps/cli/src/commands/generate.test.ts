@@ -1,0 +1,203 @@
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import {
+  loadTokenizer,
+  openLlamaFolder,
+  readLlamaWeightsF32,
+  referenceForward,
+} from '@lora/runtime-onnx';
+import { describe, expect, it } from 'vitest';
+import { runCli } from '../test-utils/run-cli.js';
+
+const stories = fileURLToPath(
+  new URL('../../../../../shared/fixtures/llama2c-stories260k', import.meta.url),
+);
+const haveStories = existsSync(stories);
+if (!haveStories)
+  console.warn(`SKIPPED: ${stories} is absent; the real-model generate CLI tests do not run.`);
+
+const PROMPT = 'Once upon a time';
+
+/** The float64 reference's argmax after each prefix of prompt + generated (teacher forcing, one pass). */
+async function referenceArgmaxes(generated: readonly number[]): Promise<number[]> {
+  const { config, source } = await openLlamaFolder(stories);
+  const weights = await readLlamaWeightsF32(config, source);
+  await source.close();
+  const prompt = (await loadTokenizer(stories)).encode(PROMPT);
+  const seq = [...prompt, ...generated];
+  const logits = referenceForward(config, weights, seq);
+  const V = config.vocabSize;
+  const out: number[] = [];
+  for (let t = prompt.length - 1; t < seq.length - 1; t++) {
+    let best = 0;
+    for (let v = 1; v < V; v++) if (logits[t * V + v] > logits[t * V + best]) best = v;
+    out.push(best);
+  }
+  return out;
+}
+
+describe.skipIf(!haveStories)('lora generate (stories260K)', () => {
+  it('--json: 64 greedy tokens, equal to the float64 reference forward greedy choices, with timings', async () => {
+    const r = await runCli([
+      'generate',
+      '--model',
+      stories,
+      '--prompt',
+      PROMPT,
+      '--max-tokens',
+      '64',
+      '--temperature',
+      '0',
+      '--json',
+    ]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const doc = JSON.parse(r.stdout);
+    expect(doc).toMatchObject({
+      prompt: PROMPT,
+      finishReason: 'length',
+      device: 'cpu',
+      quant: null,
+    });
+    expect(doc.tokens).toHaveLength(64);
+    expect(doc.tokens).toEqual(await referenceArgmaxes(doc.tokens));
+    expect(doc.promptTokens[0]).toBe(1); // BOS
+    expect(doc.text.length).toBeGreaterThan(100);
+    expect(Object.keys(doc.timings).sort()).toEqual([
+      'decodeMs',
+      'decodeTokens',
+      'prefillMs',
+      'tokensPerSecond',
+    ]);
+    expect(doc.timings.decodeTokens).toBe(63);
+  });
+
+  it('streams the prompt and the text to stdout, stats to stderr; --quant nf4 streams what --json reports', async () => {
+    const args = [
+      'generate',
+      '--model',
+      stories,
+      '--prompt',
+      PROMPT,
+      '--max-tokens',
+      '48',
+      '--quant',
+      'nf4',
+    ];
+    const human = await runCli(args);
+    expect(human.code).toBe(0);
+    const doc = JSON.parse((await runCli([...args, '--json'])).stdout);
+    expect(doc.quant).toBe('nf4');
+    expect(human.stdout).toBe(`${PROMPT}${doc.text}\n`);
+    expect(human.stderr).toMatch(
+      /48 tokens, finish: length; prompt 5 tokens in [\d.]+ ms, [\d.]+ tokens\/s on cpu, nf4/,
+    );
+    const quiet = await runCli([...args, '--quiet', '--no-echo']);
+    expect(quiet.stdout).toBe(`${doc.text}\n`);
+    expect(quiet.stderr).toBe('');
+  });
+
+  it('--stop ends the text before the stop string; sampling with --seed is reproducible', async () => {
+    const stop = await runCli([
+      'generate',
+      '--model',
+      stories,
+      '--prompt',
+      PROMPT,
+      '--stop',
+      '.',
+      '--stop',
+      'zzz',
+      '--json',
+    ]);
+    const doc = JSON.parse(stop.stdout);
+    expect(doc.finishReason).toBe('stop');
+    expect(doc.text).not.toContain('.');
+    const sample = [
+      'generate',
+      '--model',
+      stories,
+      '--prompt',
+      PROMPT,
+      '--temperature',
+      '1',
+      '--top-k',
+      '40',
+      '--top-p',
+      '0.9',
+      '--seed',
+      '5',
+      '--json',
+    ];
+    const a = JSON.parse((await runCli(sample)).stdout);
+    const b = JSON.parse((await runCli(sample)).stdout);
+    expect(a.tokens).toEqual(b.tokens);
+    expect(a.sampling).toEqual({
+      temperature: 1,
+      topK: 40,
+      topP: 0.9,
+      repetitionPenalty: null,
+      seed: 5,
+    });
+  });
+});
+
+describe('lora generate: bad usage', () => {
+  it('exits 2 with a message for missing or bad flags and a missing model', async () => {
+    const cases: [string[], RegExp][] = [
+      [['generate', '--prompt', 'x'], /--model <dir> is required/],
+      [['generate', '--model', stories], /--prompt <text> is required/],
+      [
+        ['generate', '--model', stories, '--prompt', 'x', '--quant', 'q8'],
+        /--quant must be one of nf4, fp4, int4, uint4/,
+      ],
+      [
+        ['generate', '--model', stories, '--prompt', 'x', '--max-tokens', '0'],
+        /--max-tokens must be a positive integer/,
+      ],
+      [
+        ['generate', '--model', stories, '--prompt', 'x', '--temperature', '-1'],
+        /--temperature must be a number >= 0/,
+      ],
+      [
+        ['generate', '--model', stories, '--prompt', 'x', '--device', 'tpu'],
+        /Unknown device "tpu"/,
+      ],
+    ];
+    for (const [args, message] of cases) {
+      const r = await runCli(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr).toMatch(message);
+    }
+    const dir = await mkdtemp(join(tmpdir(), 'lora-generate-'));
+    try {
+      const r = await runCli(['generate', '--model', join(dir, 'nope'), '--prompt', 'x']);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/nope/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it.skipIf(!haveStories)(
+    'exits 2 for sampling options the sampler refuses (--top-p 2)',
+    async () => {
+      const r = await runCli([
+        'generate',
+        '--model',
+        stories,
+        '--prompt',
+        'x',
+        '--temperature',
+        '1',
+        '--top-p',
+        '2',
+      ]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/topP must be in \(0, 1\]/);
+    },
+  );
+});

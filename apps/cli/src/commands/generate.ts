@@ -1,0 +1,227 @@
+import type {
+  Device,
+  GenerateResult,
+  GenerationOutput,
+  Tokenizer,
+  TokenStepper,
+} from '@lora/runtime-onnx';
+import type { Command } from 'commander';
+import { UsageError } from '../errors.js';
+import { type CommonOptions, emit, log, parseNumber, parsePositiveInt } from '../output.js';
+
+/** 4-bit formats `--quant` accepts for the base weights. */
+const QUANT_FORMATS = ['nf4', 'fp4', 'int4', 'uint4'] as const;
+type QuantFormat = (typeof QUANT_FORMATS)[number];
+
+/** Parsed flags of `lora generate`. Later flags (adapters, batch files) extend this object. */
+export interface GenerateCommandOptions extends CommonOptions {
+  model?: string;
+  prompt?: string;
+  maxTokens: number;
+  temperature: number;
+  topK?: number;
+  topP?: number;
+  repetitionPenalty?: number;
+  seed: number;
+  stop: string[];
+  quant?: QuantFormat;
+  device: Device;
+  echo: boolean;
+}
+
+export function registerGenerate(program: Command): void {
+  program
+    .command('generate')
+    .description(
+      'Generate text with a model folder (HF layout), streaming tokens to stdout as they come.',
+    )
+    .option(
+      '--model <dir>',
+      'model folder: config.json, model.safetensors, tokenizer.json (or byte-level without one)',
+    )
+    .option('--prompt <text>', 'the prompt')
+    .option('--max-tokens <n>', 'most tokens to generate', parsePositiveInt('max-tokens'), 64)
+    .option(
+      '--temperature <t>',
+      '0 = greedy (argmax); higher = more random',
+      parseNonNegative('temperature'),
+      0,
+    )
+    .option('--top-k <k>', 'sample among the k most likely tokens only', parsePositiveInt('top-k'))
+    .option(
+      '--top-p <p>',
+      'nucleus sampling: smallest set of tokens with probability >= p, in (0, 1]',
+      parseNumber('top-p'),
+    )
+    .option(
+      '--repetition-penalty <x>',
+      'penalise tokens already seen (1 = off; 1.1 is mild)',
+      parseNumber('repetition-penalty'),
+    )
+    .option('--seed <n>', 'seed of the sampler (same seed, same text)', parseSeed, 0)
+    .option(
+      '--stop <text>',
+      'stop when this text appears (not printed); repeatable',
+      collect,
+      [] as string[],
+    )
+    .option(
+      '--quant <format>',
+      `quantize the base weights to 4 bits at load: ${QUANT_FORMATS.join(', ')}`,
+      parseQuant,
+    )
+    .option(
+      '--device <device>',
+      'cpu, cuda or auto (CUDA if available, else CPU)',
+      parseDeviceFlag,
+      'cpu' as Device,
+    )
+    .option('--no-echo', 'print only the generated text, not the prompt before it')
+    .option('--json', 'print one JSON document (text, token ids, timings) instead of streaming')
+    .option('--quiet', 'no statistics on stderr')
+    .action(async (options: GenerateCommandOptions) => {
+      if (!options.model)
+        throw new UsageError('--model <dir> is required: the model folder to generate with.');
+      if (options.prompt === undefined) throw new UsageError('--prompt <text> is required.');
+      await runGenerate(options);
+    });
+}
+
+/** The model and tokenizer for a run: the one place where the model is opened. */
+interface OpenedModel {
+  tokenizer: Tokenizer;
+  /** A fresh batch (KV cache) on the model. */
+  stepper(): TokenStepper;
+  device: 'cpu' | 'cuda';
+  eosIds: number[];
+  release(): Promise<void>;
+}
+
+async function openModel(options: GenerateCommandOptions): Promise<OpenedModel> {
+  // Imported here so that other commands do not load onnxruntime at startup.
+  const { loadLlama, loadTokenizer } = await import('@lora/runtime-onnx');
+  const dir = options.model!;
+  const tokenizer = await loadTokenizer(dir);
+  const model = await loadLlama(dir, {
+    quant: options.quant,
+    device: options.device,
+    warn: (m: string) => log(options, m),
+  });
+  const configEos = model.config.eosTokenId;
+  const eos = new Set<number>(
+    configEos === undefined ? [] : typeof configEos === 'number' ? [configEos] : configEos,
+  );
+  if (tokenizer.eosId !== undefined) eos.add(tokenizer.eosId);
+  return {
+    tokenizer,
+    stepper: () => model.stepper(),
+    device: model.device,
+    eosIds: [...eos],
+    release: () => model.release(),
+  };
+}
+
+async function runGenerate(options: GenerateCommandOptions): Promise<void> {
+  const { generate } = await import('@lora/runtime-onnx');
+  const opened = await openModel(options);
+  const streaming = !options.json;
+  let result: GenerateResult;
+  try {
+    if (streaming && options.echo) process.stdout.write(options.prompt!);
+    result = await generate(opened.stepper(), opened.tokenizer, {
+      prompt: options.prompt!,
+      maxTokens: options.maxTokens,
+      temperature: options.temperature,
+      topK: options.topK,
+      topP: options.topP,
+      repetitionPenalty: options.repetitionPenalty,
+      seed: options.seed,
+      stop: options.stop,
+      eosIds: opened.eosIds,
+      onToken: streaming ? (e) => e.text && process.stdout.write(e.text) : undefined,
+    });
+  } finally {
+    await opened.release();
+  }
+  const { timings } = result;
+  if (streaming) {
+    process.stdout.write('\n');
+    const out = result.outputs[0];
+    log(
+      options,
+      `[${out.tokens.length} tokens, finish: ${out.finishReason}; prompt ${out.promptTokens.length} tokens in ${timings.prefillMs.toFixed(1)} ms, ` +
+        `${timings.tokensPerSecond.toFixed(1)} tokens/s on ${opened.device}${options.quant ? `, ${options.quant}` : ''}]`,
+    );
+    return;
+  }
+  const rows = result.outputs.map(jsonRow);
+  emit(
+    options,
+    {
+      model: options.model,
+      device: opened.device,
+      quant: options.quant ?? null,
+      sampling: {
+        temperature: options.temperature,
+        topK: options.topK ?? null,
+        topP: options.topP ?? null,
+        repetitionPenalty: options.repetitionPenalty ?? null,
+        seed: options.seed,
+      },
+      ...(rows.length === 1 ? rows[0] : { outputs: rows }),
+      timings: {
+        prefillMs: round(timings.prefillMs),
+        decodeMs: round(timings.decodeMs),
+        decodeTokens: timings.decodeTokens,
+        tokensPerSecond: round(timings.tokensPerSecond),
+      },
+    },
+    () => '',
+  );
+}
+
+function jsonRow(o: GenerationOutput) {
+  return {
+    prompt: o.prompt,
+    text: o.text,
+    tokens: o.tokens,
+    promptTokens: o.promptTokens,
+    finishReason: o.finishReason,
+  };
+}
+
+function round(x: number): number {
+  return Math.round(x * 1000) / 1000;
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+function parseNonNegative(name: string) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isFinite(n) || n < 0)
+      throw new UsageError(`--${name} must be a number >= 0, got "${value}".`);
+    return n;
+  };
+}
+
+function parseSeed(value: string): number {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 0)
+    throw new UsageError(`--seed must be a non-negative integer, got "${value}".`);
+  return n;
+}
+
+function parseQuant(value: string): QuantFormat {
+  if ((QUANT_FORMATS as readonly string[]).includes(value)) return value as QuantFormat;
+  throw new UsageError(`--quant must be one of ${QUANT_FORMATS.join(', ')}, got "${value}".`);
+}
+
+const DEVICE_NAMES: readonly Device[] = ['cpu', 'cuda', 'auto'];
+
+function parseDeviceFlag(value: string): Device {
+  if ((DEVICE_NAMES as readonly string[]).includes(value)) return value as Device;
+  throw new UsageError(`Unknown device "${value}": use cpu, cuda or auto.`);
+}
