@@ -94,6 +94,8 @@ interface OpenedModel {
   stepper(): TokenStepper;
   device: 'cpu' | 'cuda';
   eosIds: number[];
+  /** Context length from config.json (`max_position_embeddings`), if stated. */
+  maxSequenceLength?: number;
   release(): Promise<void>;
 }
 
@@ -117,6 +119,7 @@ async function openModel(options: GenerateCommandOptions): Promise<OpenedModel> 
     stepper: () => model.stepper(),
     device: model.device,
     eosIds: [...eos],
+    maxSequenceLength: model.config.maxPositionEmbeddings,
     release: () => model.release(),
   };
 }
@@ -138,6 +141,7 @@ async function runGenerate(options: GenerateCommandOptions): Promise<void> {
       seed: options.seed,
       stop: options.stop,
       eosIds: opened.eosIds,
+      maxSequenceLength: opened.maxSequenceLength,
       onToken: streaming ? (e) => e.text && process.stdout.write(e.text) : undefined,
     });
   } finally {

@@ -71,6 +71,20 @@ describe('generate (loop logic, scripted model, greedy)', () => {
     expect(stepper.disposed).toBe(1);
   });
 
+  it("stops at the model's context length and refuses a prompt that fills it", async () => {
+    const stepper = new ScriptedStepper([bytes('abcdef')]);
+    const { outputs } = await generate(stepper, tokenizer, {
+      prompt: 'xyz',
+      maxTokens: 10,
+      maxSequenceLength: 6,
+    });
+    // BOS + 3 prompt bytes leave room for 2 tokens
+    expect(outputs[0]).toMatchObject({ text: 'ab', finishReason: 'length' });
+    await expect(
+      generate(stepper, tokenizer, { prompt: 'xyzuv', maxSequenceLength: 6 }),
+    ).rejects.toThrow(/prompt 0 has 6 tokens; the model's context is 6/);
+  });
+
   it('ends a row at EOS, which is neither in tokens nor in text', async () => {
     const events: TokenEvent[] = [];
     const stepper = new ScriptedStepper([[...bytes('Hi'), EOS]]);

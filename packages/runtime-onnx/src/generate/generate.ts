@@ -6,7 +6,10 @@ import type { TokenStepper } from './stepper.js';
 import { findStop, stopHoldback } from './stop-sequences.js';
 import type { Tokenizer } from './tokenizer.js';
 
-/** Why a row stopped: it reached `maxTokens`, produced a stop string, or sampled EOS. */
+/**
+ * Why a row stopped: it reached `maxTokens` (or the model's `maxSequenceLength`), produced a
+ * stop string, or sampled EOS.
+ */
 export type FinishReason = 'length' | 'stop' | 'eos';
 
 /** Options of {@link generate}. Sampling defaults to greedy (temperature 0). */
@@ -15,6 +18,11 @@ export interface GenerateOptions extends SamplingOptions {
   prompt: string | readonly string[];
   /** Most tokens to generate per row (EOS not counted). Default 64. */
   maxTokens?: number;
+  /**
+   * The model's context length (prompt + generated tokens), e.g. `max_position_embeddings`:
+   * a row that reaches it finishes with 'length'; a prompt that fills it is refused.
+   */
+  maxSequenceLength?: number;
   /** Seed of the sampler. Row r draws from `createRng(seed, r)` (PCG32 stream r). Default 0. */
   seed?: number;
   /** Stop strings: generation of a row ends when its text contains one; the text ends before it. */
@@ -97,6 +105,7 @@ export async function generate(
 ): Promise<GenerateResult> {
   const prompts = typeof options.prompt === 'string' ? [options.prompt] : [...options.prompt];
   const maxTokens = options.maxTokens ?? 64;
+  const maxSequenceLength = options.maxSequenceLength ?? Number.POSITIVE_INFINITY;
   const stops = options.stop ?? [];
   const eosIds = new Set(
     options.eosIds ?? (tokenizer.eosId === undefined ? [] : [tokenizer.eosId]),
@@ -109,6 +118,13 @@ export async function generate(
     const promptTokens = tokenizer.encode(prompt, {
       addSpecialTokens: options.addSpecialTokens ?? true,
     });
+    if (promptTokens.length >= maxSequenceLength) {
+      throw new RuntimeError(
+        'GENERATE_OPTIONS_INVALID',
+        `prompt ${r} has ${promptTokens.length} tokens; the model's context is ${maxSequenceLength}, so no token can be generated. Shorten the prompt.`,
+        { row: r, promptTokens: promptTokens.length, maxSequenceLength },
+      );
+    }
     if (promptTokens.length === 0) {
       throw new RuntimeError(
         'GENERATE_OPTIONS_INVALID',
@@ -167,7 +183,8 @@ export async function generate(
           row.output.tokens.push(token);
           row.history.push(token);
           text = advance(row, row.detokenizer.push(token), false);
-          if (!row.done && row.output.tokens.length >= maxTokens) {
+          const length = row.output.tokens.length;
+          if (!row.done && (length >= maxTokens || row.history.length >= maxSequenceLength)) {
             row.done = true;
             text += advance(row, row.detokenizer.flush(), true);
           }
@@ -211,6 +228,14 @@ function validateGenerateOptions(
       'GENERATE_OPTIONS_INVALID',
       `maxTokens must be a positive integer, got ${maxTokens}.`,
       { maxTokens },
+    );
+  }
+  const ctx = options.maxSequenceLength;
+  if (ctx !== undefined && !(Number.isSafeInteger(ctx) && ctx >= 1)) {
+    throw new RuntimeError(
+      'GENERATE_OPTIONS_INVALID',
+      `maxSequenceLength must be a positive integer, got ${ctx}.`,
+      { maxSequenceLength: ctx },
     );
   }
   if (stops.some((s) => typeof s !== 'string' || s.length === 0)) {
