@@ -137,28 +137,30 @@ export function quantizeMatMulNBits(
       if (poison !== 0) assertFinite(weight, options.name, row + k0, row + k1);
       let scale: number;
       let zp: number;
-      let qmin: number;
-      let qmax: number;
       if (format === 'uint4') {
         scale = f(f(max - min) / 15);
         const zpReal = scale !== 0 ? f(0 - f(min / scale)) : min;
         zp = zpReal < 0 ? 0 : zpReal > 15 ? 15 : roundHalfAwayFromZero(zpReal);
         zeroPoints![n * zpBytesPerRow + (blk >> 1)] |= (blk & 1) === 0 ? zp : zp << 4;
-        qmin = 0;
-        qmax = 15;
       } else {
         const absmax = Math.max(max, -min);
         scale = f(absmax / INT4_MAX);
         zp = 8;
-        qmin = 8 - INT4_MAX;
-        qmax = 8 + INT4_MAX;
       }
       scales[n * nb + blk] = scale;
       const inverse = scale !== 0 ? f(1 / scale) : 0;
       const out = (n * nb + blk) * bytesPerBlock;
       for (let k = k0; k < k1; k += 2) {
-        const q0 = clampRound(f(weight[row + k] * inverse) + zp, qmin, qmax);
-        const q1 = k + 1 < k1 ? clampRound(f(weight[row + k + 1] * inverse) + zp, qmin, qmax) : zp;
+        const v0 = f(weight[row + k] * inverse);
+        const v1 = k + 1 < k1 ? f(weight[row + k + 1] * inverse) : 0;
+        // uint4 rounds after adding the zero point in float32 (as MLAS does); int4 rounds the
+        // signed value (so q(-v) = -q(v)) and then adds 8. Padding (v1 = 0) gives the zero-point code.
+        const q0 = zeroPoints
+          ? clampRound(f(v0 + zp), 0, 15)
+          : clampRound(v0, -INT4_MAX, INT4_MAX) + 8;
+        const q1 = zeroPoints
+          ? clampRound(f(v1 + zp), 0, 15)
+          : clampRound(v1, -INT4_MAX, INT4_MAX) + 8;
         B[out + ((k - k0) >> 1)] = q0 | (q1 << 4);
       }
     }
@@ -168,9 +170,9 @@ export function quantizeMatMulNBits(
     : { format, N, K, blockSize, B, scales };
 }
 
-/** `clamp(roundf(f32(v)), lo, hi)`: v is rounded to float32 first, as the C code adds in float. */
+/** `clamp(roundf(v), lo, hi)` for a float32 value v. */
 function clampRound(v: number, lo: number, hi: number): number {
-  const r = roundHalfAwayFromZero(Math.fround(v));
+  const r = roundHalfAwayFromZero(v);
   return r < lo ? lo : r > hi ? hi : r;
 }
 
