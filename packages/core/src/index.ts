@@ -27,3 +27,4 @@ export * from './linalg/qr.js';
 export * from './linalg/svd.js';
 export * from './linalg/randomized-svd.js';
 export * from './init.js';
+export * from './lora/init.js';

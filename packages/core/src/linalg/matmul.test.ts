@@ -6,6 +6,15 @@ import { matmul, matmulReference, matmulTransposeB } from './matmul.js';
 import { identity } from './matrix.js';
 import { transpose } from './transpose.js';
 
+/** Index of the first element whose bits differ (NaN-safe via Object.is), or -1; with the values. */
+function firstMismatch(x: ArrayLike<number>, y: ArrayLike<number>): string {
+  if (x.length !== y.length) return `lengths ${x.length} vs ${y.length}`;
+  for (let i = 0; i < x.length; i++) {
+    if (!Object.is(x[i], y[i])) return `index ${i}: ${x[i]} vs ${y[i]}`;
+  }
+  return 'none';
+}
+
 describe('matmulReference', () => {
   it('computes a hand-worked product', () => {
     // [[1, 2, 3], [4, 5, 6]] @ [[7, 8], [9, 10], [11, 12]] = [[58, 64], [139, 154]]
@@ -43,14 +52,14 @@ describe('matmul and matmulTransposeB against the reference', () => {
       const a = f64([m, k], rng.normalArray(m * k));
       const b = f64([k, n], rng.normalArray(k * n));
       const ref = matmulReference(a, b);
-      expect(matmul(a, b).data).toEqual(ref.data);
-      expect(matmulTransposeB(a, transpose(b)).data).toEqual(ref.data);
+      expect(firstMismatch(matmul(a, b).data, ref.data)).toBe('none');
+      expect(firstMismatch(matmulTransposeB(a, transpose(b)).data, ref.data)).toBe('none');
 
       const a32 = f32([m, k], rng.normalArray(m * k, 0, 1, 'f32'));
       const b32 = f32([k, n], rng.normalArray(k * n, 0, 1, 'f32'));
       const ref32 = matmulReference(a32, b32);
-      expect(matmul(a32, b32).data).toEqual(ref32.data);
-      expect(matmulTransposeB(a32, transpose(b32)).data).toEqual(ref32.data);
+      expect(firstMismatch(matmul(a32, b32).data, ref32.data)).toBe('none');
+      expect(firstMismatch(matmulTransposeB(a32, transpose(b32)).data, ref32.data)).toBe('none');
     });
   }
 

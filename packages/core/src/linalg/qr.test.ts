@@ -38,8 +38,12 @@ describe('qr (Householder)', () => {
       -33 / 35,
     ];
     const rExpected = [14, 21, -14, 0, 175, -70, 0, 0, 35];
-    qExpected.forEach((v, i) => expect(q.data[i]).toBeCloseTo(v, 13));
-    rExpected.forEach((v, i) => expect(r.data[i]).toBeCloseTo(v, 12));
+    qExpected.forEach((v, i) => {
+      expect(q.data[i]).toBeCloseTo(v, 13);
+    });
+    rExpected.forEach((v, i) => {
+      expect(r.data[i]).toBeCloseTo(v, 12);
+    });
   });
 
   it('uses the LAPACK sign convention by default: R[0, 0] = -sign(A[0, 0]) * ||A[:, 0]||', () => {
@@ -48,7 +52,9 @@ describe('qr (Householder)', () => {
     expect(r.data[0]).toBeCloseTo(-14, 12);
     // Same factorisation up to the signs of matching rows of R and columns of Q.
     const diag = [0, 4, 8].map((i) => Math.abs(r.data[i]));
-    [14, 175, 35].forEach((v, i) => expect(diag[i]).toBeCloseTo(v, 11));
+    [14, 175, 35].forEach((v, i) => {
+      expect(diag[i]).toBeCloseTo(v, 11);
+    });
     expect(maxAbsDiff(matmulReference(q, r), a)).toBeLessThan(1e-12);
   });
 

@@ -65,7 +65,8 @@ describe('randomizedSvd (Halko-Martinsson-Tropp)', () => {
     const low = withSpectrum(120, 90, chosen, 11);
     const low32 = f32([120, 90], Float32Array.from(low.data));
     const result = randomizedSvd(low32, { rank: 5, oversampling: 4, powerIterations: 1, seed: 1 });
-    chosen.forEach((s, i) => expect(result.s[i]).toBeCloseTo(s, 5)); // float32 input rounding ~1e-7
+    // float32 input rounding ~1e-7
+    for (let i = 0; i < chosen.length; i++) expect(result.s[i]).toBeCloseTo(chosen[i], 5);
     const reconstruction = matmulReference(
       matmulReference(result.u, diagonal(result.s)),
       result.vt,
@@ -89,7 +90,9 @@ describe('randomizedSvd (Halko-Martinsson-Tropp)', () => {
     // The cheap residual carries ~sqrt(eps) ||A|| of rounding; the exact one is near eps.
     expect(result.frobeniusResidual).toBeLessThan(5e-8 * result.frobeniusNorm);
     expect(lowRankResidual(small, result.u, result.s, result.vt)).toBeLessThan(1e-13);
-    [5, 3, 2, 1, 0.5, 0.1, 0.01, 0.001].forEach((s, i) => expect(result.s[i]).toBeCloseTo(s, 12));
+    [5, 3, 2, 1, 0.5, 0.1, 0.01, 0.001].forEach((s, i) => {
+      expect(result.s[i]).toBeCloseTo(s, 12);
+    });
   });
 
   it('rejects a bad rank or options with CoreError', () => {

@@ -65,8 +65,12 @@ describe('svd (one-sided Jacobi)', () => {
     expect(result.s[2]).toBeLessThan(1e-14);
     // Leading vectors are +-u/3 and +-v/5 with a common sign.
     const sign = Math.sign(result.u.data[0]);
-    u.forEach((ui, i) => expect(result.u.data[i * 3] * sign).toBeCloseTo(ui / 3, 14));
-    v.forEach((vj, j) => expect(result.vt.data[j] * sign).toBeCloseTo(vj / 5, 14));
+    u.forEach((ui, i) => {
+      expect(result.u.data[i * 3] * sign).toBeCloseTo(ui / 3, 14);
+    });
+    v.forEach((vj, j) => {
+      expect(result.vt.data[j] * sign).toBeCloseTo(vj / 5, 14);
+    });
     expectValidSvd(a, result, 1e-14);
   });
 
@@ -76,11 +80,15 @@ describe('svd (one-sided Jacobi)', () => {
     const v0 = randomOrthonormal(7, 6, 2);
     const a = matmulReference(matmulReference(u0, diagonal(chosen)), transpose(v0)); // [9, 7], rank 6
     const result = svd(a);
-    chosen.forEach((s, i) => expect(result.s[i]).toBeCloseTo(s, 13));
+    chosen.forEach((s, i) => {
+      expect(result.s[i]).toBeCloseTo(s, 13);
+    });
     expect(result.s[6]).toBeLessThan(1e-14);
     expectValidSvd(a, result, 1e-13);
     const wide = svd(transpose(a));
-    chosen.forEach((s, i) => expect(wide.s[i]).toBeCloseTo(s, 13));
+    chosen.forEach((s, i) => {
+      expect(wide.s[i]).toBeCloseTo(s, 13);
+    });
     expectValidSvd(transpose(a), wide, 1e-13);
     // Each leading right vector matches the chosen one up to sign: |<v_i, v0_i>| = 1.
     for (let i = 0; i < chosen.length; i++) {

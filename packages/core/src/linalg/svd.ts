@@ -205,6 +205,8 @@ function normalizeAndComplete(rows: Float64Array, s: Float64Array, k: number, le
 
 function permuteRows(x: Float64Array, order: readonly number[], len: number): Float64Array {
   const out = new Float64Array(order.length * len);
-  order.forEach((from, to) => out.set(x.subarray(from * len, (from + 1) * len), to * len));
+  for (let to = 0; to < order.length; to++) {
+    out.set(x.subarray(order[to] * len, (order[to] + 1) * len), to * len);
+  }
   return out;
 }
