@@ -105,6 +105,7 @@ async function openModel(options: GenerateCommandOptions): Promise<OpenedModel> 
   const dir = options.model!;
   const tokenizer = await loadTokenizer(dir);
   const model = await loadLlama(dir, {
+    logits: 'last',
     quant: options.quant,
     device: options.device,
     warn: (m: string) => log(options, m),

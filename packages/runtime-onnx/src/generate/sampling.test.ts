@@ -110,6 +110,34 @@ describe('samplingDistribution (hand-computed, q = [.1 .2 .3 .4])', () => {
     }
   });
 
+  it('top-p on a large random vocabulary with ties keeps the prefix a full sort gives', () => {
+    const rng = createRng(9);
+    // Logits on a coarse grid, so many ties, some at the cut.
+    const big = Float32Array.from({ length: 3_000 }, () => Math.round(rng.normal() * 4) / 2);
+    for (const [temperature, topP] of [
+      [1, 0.3],
+      [0.7, 0.9],
+      [2, 0.5],
+      [1, 0.999],
+    ]) {
+      const w = Array.from(big, (l) => Math.exp(l / temperature));
+      const order = [...w.keys()].sort((a, b) => w[b] - w[a] || a - b);
+      const total = w.reduce((a, b) => a + b, 0);
+      const expected: number[] = [];
+      let cumulative = 0;
+      for (const id of order) {
+        if (cumulative >= topP * total) break;
+        expected.push(id);
+        cumulative += w[id];
+      }
+      const d = samplingDistribution(big, { temperature, topP });
+      expect(
+        [...d.ids].sort((a, b) => a - b),
+        `T=${temperature} p=${topP}`,
+      ).toEqual(expected.sort((a, b) => a - b));
+    }
+  });
+
   it('finds the nucleus in a large vocabulary with a long flat tail', () => {
     // 1 token with weight 1, then 50,000 tokens each 1e-6 as likely: total 1.05.
     const big = new Float32Array(50_001).fill(Math.log(1e-6));

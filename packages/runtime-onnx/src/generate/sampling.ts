@@ -173,10 +173,12 @@ function keptWeights(
     );
   }
   const weights = new Float64Array(vocab);
-  for (let i = 0; i < vocab; i++) weights[i] = Math.exp((logits[i] - maxLogit) / temperature);
   const topK = options.topK ?? 0;
   const topP = options.topP ?? 1;
-  let ids = topK > 0 && topK < vocab ? topKIds(weights, topK) : null;
+  // Top-k on the logits (same order as the weights) so that only the k survivors need exp.
+  let ids = topK > 0 && topK < vocab ? topKIds(logits, topK) : null;
+  if (ids) for (const id of ids) weights[id] = Math.exp((logits[id] - maxLogit) / temperature);
+  else for (let i = 0; i < vocab; i++) weights[i] = Math.exp((logits[i] - maxLogit) / temperature);
   if (topP < 1) ids = nucleusIds(weights, ids, topP);
   return { ids, weights };
 }
@@ -187,8 +189,8 @@ function allIds(vocab: number): Int32Array {
   return ids;
 }
 
-/** The k ids of largest weight; ties at the k-th value go to the lower ids. */
-function topKIds(weights: Float64Array, k: number): Int32Array {
+/** The k ids of largest value; ties at the k-th value go to the lower ids. */
+function topKIds(weights: ArrayLike<number>, k: number): Int32Array {
   const threshold = kthLargest(Float64Array.from(weights), k);
   const ids = new Int32Array(k);
   let n = 0;
@@ -226,42 +228,86 @@ function kthLargest(values: Float64Array, k: number): number {
 }
 
 /**
- * The smallest most-likely prefix of `candidates` (all ids when null) whose weight reaches
- * `topP` of the candidates' total. Only ids above a weight floor are sorted: the floor is
- * lowered until the ids above it already hold `topP` of the mass, so the nucleus is among them.
+ * The nucleus: the smallest most-likely subset of `candidates` (all ids when null) whose weight
+ * reaches `topP` of the candidates' total, ties at the cut going to the lower ids; the same set
+ * as sorting by weight and cutting the cumulative sum, found without a sort by three-way
+ * partitioning around pivot weights (quickselect on mass), O(n) on average.
  */
 function nucleusIds(
   weights: Float64Array,
   candidates: Int32Array | null,
   topP: number,
 ): Int32Array {
-  const pool = candidates ?? allIds(weights.length);
+  let pool: ArrayLike<number> = candidates ?? heavyIds(weights, topP);
   let total = 0;
-  for (let j = 0; j < pool.length; j++) total += weights[pool[j]];
-  const target = topP * total;
-  let floor = 1e-4; // weights are <= 1 (the max is exactly 1)
-  let kept: Int32Array;
+  if (candidates) for (let j = 0; j < pool.length; j++) total += weights[pool[j]];
+  else for (let i = 0; i < weights.length; i++) total += weights[i];
+  let needed = topP * total; // mass still to collect from `pool`
+  const kept: number[] = [];
   for (;;) {
-    let mass = 0;
+    const n = pool.length;
+    const pivot = median3(weights[pool[0]], weights[pool[n >> 1]], weights[pool[n - 1]]);
     const above: number[] = [];
-    for (let j = 0; j < pool.length; j++) {
+    const equal: number[] = [];
+    const below: number[] = [];
+    let massAbove = 0;
+    let massEqual = 0;
+    for (let j = 0; j < n; j++) {
       const id = pool[j];
-      if (weights[id] >= floor) {
+      const w = weights[id];
+      if (w > pivot) {
         above.push(id);
-        mass += weights[id];
+        massAbove += w;
+      } else if (w === pivot) {
+        equal.push(id);
+        massEqual += w;
+      } else below.push(id);
+    }
+    if (massAbove >= needed) {
+      pool = above; // the nucleus ends among the heavier ids
+      continue;
+    }
+    for (const id of above) kept.push(id);
+    if (massAbove + massEqual >= needed || below.length === 0) {
+      // The cut falls among the ties at `pivot`: take the lowest ids until the mass is reached.
+      equal.sort((a, b) => a - b);
+      let remaining = needed - massAbove;
+      for (const id of equal) {
+        kept.push(id);
+        remaining -= pivot;
+        if (remaining <= 0) break;
       }
+      return Int32Array.from(kept);
     }
-    if (mass >= target || floor === 0) {
-      kept = Int32Array.from(above);
-      break;
-    }
-    floor = floor < 1e-300 ? 0 : floor * 1e-4;
+    for (const id of equal) kept.push(id);
+    needed -= massAbove + massEqual;
+    pool = below;
   }
-  sortByWeight(kept, weights);
-  let cumulative = 0;
-  let count = 0;
-  while (count < kept.length && cumulative < target) cumulative += weights[kept[count++]];
-  return kept.slice(0, Math.max(1, count));
+}
+
+/**
+ * A shortcut for the whole vocabulary: the ids of weight >= 1e-3 (the largest weight is 1) when
+ * they already hold `topP` of the total (then the nucleus is among them), else every id.
+ */
+function heavyIds(weights: Float64Array, topP: number): Int32Array {
+  const floor = 1e-3;
+  const heavy = new Int32Array(weights.length);
+  let n = 0;
+  let heavyMass = 0;
+  let total = 0;
+  for (let i = 0; i < weights.length; i++) {
+    const w = weights[i];
+    total += w;
+    if (w >= floor) {
+      heavy[n++] = i;
+      heavyMass += w;
+    }
+  }
+  return heavyMass >= topP * total ? heavy.subarray(0, n) : allIds(weights.length);
+}
+
+function median3(a: number, b: number, c: number): number {
+  return Math.max(Math.min(a, b), Math.min(Math.max(a, b), c));
 }
 
 /** Sorts ids in place: larger weight first, then lower id. */
