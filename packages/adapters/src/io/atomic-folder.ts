@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { isLoraError } from '@lora/core';
 import { AdapterError } from '../errors.js';
 
 /**
@@ -32,7 +33,7 @@ export async function writeFolderAtomic(
     await build(tmp);
   } catch (e) {
     await rm(tmp, { recursive: true, force: true });
-    throw e;
+    throw unwrapWriteError(e);
   }
   if (exists) {
     const old = join(dirname(path), `.${basename(path)}.old-${tag}`);
@@ -42,4 +43,15 @@ export async function writeFolderAtomic(
   } else {
     await rename(tmp, path);
   }
+}
+
+/**
+ * core's `writeFileAtomic` reports any error that carries a `code` as FILE_WRITE_FAILED; when
+ * the real cause is one of ours (a NaN found while streaming a tensor), surface that instead.
+ */
+export function unwrapWriteError(e: unknown): unknown {
+  let err = e;
+  while (isLoraError(err) && err.code === 'FILE_WRITE_FAILED' && isLoraError((err as Error).cause))
+    err = (err as Error).cause;
+  return err;
 }

@@ -1,0 +1,398 @@
+import { copyFile, open, readFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import {
+  type FloatDType,
+  isFloatDType,
+  type Tensor,
+  type TensorToWrite,
+  type UnmergeResidual,
+  writeSafetensors,
+} from '@lora/core';
+import {
+  bnb4Keys,
+  bnb4StateDictEntries,
+  combineErrors,
+  dequantizeBnb4,
+  type ErrorStats,
+  findBnb4Weights,
+  measureError,
+  quantizeBnb4,
+  readBnb4Weight,
+  type Bnb4Weight,
+} from '@lora/quant';
+import { AdapterError } from '../errors.js';
+import { writeFolderAtomic } from '../io/atomic-folder.js';
+import { ModelFiles } from '../model/model-files.js';
+import { mergeTensor } from './compute.js';
+import { type AdapterSource, planMerge, type TensorCatalog, type TensorPlan } from './plan.js';
+import {
+  adapterFingerprint,
+  RESIDUAL_FILE,
+  type ResidualContents,
+  residualDataBytes,
+  writeResidualFile,
+} from './residual-file.js';
+
+export interface MergeModelOptions {
+  /** dtype of every float tensor written. Default: each tensor keeps its dtype (a 4-bit weight: its original dtype). */
+  dtype?: FloatDType;
+  /** Write the exact-unmerge residual beside the output. Default true. */
+  residual?: boolean;
+  /** Replace an existing output (atomically). Default false: refuse. */
+  overwrite?: boolean;
+  /** 4-bit base: quantize the merged weights again (same format, block size, double quant). Default false: write full precision. */
+  requantize?: boolean;
+  /** Called after each tensor is written. */
+  onProgress?: (p: { tensor: string; done: number; total: number }) => void;
+}
+
+export interface MergeModelReport {
+  readonly base: string;
+  readonly output: string;
+  /** Base weights that received LoRA deltas, with the modules merged into each. */
+  readonly merged: readonly { tensor: string; modules: string[]; dora: boolean }[];
+  /** Tensors replaced by saved modules (modules_to_save). */
+  readonly replaced: readonly string[];
+  /** Biases changed by lora_bias. */
+  readonly biases: readonly string[];
+  readonly tensorsWritten: number;
+  /** 4-bit weights dequantized (or, with requantize, merged and quantized again). */
+  readonly quantized: readonly string[];
+  /** Re-quantization error per re-quantized weight and in total (requantize only). */
+  readonly requantizationError?: {
+    readonly perTensor: readonly { tensor: string; stats: ErrorStats }[];
+    readonly total: ErrorStats;
+  };
+  readonly residual?: {
+    readonly path: string;
+    readonly bytes: number;
+    readonly patchedElements: number;
+  };
+}
+
+/** Output paths: a folder for a folder base; `<out>.safetensors` (+ residual beside it) for a file base. */
+export function residualPathFor(output: string, outputIsFolder: boolean): string {
+  return outputIsFolder
+    ? join(output, RESIDUAL_FILE)
+    : `${output.replace(/\.safetensors$/, '')}.unmerge-residual.safetensors`;
+}
+
+/** Reads a safetensors file's raw header (8-byte length prefix + JSON), kept for the exact unmerge. */
+async function readHeaderBytes(path: string, headerByteLength: number): Promise<Uint8Array> {
+  const h = await open(path, 'r');
+  try {
+    const bytes = new Uint8Array(8 + headerByteLength);
+    let done = 0;
+    while (done < bytes.length) {
+      const { bytesRead } = await h.read(bytes, done, bytes.length - done, done);
+      if (bytesRead === 0)
+        throw new AdapterError('MODEL_READ_FAILED', `${path}: file ended inside the header.`, {
+          path,
+        });
+      done += bytesRead;
+    }
+    return bytes;
+  } finally {
+    await h.close();
+  }
+}
+
+/** The base's catalog, with the logical shape of 4-bit weights read from their quant state. */
+async function catalogOf(
+  model: ModelFiles,
+): Promise<{ catalog: TensorCatalog; quantized: Map<string, Bnb4Weight | undefined> }> {
+  const quantized = new Map<string, Bnb4Weight | undefined>();
+  const shapes = new Map<string, number[]>();
+  for (const name of findBnb4Weights(model.names())) {
+    const w = await readBnb4Weight(model, name);
+    shapes.set(name, [...w.shape]);
+    quantized.set(name, undefined); // read again when written, to keep memory bounded
+  }
+  const catalog: TensorCatalog & { logicalShape(n: string): number[] | undefined } = {
+    has: (n) => model.has(n),
+    entry: (n) => model.entry(n),
+    logicalShape: (n) => shapes.get(n),
+  };
+  return { catalog, quantized };
+}
+
+/**
+ * Merges one or several weighted adapters into a base model and writes a new model:
+ * `W' = W + Σ weight_i · s_i · B_i·A_i` (transposed for fan_in_fan_out and embeddings; DoRA
+ * rescaled per output row; lora_bias added to the bias; saved modules replace the base's).
+ *
+ * Safe: names and shapes of every target are checked from the headers BEFORE anything is
+ * written; tensors are then streamed one at a time (memory: a few of the largest tensors); a
+ * NaN/Inf result aborts and leaves no output at all (the output is built in a temporary sibling
+ * and renamed at the end). The base is only read.
+ *
+ * `base` is a model folder (Hugging Face layout, shards kept as they are, other files copied)
+ * or a `.safetensors` file; `output` is then a folder or a file. A 4-bit bitsandbytes base is
+ * dequantized and written in full precision unless `requantize`. With `residual` (default), a
+ * small `unmerge-residual.safetensors` lets {@link unmergeModel} restore the base bit for bit.
+ */
+export async function mergeIntoModel(
+  base: string,
+  sources: readonly AdapterSource[],
+  output: string,
+  options: MergeModelOptions = {},
+): Promise<MergeModelReport> {
+  if (sources.length === 0)
+    throw new AdapterError('MERGE_NO_ADAPTER', 'Nothing to merge: give at least one adapter.');
+  const model = await ModelFiles.open(base);
+  try {
+    const { catalog, quantized } = await catalogOf(model);
+    const plan = planMerge(catalog, sources);
+    const capture = options.residual !== false;
+    const outIsFolder = model.isFolder;
+    if (!outIsFolder && !output.endsWith('.safetensors')) {
+      throw new AdapterError(
+        'OUTPUT_INVALID',
+        `${output}: the base is a single .safetensors file, so the output must be a path ending in .safetensors.`,
+        { path: output },
+      );
+    }
+
+    const residuals = new Map<string, UnmergeResidual>();
+    const originals = new Map<string, Tensor>();
+    const files = new Map<string, Uint8Array>();
+    const requantStats: { tensor: string; stats: ErrorStats }[] = [];
+    const auxKeys = new Set<string>();
+    for (const q of quantized.keys())
+      for (const k of bnb4Keys(q, 'nf4').concat(bnb4Keys(q, 'fp4'))) if (k !== q) auxKeys.add(k);
+
+    const total = model.names().length;
+    let done = 0;
+    let written = 0;
+    const progress = (tensor: string) => options.onProgress?.({ tensor, done: ++done, total });
+
+    const writeShards = async (fileFor: (fileName: string) => string) => {
+      for (const shard of model.shards) {
+        const entries: TensorToWrite[] = [];
+        for (const name of shard.file.names()) {
+          if (auxKeys.has(name)) {
+            const changed = !options.requantize || plan.tensors.has(baseOfAux(name, quantized));
+            if (changed) {
+              // Dequantized, or re-quantized after the merge: written by the weight's own entries.
+              if (capture) originals.set(name, await model.read(name));
+              progress(name);
+              continue;
+            }
+            // re-quantize mode: 4-bit weights no adapter touches keep their tensors as they are
+            const e = model.entry(name);
+            entries.push({
+              name,
+              dtype: e.dtype,
+              shape: e.shape,
+              data: async () => (await model.read(name)).data,
+            });
+            continue;
+          }
+          if (quantized.has(name)) {
+            entries.push(...(await quantizedEntries(name)));
+            continue;
+          }
+          const e = model.entry(name);
+          const tplan = plan.tensors.get(name);
+          const outDtype = isFloatDType(e.dtype) ? (options.dtype ?? e.dtype) : undefined;
+          entries.push({
+            name,
+            dtype: outDtype ?? e.dtype,
+            shape: e.shape,
+            data: async () => {
+              const t = await model.read(name);
+              const r = outDtype ? mergeTensor(name, t, tplan, outDtype, capture) : { tensor: t };
+              if ('residual' in r && r.residual) residuals.set(name, r.residual);
+              if ('original' in r && r.original) originals.set(name, r.original);
+              progress(name);
+              written++;
+              return r.tensor.data;
+            },
+          });
+        }
+        await writeSafetensors(fileFor(shard.fileName), entries, {
+          metadata: { ...shard.file.metadata },
+        });
+      }
+    };
+
+    // A 4-bit weight: dequantize, merge, then write it in full precision or quantize it again.
+    const quantizedEntries = async (name: string): Promise<TensorToWrite[]> => {
+      const w = await readBnb4Weight(model, name);
+      const tplan = plan.tensors.get(name);
+      const outDtype = options.dtype ?? w.dtype;
+      if (capture && (tplan || !options.requantize)) originals.set(name, await model.read(name));
+      const mergedOf = async (): Promise<Tensor> => {
+        const values = dequantizeBnb4(w);
+        const asTensor = { dtype: 'f32', shape: [...w.shape], data: values } as Tensor;
+        return mergeTensor(name, asTensor, tplan, options.requantize ? 'f32' : outDtype, false)
+          .tensor;
+      };
+      if (!options.requantize) {
+        return [
+          {
+            name,
+            dtype: outDtype,
+            shape: [...w.shape],
+            data: async () => {
+              const t = await mergedOf();
+              progress(name);
+              written++;
+              return t.data;
+            },
+          },
+        ];
+      }
+      if (!tplan) {
+        const e = model.entry(name);
+        return [
+          { name, dtype: e.dtype, shape: e.shape, data: async () => (await model.read(name)).data },
+        ];
+      }
+      const merged = await mergedOf();
+      const again = quantizeBnb4(merged.data as Float32Array, w.shape, {
+        format: w.format,
+        blockSize: w.blockSize,
+        doubleQuant: !(w.absmax instanceof Float32Array),
+        dtype: w.dtype,
+        name,
+      });
+      requantStats.push({
+        tensor: name,
+        stats: measureError(merged.data as Float32Array, dequantizeBnb4(again)),
+      });
+      written++;
+      progress(name);
+      return bnb4StateDictEntries(name, again);
+    };
+
+    const adapters = sources.map((s, i) => ({
+      label: s.label ?? `adapter ${i + 1}`,
+      weight: s.weight ?? 1,
+      sha256: adapterFingerprint(s.adapter),
+    }));
+    const shardHeaders = async () =>
+      Promise.all(
+        model.shards.map(async (s) => ({
+          fileName: s.fileName,
+          header: await readHeaderBytes(s.file.path, s.file.header.headerByteLength),
+        })),
+      );
+
+    let residualInfo: MergeModelReport['residual'];
+    const finishResidual = async (path: string) => {
+      if (!capture) return;
+      const contents: ResidualContents = {
+        adapters,
+        shards: await shardHeaders(),
+        residuals,
+        originals,
+        files,
+      };
+      await writeResidualFile(path, contents);
+      let patched = 0;
+      for (const r of residuals.values()) patched += r.indices.length;
+      residualInfo = {
+        path: residualPathFor(output, outIsFolder),
+        bytes: residualDataBytes(contents),
+        patchedElements: patched,
+      };
+    };
+
+    if (outIsFolder) {
+      await writeFolderAtomic(
+        output,
+        async (tmp) => {
+          await writeShards((f) => join(tmp, f));
+          for (const f of model.otherFiles) {
+            if (f === 'config.json' && quantized.size > 0 && !options.requantize) {
+              const original = await readFile(join(base, f));
+              files.set(f, new Uint8Array(original));
+              await writeFileWithoutQuantConfig(join(tmp, f), original);
+            } else {
+              await copyFile(join(base, f), join(tmp, f));
+            }
+          }
+          await finishResidual(join(tmp, RESIDUAL_FILE));
+        },
+        { overwrite: options.overwrite },
+      );
+    } else {
+      // Single file: build both files in a temporary folder, then move them into place.
+      const stage = join(dirname(output), `.${basename(output)}.stage`);
+      await writeFolderAtomic(
+        stage,
+        async (tmp) => {
+          await writeShards(() => join(tmp, 'model.safetensors'));
+          await finishResidual(join(tmp, RESIDUAL_FILE));
+        },
+        { overwrite: true },
+      );
+      const { rename, rm, stat } = await import('node:fs/promises');
+      try {
+        if (
+          !options.overwrite &&
+          (await stat(output).then(
+            () => true,
+            () => false,
+          ))
+        ) {
+          throw new AdapterError(
+            'OUTPUT_EXISTS',
+            `${output} already exists. Choose another output or allow overwriting (--force).`,
+            { path: output },
+          );
+        }
+        if (capture) await rename(join(stage, RESIDUAL_FILE), residualPathFor(output, false));
+        await rename(join(stage, 'model.safetensors'), output);
+      } finally {
+        await rm(stage, { recursive: true, force: true });
+      }
+    }
+
+    const merged: { tensor: string; modules: string[]; dora: boolean }[] = [];
+    const replaced: string[] = [];
+    const biases: string[] = [];
+    for (const [tensor, p] of plan.tensors as Map<string, TensorPlan>) {
+      if (p.kind === 'lora')
+        merged.push({ tensor, modules: p.terms.map((t) => t.module), dora: p.dora });
+      else if (p.kind === 'replace') replaced.push(tensor);
+      else biases.push(tensor);
+    }
+    return {
+      base,
+      output,
+      merged,
+      replaced,
+      biases,
+      tensorsWritten: written,
+      quantized: [...quantized.keys()],
+      requantizationError:
+        options.requantize && requantStats.length > 0
+          ? { perTensor: requantStats, total: combineErrors(requantStats.map((s) => s.stats)) }
+          : undefined,
+      residual: residualInfo,
+    };
+  } finally {
+    await model.close();
+  }
+}
+
+function baseOfAux(aux: string, quantized: ReadonlyMap<string, unknown>): string {
+  for (const q of quantized.keys()) if (aux.startsWith(`${q}.`)) return q;
+  return aux;
+}
+
+/** config.json of a dequantized model: the same JSON without `quantization_config`. */
+async function writeFileWithoutQuantConfig(path: string, original: Buffer): Promise<void> {
+  const { writeBytesAtomic } = await import('@lora/core');
+  let json: Record<string, unknown>;
+  try {
+    json = JSON.parse(original.toString('utf8'));
+  } catch {
+    await writeBytesAtomic(path, new Uint8Array(original));
+    return;
+  }
+  delete json.quantization_config;
+  await writeBytesAtomic(path, `${JSON.stringify(json, null, 2)}\n`);
+}
