@@ -2,6 +2,12 @@ import type { Command } from 'commander';
 import { registerBench } from './bench.js';
 import { registerGenerate } from './generate.js';
 import { registerInspect } from './inspect.js';
+import { registerPlan } from './plan.js';
 
 /** Every subcommand registers itself on the program. One file per command, one line here. */
-export const commands: ReadonlyArray<(program: Command) => void> = [registerInspect, registerBench, registerGenerate];
+export const commands: ReadonlyArray<(program: Command) => void> = [
+  registerInspect,
+  registerBench,
+  registerGenerate,
+  registerPlan,
+];
