@@ -77,10 +77,10 @@ export function matmulReference(a: Tensor, b: Tensor, options?: MatmulOptions): 
  * kernel computes each `C[i, j]` as a contiguous dot product. Same results as
  * {@link matmulReference}, bit for bit. A: [m, k], B: [k, n] -> [m, n].
  *
- * Measured (Node 20, shared 2-core machine, f64 256 x 256 x 256, after warm-up): reference
- * ~65 ms (0.5 GFLOP/s), this ~25 ms (1.4 GFLOP/s); for a thin product such as
- * [4096, 4096] x [4096, 28] it reaches ~2 GFLOP/s. `lora bench` is where such numbers belong;
- * big products belong in onnxruntime.
+ * Measured (Node 20, shared 2-core machine, f64, CPU time after warm-up): 256^3 reference
+ * ~65 ms vs ~25 ms here (2.6x); 512^3 reference ~1.3 s vs ~0.17 s here (~8x, the reference
+ * falls out of cache). `lora bench --only linalg` measures it again. Big products belong in
+ * onnxruntime.
  */
 export function matmul(a: Tensor, b: Tensor, options?: MatmulOptions): Matrix {
   const [m, k] = matrixShape(a, 'matmul(a)');

@@ -67,9 +67,10 @@ export interface RandomizedSvdResult {
  * minimum). The achieved error is returned as `frobeniusResidual`.
  *
  * Cost: 2q + 2 passes over A, each a product with a thin [., l] matrix (blocked float64 kernel),
- * plus one transpose of A. Measured on the shared 2-core project machine (Node 20): a
- * 4096 x 4096 float32 matrix, k = 16, p = 10, q = 2 takes about 3 to 5 s (see the report of the
- * `randomized-svd` measurement in the package README). A is never modified or copied to f64.
+ * plus one transpose of A. Measured on the shared 2-core project machine (Node 20, under load
+ * from other jobs): a 4096 x 4096 float32 matrix, k = 16, p = 10, q = 2 takes 3.5 to 5.7 s of CPU
+ * time (wall time 8 to 20 s while the machine was oversubscribed); `lora bench --only linalg`
+ * measures it. A is never modified or copied to f64 (one transposed copy in its own dtype).
  *
  * A: [m, n], any float dtype.
  */
