@@ -70,3 +70,56 @@ describe('lora inspect', () => {
     expect(j.config).toMatchObject({ hiddenSize: 64, numLayers: 5, numHeads: 8, numKvHeads: 4, headDim: 8, vocabSize: 512 });
   });
 });
+
+// Figures typed in from ../shared/fixtures/peft/SOURCES.md (r, alpha, targets, LoRA parameter count).
+const PEFT_FIXTURES: [string, number, number, string[], number][] = [
+  ['gpt2-causal-cattn-cproj', 8, 32, ['c_attn', 'c_proj'], 811_008],
+  ['gpt2-seqcls-score', 8, 8, ['c_attn'], 294_912],
+  ['distilbert-seqcls', 8, 16, ['q_lin', 'v_lin'], 147_456],
+  [
+    'roberta-seqcls-fullpath-targets',
+    36,
+    32,
+    [
+      'roberta.encoder.layer.0.attention.self.query',
+      'roberta.encoder.layer.5.attention.self.query',
+      'roberta.encoder.layer.0.attention.self.key',
+      'roberta.encoder.layer.10.attention.self.query',
+    ],
+    221_184,
+  ],
+  ['qwen2.5-0.5b-qv', 8, 16, ['q_proj', 'v_proj'], 540_672],
+  ['smollm2-360m-nested-prefix', 8, 16, ['v_proj', 'q_proj'], 819_200],
+  ['flan-t5-small-qkv', 8, 16, ['k', 'q', 'v'], 516_096],
+  ['open-calm-1b-fp16-r1', 1, 32, ['query_key_value'], 196_608],
+];
+const peftDir = join(shared, 'fixtures/peft');
+const havePeft = existsSync(peftDir);
+if (!havePeft) console.warn(`SKIPPED: ${peftDir} is absent; the PEFT adapter inspect tests do not run.`);
+
+describe.skipIf(!havePeft)('lora inspect on real PEFT adapters', () => {
+  for (const [name, r, alpha, targets, params] of PEFT_FIXTURES) {
+    it(`${name}: r ${r}, alpha ${alpha}, ${params.toLocaleString('en-US')} LoRA parameters`, async () => {
+      const res = await runCli(['inspect', join(peftDir, name), '--json']);
+      expect(res.code).toBe(0);
+      const { adapter } = JSON.parse(res.stdout);
+      expect(adapter.r).toBe(r);
+      expect(adapter.alpha).toBe(alpha);
+      expect(adapter.scaling).toBe(alpha / r);
+      expect([...adapter.targets].sort()).toEqual([...targets].sort());
+      expect(adapter.loraParameterCount).toBe(params);
+    });
+  }
+
+  it.skipIf(!haveStories)('--base prints the PEFT trainable summary line', async () => {
+    // Not a real pairing (the adapter is for Qwen2.5); only PEFT's arithmetic is checked:
+    // trainable / (base + LoRA), with 260,032 base parameters from the fixture's SOURCE.md.
+    const res = await runCli(['inspect', join(peftDir, 'qwen2.5-0.5b-qv'), '--base', stories, '--json']);
+    const { trainable } = JSON.parse(res.stdout);
+    expect(trainable.trainableParams).toBe(540_672);
+    expect(trainable.allParams).toBe(260_032 + 540_672);
+    expect(trainable.summary).toBe(
+      `trainable params: 540,672 || all params: 800,704 || trainable%: ${((100 * 540_672) / 800_704).toFixed(4)}`,
+    );
+  });
+});

@@ -1,6 +1,7 @@
 import { existsSync, statSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { type AdapterDescription, describeAdapter } from '@lora/adapters';
 import { type SafetensorsSummary, summarizeSafetensors } from '@lora/core';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
@@ -8,6 +9,7 @@ import { type CommonOptions, emit, formatBytes, table } from '../output.js';
 
 interface InspectOptions extends CommonOptions {
   tensors?: boolean;
+  base?: string;
 }
 
 export function registerInspect(program: Command): void {
@@ -16,16 +18,26 @@ export function registerInspect(program: Command): void {
     .argument('<path>', 'a .safetensors file, a model folder (config.json) or a PEFT adapter folder (adapter_config.json)')
     .description('Show tensors, dtypes, shapes, parameter counts, LoRA config and bytes on disk and in memory.')
     .option('--tensors', 'list every tensor (the default for single files and adapters)')
+    .option('--base <model>', 'for an adapter: the base model folder, to show the trainable share as PEFT prints it')
     .option('--json', 'print one JSON document')
     .action(async (path: string, options: InspectOptions) => {
-      const report = await inspectPath(path);
+      const report = await inspectPath(path, options.base);
       emit(options, report, () => renderReport(report, options));
     });
 }
 
 export type InspectReport =
   | { kind: 'safetensors'; file: SafetensorsSummary }
-  | { kind: 'model'; path: string; config: ModelConfigSummary; files: SafetensorsSummary[]; params: number; bytes: number };
+  | { kind: 'model'; path: string; config: ModelConfigSummary; files: SafetensorsSummary[]; params: number; bytes: number }
+  | { kind: 'adapter'; adapter: AdapterDescription; trainable?: TrainableShare };
+
+/** PEFT's print_trainable_parameters figures for an adapter on a given base. */
+interface TrainableShare {
+  trainableParams: number;
+  allParams: number;
+  trainablePercent: number;
+  summary: string;
+}
 
 interface ModelConfigSummary {
   modelType?: string;
@@ -43,17 +55,37 @@ interface ModelConfigSummary {
 }
 
 /** Works out what `path` is and summarises it. */
-export async function inspectPath(path: string): Promise<InspectReport> {
+export async function inspectPath(path: string, base?: string): Promise<InspectReport> {
   if (!existsSync(path)) throw new UsageError(`${path} does not exist.`);
   if (statSync(path).isFile()) {
     if (path.endsWith('.safetensors')) return { kind: 'safetensors', file: await summarizeSafetensors(path) };
     throw new UsageError(`${path}: cannot inspect this kind of file (expected .safetensors, or a folder).`);
   }
+  if (existsSync(join(path, 'adapter_config.json'))) {
+    const adapter = await describeAdapter(path);
+    if (!base) return { kind: 'adapter', adapter };
+    const model = await inspectModel(base);
+    if (model.kind !== 'model') throw new UsageError(`--base ${base} is not a model folder.`);
+    const trainableParams = adapter.loraParameterCount + adapter.savedParameterCount;
+    const allParams = model.params + adapter.loraParameterCount;
+    const trainablePercent = (100 * trainableParams) / allParams;
+    const fmt = (n: number) => n.toLocaleString('en-US');
+    return {
+      kind: 'adapter',
+      adapter,
+      trainable: {
+        trainableParams,
+        allParams,
+        trainablePercent,
+        summary: `trainable params: ${fmt(trainableParams)} || all params: ${fmt(allParams)} || trainable%: ${trainablePercent.toFixed(4)}`,
+      },
+    };
+  }
   if (existsSync(join(path, 'config.json'))) return inspectModel(path);
   throw new UsageError(`${path}: no config.json or adapter_config.json in this folder; nothing to inspect.`);
 }
 
-async function inspectModel(dir: string): Promise<InspectReport> {
+async function inspectModel(dir: string): Promise<Extract<InspectReport, { kind: 'model' }>> {
   const raw = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
   const num = (k: string) => (typeof raw[k] === 'number' ? (raw[k] as number) : undefined);
   const heads = num('num_attention_heads');
@@ -106,8 +138,31 @@ function renderFile(f: SafetensorsSummary, withTensors: boolean): string {
   return lines.join('\n');
 }
 
+function renderAdapter(a: AdapterDescription, trainable?: TrainableShare): string {
+  const targets = Array.isArray(a.targets) ? a.targets.join(', ') : String(a.targets);
+  const flags = [a.useRslora && 'rsLoRA', a.useDora && 'DoRA', a.fanInFanOut && 'fan_in_fan_out'].filter(Boolean);
+  const ranks = Object.keys(a.ranks).length > 1 ? ` (ranks: ${JSON.stringify(a.ranks)})` : '';
+  const lines = [
+    `${a.path}: LoRA adapter, r ${a.r}, alpha ${a.alpha}, scaling ${a.scaling}${flags.length ? `, ${flags.join(', ')}` : ''}${ranks}`,
+    `targets: ${targets} -> ${a.modules.length} modules`,
+    `LoRA parameters: ${a.loraParameterCount.toLocaleString('en-US')}${a.savedParameterCount ? ` (+${a.savedParameterCount.toLocaleString('en-US')} in saved modules: ${(a.modulesToSave ?? []).join(', ') || 'undeclared'})` : ''}`,
+    `dtypes: ${a.dtypes.join(', ')}; ${formatBytes(a.bytesOnDisk.total)} on disk`,
+  ];
+  if (trainable) lines.push(trainable.summary);
+  for (const w of a.warnings) lines.push(`warning: ${w}`);
+  lines.push(
+    '',
+    table(
+      ['tensor', 'dtype', 'shape', 'role'],
+      a.tensors.map((t) => [t.name, t.dtype, `[${t.shape.join(', ')}]`, t.role]),
+    ),
+  );
+  return lines.join('\n');
+}
+
 function renderReport(r: InspectReport, options: InspectOptions): string {
   if (r.kind === 'safetensors') return renderFile(r.file, true);
+  if (r.kind === 'adapter') return renderAdapter(r.adapter, r.trainable);
   const c = r.config;
   const shape = [
     c.hiddenSize !== undefined && `hidden ${c.hiddenSize}`,
