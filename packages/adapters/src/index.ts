@@ -15,3 +15,4 @@ export * from './merge/plan.js';
 export * from './merge/residual-file.js';
 export * from './merge/unmerge-model.js';
 export * from './model/model-files.js';
+export * from './combine.js';

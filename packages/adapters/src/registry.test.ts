@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { AdapterError } from './errors.js';
-import { AdapterRegistry, type LoadedAdapter } from './registry.js';
+import { AdapterRegistry, type LoaderResult } from './registry.js';
 
 /** A yield to the event loop, so that other async tasks interleave with the current one. */
 const tick = () => new Promise<void>((resolve) => setImmediate(resolve));
@@ -18,7 +18,7 @@ interface Fake {
 function fakeWorld(sizes: Record<string, number>, options: { delayTicks?: number } = {}) {
   const loads: string[] = [];
   const disposed: string[] = [];
-  const loader = async (name: string): Promise<LoadedAdapter<Fake> | undefined> => {
+  const loader = async (name: string): Promise<LoaderResult<Fake> | undefined> => {
     for (let i = 0; i < (options.delayTicks ?? 1); i++) await tick();
     if (!(name in sizes)) return undefined;
     loads.push(name);

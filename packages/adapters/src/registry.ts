@@ -4,7 +4,7 @@ import { AdapterError } from './errors.js';
  * What a loader returns for one adapter: the loaded value (tensors, an ONNX feed set, anything)
  * and the bytes it keeps in memory, which is what the registry's budget counts.
  */
-export interface LoadedAdapter<T> {
+export interface LoaderResult<T> {
   readonly adapter: T;
   readonly bytes: number;
 }
@@ -13,7 +13,7 @@ export interface LoadedAdapter<T> {
  * Loads one adapter by name. Returns `undefined` when the name is unknown (the registry then
  * throws `REGISTRY_UNKNOWN_ADAPTER`); any thrown error is reported as `REGISTRY_LOAD_FAILED`.
  */
-export type AdapterLoader<T> = (name: string) => Promise<LoadedAdapter<T> | undefined>;
+export type AdapterLoader<T> = (name: string) => Promise<LoaderResult<T> | undefined>;
 
 export interface AdapterRegistryOptions<T> {
   /** How an adapter is loaded (for example D's PEFT loader wrapped to report its bytes). */
@@ -335,7 +335,7 @@ export class AdapterRegistry<T> {
     return entry;
   }
 
-  #finishLoad(entry: Entry<T>, loaded: LoadedAdapter<T>): void {
+  #finishLoad(entry: Entry<T>, loaded: LoaderResult<T>): void {
     if (loaded.bytes > this.#budget) {
       this.#failLoad(
         entry,
@@ -357,8 +357,8 @@ export class AdapterRegistry<T> {
     this.#evictToBudget();
   }
 
-  async #runLoader(name: string): Promise<LoadedAdapter<T>> {
-    let loaded: LoadedAdapter<T> | undefined;
+  async #runLoader(name: string): Promise<LoaderResult<T>> {
+    let loaded: LoaderResult<T> | undefined;
     try {
       loaded = await this.#loader(name);
     } catch (e) {
