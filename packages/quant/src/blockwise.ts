@@ -7,6 +7,7 @@ import {
   NF4_THRESHOLDS,
   NF4_ZERO_CODE,
 } from './codebooks.js';
+import { type BucketTables, buildBucketTables, quantizeBlocksKernel } from './blockwise-kernel.js';
 import { QuantError } from './errors.js';
 import {
   assertBlockSize,
@@ -118,76 +119,49 @@ export function quantizeBlockwiseRef(
   return { format, blockSize, length: n, packed, absmax };
 }
 
-// --- Fast path: bucket tables ---------------------------------------------------------------
+// --- Fast path: bucket tables (see blockwise-kernel.ts) ------------------------------------
 
-/**
- * Normalised values lie in [-1, 1] (a hair over with rounding). The axis [-2, 2) is cut into
- * buckets of 1/512; each bucket holds at most one decision threshold, so the code of `y` is
- * `y > bucketThreshold ? codeAbove : codeBelow`, with no search. Bucket edges are exact
- * (`floor(y * 512)` scales by a power of two), so this is bit-identical to the reference.
- */
-const BUCKETS_PER_UNIT = 512;
-const BUCKET_COUNT = 4 * BUCKETS_PER_UNIT;
-const BUCKET_OFFSET = 2 * BUCKETS_PER_UNIT;
-
-interface BucketTable {
-  readonly threshold: Float64Array;
-  readonly below: Uint8Array;
-  readonly above: Uint8Array;
-  /** Code of 0.0 in a block with a non-zero absmax (padding of odd counts). */
-  readonly zeroCode: number;
-}
-
-/** Largest float32 below `x` (for turning `y >= t` into `y > t'` on float32 values). */
+/** Largest float32 below `x` (turns `y >= t` into `y > t'` for float32 values y). */
 function previousFloat32(x: number): number {
   const f = new Float32Array([x]);
   const u = new Uint32Array(f.buffer);
-  if (x === 0) {
-    u[0] = 0x80000001; // -min subnormal
-  } else if (x > 0) {
-    u[0]--;
-  } else {
-    u[0]++;
-  }
+  if (x === 0)
+    u[0] = 0x80000001; // -(smallest subnormal)
+  else if (x > 0) u[0]--;
+  else u[0]++;
   return f[0];
 }
 
-function buildBucketTable(format: Bnb4Format): BucketTable {
-  // Decision points along the signed axis: code changes when y > t (strict) for each t, in order.
-  // `codes[s]` is the code of the s-th interval from the left.
-  let points: number[];
-  let codes: number[];
-  if (format === 'nf4') {
-    points = [...NF4_THRESHOLDS];
-    codes = Array.from({ length: 16 }, (_, k) => k);
-  } else {
-    // Negative side: |y| > t means a larger magnitude, so going right the level drops when
-    // y >= -t, i.e. y > previousFloat32(-t). At zero, y >= 0 (including -0) loses the sign bit.
-    const negative = [...FP4_THRESHOLDS].reverse().map((t) => previousFloat32(-t));
-    points = [...negative, previousFloat32(0), ...FP4_THRESHOLDS];
-    codes = [];
-    for (let level = 7; level >= 0; level--) codes.push(FP4_SIGN_BIT | FP4_MAGNITUDE_CODES[level]);
-    for (let level = 0; level <= 7; level++) codes.push(FP4_MAGNITUDE_CODES[level]);
-  }
-  const threshold = new Float64Array(BUCKET_COUNT).fill(Number.POSITIVE_INFINITY);
-  const below = new Uint8Array(BUCKET_COUNT);
-  const above = new Uint8Array(BUCKET_COUNT);
-  for (let b = 0; b < BUCKET_COUNT; b++) {
-    const lo = (b - BUCKET_OFFSET) / BUCKETS_PER_UNIT;
-    const hi = lo + 1 / BUCKETS_PER_UNIT;
-    const passed = points.filter((t) => t < lo).length;
-    const inside = points.filter((t) => t >= lo && t < hi);
-    if (inside.length > 1) throw new Error('internal: two thresholds in one bucket');
-    below[b] = codes[passed];
-    above[b] = codes[Math.min(passed + inside.length, codes.length - 1)];
-    if (inside.length === 1) threshold[b] = inside[0];
-  }
-  return { threshold, below, above, zeroCode: format === 'nf4' ? NF4_ZERO_CODE : 0 };
+function tablesFor(format: Bnb4Format): BucketTables {
+  const special = {
+    zeroCode: format === 'nf4' ? NF4_ZERO_CODE : 0,
+    posInfCode: quantizeValueRef(format, Number.POSITIVE_INFINITY),
+    negInfCode: quantizeValueRef(format, Number.NEGATIVE_INFINITY),
+    nanCode: quantizeValueRef(format, Number.NaN),
+  };
+  if (format === 'nf4')
+    return buildBucketTables(
+      [...NF4_THRESHOLDS],
+      Array.from({ length: 16 }, (_, k) => k),
+      special,
+    );
+  // FP4 along the signed axis: on the negative side the magnitude level drops when y >= -t,
+  // i.e. y > previousFloat32(-t); at zero, y >= 0 (-0 included) loses the sign bit.
+  const points = [
+    ...[...FP4_THRESHOLDS].reverse().map((t) => previousFloat32(-t)),
+    previousFloat32(0),
+    ...FP4_THRESHOLDS,
+  ];
+  const codes: number[] = [];
+  for (let level = 7; level >= 0; level--) codes.push(FP4_SIGN_BIT | FP4_MAGNITUDE_CODES[level]);
+  for (let level = 0; level <= 7; level++) codes.push(FP4_MAGNITUDE_CODES[level]);
+  return buildBucketTables(points, codes, special);
 }
 
-const BUCKET_TABLES: Readonly<Record<Bnb4Format, BucketTable>> = {
-  nf4: buildBucketTable('nf4'),
-  fp4: buildBucketTable('fp4'),
+/** The fast-path tables of each format (immutable after construction). */
+export const BUCKET_TABLES: Readonly<Record<Bnb4Format, BucketTables>> = {
+  nf4: tablesFor('nf4'),
+  fp4: tablesFor('fp4'),
 };
 
 /**
@@ -228,54 +202,43 @@ export function quantizeBlocksInto(
   absmax: Float32Array,
   name = 'tensor',
 ): void {
-  const table = BUCKET_TABLES[format];
-  const { threshold, below, above } = table;
+  const t = BUCKET_TABLES[format];
+  const bad = quantizeBlocksKernel(
+    values,
+    blockSize,
+    firstBlock,
+    endBlock,
+    packed,
+    absmax,
+    t.threshold,
+    t.below,
+    t.above,
+    t.zeroCode,
+    t.posInfCode,
+    t.negInfCode,
+    t.nanCode,
+  );
+  if (bad >= 0)
+    assertFinite(values, name, bad * blockSize, Math.min((bad + 1) * blockSize, values.length));
+}
+
+/** The absmax of each block (what quantization would store), refusing NaN/Inf. */
+export function blockAbsmax(values: Float32Array, blockSize: number, name?: string): Float32Array {
   const n = values.length;
-  for (let b = firstBlock; b < endBlock; b++) {
-    const start = b * blockSize;
-    const end = Math.min(start + blockSize, n);
+  const absmax = new Float32Array(blockCount(n, blockSize));
+  for (let b = 0; b < absmax.length; b++) {
+    const end = Math.min((b + 1) * blockSize, n);
     let m = 0;
-    let poison = 0; // becomes NaN if any value is NaN or +-Inf
-    for (let i = start; i < end; i++) {
-      const v = values[i];
-      const a = Math.abs(v);
-      if (a > m) m = a;
-      poison += v * 0;
-    }
-    if (poison !== 0) assertFinite(values, name, start, end);
-    absmax[b] = m;
-    const inverse = Math.fround(1 / m);
-    let o = start >> 1;
-    if (inverse === Number.POSITIVE_INFINITY) {
-      // absmax 0 (all-zero block) or below ~3e-39: the kernel multiplies by +Inf; follow it literally.
-      for (let i = start; i < end; i += 2) {
-        const c0 = quantizeValueRef(format, Math.fround(values[i] * inverse));
-        const c1 = quantizeValueRef(
-          format,
-          Math.fround((i + 1 < end ? values[i + 1] : 0) * inverse),
-        );
-        packed[o++] = (c0 << 4) | c1;
+    for (let i = b * blockSize; i < end; i++) {
+      const a = Math.abs(values[i]);
+      if (!(a <= m)) {
+        if (a !== a || a === Number.POSITIVE_INFINITY) assertFinite(values, name, i, i + 1);
+        m = a;
       }
-      continue;
     }
-    let i = start;
-    for (; i + 1 < end; i += 2) {
-      const y0 = Math.fround(values[i] * inverse);
-      const y1 = Math.fround(values[i + 1] * inverse);
-      const b0 = Math.floor(y0 * BUCKETS_PER_UNIT) + BUCKET_OFFSET;
-      const b1 = Math.floor(y1 * BUCKETS_PER_UNIT) + BUCKET_OFFSET;
-      const c0 = y0 > threshold[b0] ? above[b0] : below[b0];
-      const c1 = y1 > threshold[b1] ? above[b1] : below[b1];
-      packed[o++] = (c0 << 4) | c1;
-    }
-    if (i < end) {
-      // Odd count: the last byte pairs the final value with a padding 0.0.
-      const y0 = Math.fround(values[i] * inverse);
-      const b0 = Math.floor(y0 * BUCKETS_PER_UNIT) + BUCKET_OFFSET;
-      const c0 = y0 > threshold[b0] ? above[b0] : below[b0];
-      packed[o] = (c0 << 4) | table.zeroCode;
-    }
+    absmax[b] = m;
   }
+  return absmax;
 }
 
 /**

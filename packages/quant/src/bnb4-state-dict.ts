@@ -38,20 +38,75 @@ export function torchDTypeName(dtype: WeightDType): string {
   return TORCH_DTYPE[dtype];
 }
 
+/** What the JSON state of a bitsandbytes weight records. */
+export interface Bnb4StateDescriptor {
+  format: Bnb4Format;
+  blockSize: number;
+  dtype: WeightDType;
+  shape: readonly number[];
+  /** Present when absmax is double-quantized. */
+  nested?: { blockSize: number; offset: number };
+}
+
+export function describeBnb4(w: Bnb4Weight): Bnb4StateDescriptor {
+  const { format, blockSize, dtype, shape } = w;
+  return isDoubleQuantized(w.absmax)
+    ? {
+        format,
+        blockSize,
+        dtype,
+        shape,
+        nested: { blockSize: w.absmax.blockSize, offset: w.absmax.offset },
+      }
+    : { format, blockSize, dtype, shape };
+}
+
 /** The JSON bitsandbytes packs into `quant_state.bitsandbytes__<type>`, byte for byte. */
-export function bnb4QuantStateJson(w: Bnb4Weight): string {
+export function bnb4QuantStateJson(w: Bnb4Weight | Bnb4StateDescriptor): string {
+  const d = 'packed' in w ? describeBnb4(w) : w;
   const state: Record<string, unknown> = {
-    quant_type: w.format,
-    blocksize: w.blockSize,
-    dtype: TORCH_DTYPE[w.dtype],
-    shape: [...w.shape],
+    quant_type: d.format,
+    blocksize: d.blockSize,
+    dtype: TORCH_DTYPE[d.dtype],
+    shape: [...d.shape],
   };
-  if (isDoubleQuantized(w.absmax)) {
-    state.nested_blocksize = w.absmax.blockSize;
+  if (d.nested) {
+    state.nested_blocksize = d.nested.blockSize;
     state.nested_dtype = 'float32';
-    state.nested_offset = new PyFloat(w.absmax.offset);
+    state.nested_offset = new PyFloat(d.nested.offset);
   }
   return pythonJsonDumps(state);
+}
+
+/** Names, dtypes and shapes of the tensors {@link bnb4StateDictEntries} writes, without data. */
+export function bnb4StateDictSpecs(
+  name: string,
+  d: Bnb4StateDescriptor,
+): { name: string; dtype: 'u8' | 'f32'; shape: number[] }[] {
+  const n = numelOf(d.shape);
+  const blocks = Math.ceil(n / d.blockSize);
+  const json = new TextEncoder().encode(bnb4QuantStateJson(d));
+  const specs: { name: string; dtype: 'u8' | 'f32'; shape: number[] }[] = [
+    { name, dtype: 'u8', shape: [Math.ceil(n / 2), 1] },
+  ];
+  if (d.nested) {
+    specs.push(
+      { name: `${name}.absmax`, dtype: 'u8', shape: [blocks] },
+      {
+        name: `${name}.nested_absmax`,
+        dtype: 'f32',
+        shape: [Math.ceil(blocks / d.nested.blockSize)],
+      },
+      { name: `${name}.nested_quant_map`, dtype: 'f32', shape: [256] },
+    );
+  } else {
+    specs.push({ name: `${name}.absmax`, dtype: 'f32', shape: [blocks] });
+  }
+  specs.push(
+    { name: `${name}.quant_map`, dtype: 'f32', shape: [16] },
+    { name: `${name}${BNB4_QUANT_STATE_PREFIX}${d.format}`, dtype: 'u8', shape: [json.length] },
+  );
+  return specs;
 }
 
 /**

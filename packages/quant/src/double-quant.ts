@@ -44,6 +44,16 @@ export function nearestDynamicCode(y: number): number {
 }
 
 /**
+ * The double-quantization offset: the float32 mean of absmax (torch sums in float32 pairwise; we
+ * sum in float64 and round once, the exactly rounded mean, within an ulp of torch's).
+ */
+export function absmaxMean(absmax: Float32Array): number {
+  let sum = 0;
+  for (let i = 0; i < absmax.length; i++) sum += absmax[i];
+  return absmax.length === 0 ? 0 : Math.fround(sum / absmax.length);
+}
+
+/**
  * Double-quantizes absmax values as bitsandbytes does with `compress_statistics=True`:
  * `offset = mean(absmax)` in float32, then `absmax - offset` blockwise (256) with the signed
  * 8-bit dynamic map, each block keeping a float32 absmax2. Nearest code by exact distance,
@@ -63,11 +73,7 @@ export function doubleQuantize(
       codeTable: DYNAMIC_MAP,
     };
   }
-  // torch's float32 mean: a float32 sum (pairwise in torch; we sum in float64 and round once,
-  // which equals the exactly rounded mean and differs from torch by at most an ulp of the offset).
-  let sum = 0;
-  for (let i = 0; i < n; i++) sum += absmax[i];
-  const offset = Math.fround(sum / n);
+  const offset = absmaxMean(absmax);
   const centred = new Float32Array(n);
   for (let i = 0; i < n; i++) centred[i] = absmax[i] - offset;
   const blocks = Math.ceil(n / blockSize);

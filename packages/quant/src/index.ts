@@ -12,3 +12,5 @@ export * from './python-json.js';
 export * from './qlora.js';
 export * from './quantization-config.js';
 export * from './quantized-weight.js';
+export * from './blockwise-kernel.js';
+export * from './parallel.js';
