@@ -1,10 +1,13 @@
 import { basename } from 'node:path';
 import { type Tensor, tensorBytes, writeAll, writeFileAtomic } from '@lora/core';
-import { onnx } from 'onnx-proto';
+import onnxProto, { type onnx as Onnx } from 'onnx-proto';
 import { isUnknown } from './shape.js';
 import { onnxElemType } from './dtypes.js';
 import { MS_DOMAIN, OPSET_VERSION } from './opset.js';
 import type { Attr, Graph, Value } from './types.js';
+
+// onnx-proto is CommonJS: Node's ESM loader cannot see its named exports, so take the default.
+const { onnx } = onnxProto;
 
 /** IR version 8 carries opset 17 and is read by every onnxruntime since 1.11. */
 const IR_VERSION = 8;
@@ -26,7 +29,7 @@ export interface SerializedModel {
   readonly externalData: readonly ExternalChunk[];
 }
 
-function valueInfo(v: Value): onnx.IValueInfoProto {
+function valueInfo(v: Value): Onnx.IValueInfoProto {
   return {
     name: v.name,
     type: {
@@ -42,7 +45,7 @@ function valueInfo(v: Value): onnx.IValueInfoProto {
   };
 }
 
-function attribute(name: string, a: Attr): onnx.IAttributeProto {
+function attribute(name: string, a: Attr): Onnx.IAttributeProto {
   const T = onnx.AttributeProto.AttributeType;
   if ('int' in a) return { name, type: T.INT, i: a.int };
   if ('float' in a) return { name, type: T.FLOAT, f: a.float };
@@ -55,8 +58,8 @@ function tensorProto(
   name: string,
   t: Tensor,
   external?: { location: string; offset: number },
-): onnx.ITensorProto {
-  const base: onnx.ITensorProto = { name, dims: [...t.shape], dataType: onnxElemType(t.dtype) };
+): Onnx.ITensorProto {
+  const base: Onnx.ITensorProto = { name, dims: [...t.shape], dataType: onnxElemType(t.dtype) };
   if (!external) return { ...base, rawData: tensorBytes(t) };
   return {
     ...base,
@@ -69,8 +72,8 @@ function tensorProto(
   };
 }
 
-function modelProto(graph: Graph, initializers: onnx.ITensorProto[]): Uint8Array {
-  const model: onnx.IModelProto = {
+function modelProto(graph: Graph, initializers: Onnx.ITensorProto[]): Uint8Array {
+  const model: Onnx.IModelProto = {
     irVersion: IR_VERSION,
     producerName: '@lora/runtime-onnx',
     opsetImport: [
@@ -102,7 +105,7 @@ function modelProto(graph: Graph, initializers: onnx.ITensorProto[]): Uint8Array
  */
 export function serializeGraph(graph: Graph): SerializedModel {
   const chunks: ExternalChunk[] = [];
-  const inits: onnx.ITensorProto[] = [];
+  const inits: Onnx.ITensorProto[] = [];
   for (const [name, t] of graph.initializers) {
     if (t.data.byteLength >= EXTERNAL_MIN_BYTES) {
       const location = `weights/${chunks.length}.bin`;
@@ -156,7 +159,7 @@ export async function saveModel(
   }
   const dataPath = `${path}.data`;
   const location = basename(dataPath);
-  const inits: onnx.ITensorProto[] = [];
+  const inits: Onnx.ITensorProto[] = [];
   const placed: { t: Tensor; offset: number }[] = [];
   let offset = 0;
   for (const [name, t] of graph.initializers) {
