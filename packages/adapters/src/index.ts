@@ -16,6 +16,7 @@ export * from './merge/residual-file.js';
 export * from './merge/unmerge-model.js';
 export * from './model/model-files.js';
 export * from './combine.js';
+export * from './extract.js';
 export * from './formats/onnx-adapter.js';
 export * from './formats/onnx-adapter-peft.js';
 export * from './registry.js';
