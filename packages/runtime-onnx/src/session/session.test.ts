@@ -43,7 +43,9 @@ describe('execution provider choice', () => {
     const s = await ModelSession.fromGraph(tinyGraph(), { device: 'cpu', factory });
     expect(s.device).toBe('cpu');
     expect(calls).toEqual([['cpu']]);
-    expect(Array.from((await s.run({ x: f32([2], [1, 2]) })).y.data)).toEqual([3, 6]);
+    expect(Array.from((await s.run({ x: f32([2], [1, 2]) })).y.data as Float32Array)).toEqual([
+      3, 6,
+    ]);
     await s.release();
   });
 

@@ -66,7 +66,7 @@ describe('RoPE inverse frequencies', () => {
   it('plain: 1 / theta^(2i/d)', () => {
     const c = tinyConfig({ hidden_size: 32, num_attention_heads: 4, rope_theta: 10000 }); // head_dim 8
     const inv = ropeInverseFrequencies(c);
-    [1, 0.1, 0.01, 0.001].forEach((v, i) => expect(inv[i]).toBeCloseTo(v, 15));
+    for (const [i, v] of [1, 0.1, 0.01, 0.001].entries()) expect(inv[i]).toBeCloseTo(v, 15);
   });
 
   it('llama3 scaling keeps short wavelengths, divides long ones, blends the band between', () => {

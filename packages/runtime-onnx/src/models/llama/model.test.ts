@@ -154,3 +154,63 @@ describe('batches with left padding', () => {
     }
   });
 });
+
+describe('linear hook (how LoRA branches enter the graph)', () => {
+  it('a branch y += x A on every v_proj, A fed as a graph input, matches the reference with the same hook', async () => {
+    const json = tinyConfigJson();
+    const config = parseLlamaConfig(json);
+    const weights = randomLlamaWeights(config, 5);
+    const { memoryWeights } = await import('../weights.js');
+    const { LlamaModel } = await import('./model.js');
+    const ops = await import('../../graph/ops.js');
+    const seen: string[] = [];
+    const outV = config.numKvHeads * config.headDim;
+    const model = await LlamaModel.create(config, memoryWeights(weights), {
+      intraOpNumThreads: 1,
+      linearHook: (g, site) => {
+        seen.push(site.module);
+        if (!site.module.endsWith('v_proj')) return undefined;
+        const A = g.input(`branch.${site.layer}.A`, 'f32', [site.inFeatures, site.outFeatures]);
+        return ops.add(g, site.y, ops.matmul(g, site.x, A));
+      },
+    });
+    try {
+      expect(seen.slice(0, 7)).toEqual([
+        'model.layers.0.self_attn.q_proj',
+        'model.layers.0.self_attn.k_proj',
+        'model.layers.0.self_attn.v_proj',
+        'model.layers.0.self_attn.o_proj',
+        'model.layers.0.mlp.gate_proj',
+        'model.layers.0.mlp.up_proj',
+        'model.layers.0.mlp.down_proj',
+      ]);
+      expect(seen).toHaveLength(7 * config.numLayers);
+      const { f32 } = await import('@lora/core');
+      const A = Array.from({ length: config.numLayers }, (_, l) =>
+        f32(
+          [config.hiddenSize, outV],
+          Array.from({ length: config.hiddenSize * outV }, (_, i) => Math.sin(i + l) * 0.05),
+        ),
+      );
+      const extraFeeds = Object.fromEntries(A.map((a, l) => [`branch.${l}.A`, a]));
+      const tokens = [3, 1, 4, 1, 5, 9];
+      const { logits } = await model.forward({ inputIds: [tokens], extraFeeds });
+      const want = referenceForward(config, weights, tokens, {
+        linearHook: (module, x, y, T) => {
+          if (!module.endsWith('v_proj')) return;
+          const a = A[Number(module.split('.')[2])].data;
+          for (let t = 0; t < T; t++)
+            for (let o = 0; o < outV; o++)
+              for (let i = 0; i < config.hiddenSize; i++)
+                y[t * outV + o] += x[t * config.hiddenSize + i] * a[i * outV + o];
+        },
+      });
+      expectClose(logits.data, want, TOL, 'hooked logits');
+      // And the branch matters: without it the reference differs.
+      const plain = referenceForward(config, weights, tokens);
+      expect(Math.max(...plain.map((v, i) => Math.abs(v - logits.data[i])))).toBeGreaterThan(1e-3);
+    } finally {
+      await model.release();
+    }
+  });
+});

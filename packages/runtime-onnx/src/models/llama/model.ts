@@ -32,6 +32,8 @@ export interface LlamaForwardInput {
   readonly positionIds?: readonly (readonly number[])[];
   /** The previous call's `present`; absent for a prefill. */
   readonly past?: KvCache;
+  /** Inputs a {@link LinearHook} added to the graph (LoRA weights, adapter indices), by input name. */
+  readonly extraFeeds?: Readonly<Record<string, Tensor>>;
 }
 
 export interface LlamaForwardOutput {
@@ -134,6 +136,7 @@ export class LlamaModel {
       for (let s = 0; s < P + T; s++) maskData[b * (P + T) + s] = BigInt(m[s]);
     }
     const feeds: Record<string, Tensor> = {
+      ...input.extraFeeds,
       [LLAMA_IO.inputIds]: tensor('i64', [B, T], ids),
       [LLAMA_IO.attentionMask]: tensor('i64', [B, P + T], maskData),
       [LLAMA_IO.positionIds]: tensor('i64', [B, T], posData),
@@ -153,9 +156,12 @@ export class LlamaModel {
     return { logits: out[LLAMA_IO.logits] as Tensor<'f32'>, present: { keys, values } };
   }
 
-  /** A fresh generation state (its own KV cache) over this model. */
-  stepper(): TokenStepper {
-    return new LlamaStepper(this);
+  /**
+   * A fresh generation state (its own KV cache) over this model. `extraFeeds` go to every call
+   * (inputs added by a linear hook, such as LoRA weights).
+   */
+  stepper(extraFeeds?: Readonly<Record<string, Tensor>>): TokenStepper {
+    return new LlamaStepper(this, extraFeeds);
   }
 
   /** Frees the session (native memory). The model cannot run afterwards. */
@@ -181,7 +187,10 @@ export class LlamaStepper implements TokenStepper {
   private mask: number[][] = [];
   private nextPosition: number[] = [];
 
-  constructor(private readonly model: LlamaModel) {}
+  constructor(
+    private readonly model: LlamaModel,
+    private readonly extraFeeds?: Readonly<Record<string, Tensor>>,
+  ) {}
 
   get vocabSize(): number {
     return this.model.config.vocabSize;
@@ -198,7 +207,11 @@ export class LlamaStepper implements TokenStepper {
       ...new Array<number>(p.length).fill(1),
     ]);
     this.nextPosition = prompts.map((p) => p.length);
-    const out = await this.model.forward({ inputIds: ids, attentionMask: this.mask });
+    const out = await this.model.forward({
+      inputIds: ids,
+      attentionMask: this.mask,
+      extraFeeds: this.extraFeeds,
+    });
     this.cache = out.present;
     return lastLogits(out.logits);
   }
@@ -217,6 +230,7 @@ export class LlamaStepper implements TokenStepper {
       attentionMask: this.mask,
       positionIds: this.nextPosition.map((p) => [p]),
       past: this.cache,
+      extraFeeds: this.extraFeeds,
     });
     this.nextPosition = this.nextPosition.map((p) => p + 1);
     this.cache = out.present;

@@ -1,7 +1,13 @@
 import { type Tensor, tensor, toFloat32Array } from '@lora/core';
 import { RuntimeError } from '../../errors.js';
 import { denseLinear, type LinearWeight } from '../linear.js';
-import { type BaseQuantOptions, quantizeLinear } from '../quantize-linear.js';
+import {
+  type BaseQuantOptions,
+  quantizeLinear,
+  readDequantized,
+  readQuantizedLinear,
+  storedQuantization,
+} from '../quantize-linear.js';
 import type { WeightSource } from '../weights.js';
 import {
   LLAMA_LINEARS,
@@ -23,6 +29,8 @@ const FLOAT_DTYPES = new Set(['f32', 'f16', 'bf16', 'f64']);
 export function validateLlamaWeights(config: LlamaConfig, source: WeightSource): void {
   const missing: string[] = [];
   for (const { name, shape } of llamaWeightSpec(config)) {
+    // Tensors stored 4-bit (`lora quantize` output) are checked against their quant state when read.
+    if (storedQuantization(source, name)) continue;
     const info = source.info(name);
     if (!info) {
       missing.push(name);
@@ -61,9 +69,23 @@ export function validateLlamaWeights(config: LlamaConfig, source: WeightSource):
 }
 
 async function readF32(source: WeightSource, name: string): Promise<Tensor<'f32'>> {
+  if (storedQuantization(source, name)) return readDequantized(source, name);
   const t = await source.read(name);
   const data = t.dtype === 'f64' ? Float32Array.from(t.data as Float64Array) : toFloat32Array(t);
   return tensor('f32', t.shape, data === t.data ? (data as Float32Array) : data);
+}
+
+/** A linear as stored (float or 4-bit); float ones quantized on load when `quant` is given. */
+async function readLinear(
+  source: WeightSource,
+  name: string,
+  out: number,
+  inF: number,
+  quant: BaseQuantOptions | undefined,
+): Promise<LinearWeight> {
+  if (storedQuantization(source, name)) return readQuantizedLinear(source, name, [out, inF]);
+  const w = await readF32(source, name);
+  return quant ? quantizeLinear(w.data, out, inF, quant, name) : denseLinear(w.data, out, inF);
 }
 
 export interface PrepareOptions {
@@ -89,10 +111,7 @@ export async function prepareLlamaWeights(
     for (const linear of LLAMA_LINEARS) {
       const module = llamaModuleName(l, linear);
       const [out, inF] = llamaLinearShape(config, linear);
-      const w = await readF32(source, `${module}.weight`);
-      linears[linear] = options.quant
-        ? quantizeLinear(w.data, out, inF, options.quant, module)
-        : denseLinear(w.data, out, inF);
+      linears[linear] = await readLinear(source, `${module}.weight`, out, inF, options.quant);
       if (llamaLinearHasBias(config, linear))
         biases[linear] = await readF32(source, `${module}.bias`);
     }
