@@ -28,3 +28,4 @@ export * from './linalg/svd.js';
 export * from './linalg/randomized-svd.js';
 export * from './init.js';
 export * from './lora/init.js';
+export * from './linalg/low-rank-svd.js';
