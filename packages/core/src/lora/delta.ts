@@ -83,17 +83,31 @@ export function prepareDelta(f: LoraFactors, where = 'LoRA delta'): PreparedDelt
 }
 
 /**
- * Row `row` of `left @ right` (WITHOUT the scaling) into `out` [cols], summed in float64 over
- * k = 0..r-1 in order. Merge, unmerge and deltaWeight all use this, so they agree to the bit.
+ * Row `row` of `left @ right` (WITHOUT the scaling) into `out` [cols], summed in float64, k
+ * taken four at a time (one pass over `out` per four ranks: about twice as fast as one at a
+ * time). Merge, unmerge and deltaWeight all use this, so they agree to the bit.
  */
 export function deltaRowUnscaled(d: PreparedDelta, row: number, out: Float64Array): void {
   const { cols, rank, left, right } = d;
+  const l = row * rank;
   out.fill(0);
-  for (let k = 0; k < rank; k++) {
-    const l = left[row * rank + k];
-    if (l === 0) continue;
+  let k = 0;
+  for (; k + 4 <= rank; k += 4) {
+    const l0 = left[l + k];
+    const l1 = left[l + k + 1];
+    const l2 = left[l + k + 2];
+    const l3 = left[l + k + 3];
+    const b0 = k * cols;
+    const b1 = b0 + cols;
+    const b2 = b1 + cols;
+    const b3 = b2 + cols;
+    for (let j = 0; j < cols; j++)
+      out[j] += l0 * right[b0 + j] + l1 * right[b1 + j] + (l2 * right[b2 + j] + l3 * right[b3 + j]);
+  }
+  for (; k < rank; k++) {
+    const lk = left[l + k];
     const base = k * cols;
-    for (let j = 0; j < cols; j++) out[j] += l * right[base + j];
+    for (let j = 0; j < cols; j++) out[j] += lk * right[base + j];
   }
 }
 

@@ -79,11 +79,15 @@ export function unmergeWeight<D extends DType>(
   const { rows, cols, deltas } = prepareTerms(merged, terms, where);
   const dtype = merged.dtype as FloatDType; // checked by prepareTerms
   const out = tensor(merged.dtype, merged.shape) as Tensor<D>;
+  const reader = rowReader(cols);
   const acc = new Float64Array(cols);
-  const tmp = new Float64Array(cols);
+  const scratch = deltas.map(() => new Float64Array(cols));
+  const termRowsOfP: Float64Array[] = new Array(deltas.length);
+  const scales = new Float64Array(deltas.length);
   for (let p = 0; p < rows; p++) {
-    readRowF64(merged, p, cols, acc);
-    subtractDeltas(deltas, p, acc, tmp);
+    termRows(deltas, p, cols, scratch, termRowsOfP, scales);
+    reader(merged, p, acc);
+    subtractRows(acc, termRowsOfP, scales);
     roundF64Into(acc, dtype, out.data as TypedArrayOf[FloatDType], p * cols);
   }
   if (!residual) return out;
@@ -249,42 +253,71 @@ function prepareTerms(
   return { rows, cols, deltas };
 }
 
-function addDeltas(
+/**
+ * Row p of every term, unscaled, with its scale: `rows[i]` and `scales[i]` such that term i's
+ * contribution to the row is `scales[i] * rows[i][j]`. Dense deltas are views with scale 1
+ * (`1 * x` is exact, so both kinds go through the same arithmetic).
+ */
+function termRows(
   deltas: readonly PreparedTerm[],
   p: number,
-  acc: Float64Array,
-  tmp: Float64Array,
+  cols: number,
+  scratch: Float64Array[],
+  rows: Float64Array[],
+  scales: Float64Array,
 ): void {
-  const cols = acc.length;
-  for (const t of deltas) {
+  for (let i = 0; i < deltas.length; i++) {
+    const t = deltas[i];
     if (t.kind === 'dense') {
-      const off = p * cols;
-      for (let j = 0; j < cols; j++) acc[j] += t.data[off + j];
+      rows[i] = t.data.subarray(p * cols, (p + 1) * cols);
+      scales[i] = 1;
     } else {
-      deltaRowUnscaled(t.d, p, tmp);
-      const s = t.d.scaling;
-      for (let j = 0; j < cols; j++) acc[j] += s * tmp[j];
+      deltaRowUnscaled(t.d, p, scratch[i]);
+      rows[i] = scratch[i];
+      scales[i] = t.d.scaling;
     }
   }
 }
 
-function subtractDeltas(
-  deltas: readonly PreparedTerm[],
-  p: number,
+/** acc += s_i * row_i for each term, in term order (merge). */
+function addRows(acc: Float64Array, rows: readonly Float64Array[], scales: Float64Array): void {
+  const cols = acc.length;
+  for (let i = 0; i < rows.length; i++) {
+    const r = rows[i];
+    const s = scales[i];
+    for (let j = 0; j < cols; j++) acc[j] += s * r[j];
+  }
+}
+
+/** acc -= s_i * row_i for each term, in term order (unmerge). */
+function subtractRows(
   acc: Float64Array,
-  tmp: Float64Array,
+  rows: readonly Float64Array[],
+  scales: Float64Array,
 ): void {
   const cols = acc.length;
-  for (const t of deltas) {
-    if (t.kind === 'dense') {
-      const off = p * cols;
-      for (let j = 0; j < cols; j++) acc[j] -= t.data[off + j];
-    } else {
-      deltaRowUnscaled(t.d, p, tmp);
-      const s = t.d.scaling;
-      for (let j = 0; j < cols; j++) acc[j] -= s * tmp[j];
-    }
+  for (let i = 0; i < rows.length; i++) {
+    const r = rows[i];
+    const s = scales[i];
+    for (let j = 0; j < cols; j++) acc[j] -= s * r[j];
   }
+}
+
+/**
+ * The smallest magnitude that rounds to infinity in each dtype (max finite + half an ulp; the
+ * tie goes to the even Inf). Checking the float64 sum against it catches overflow and NaN
+ * before rounding, in one tight loop.
+ */
+const OVERFLOW_AT: Readonly<Record<FloatDType, number>> = {
+  f64: Number.POSITIVE_INFINITY,
+  f32: 2 ** 128 - 2 ** 103,
+  f16: 65520,
+  bf16: 2 ** 128 - 2 ** 119,
+};
+
+function firstNonFinite(acc: Float64Array, limit: number): number {
+  for (let j = 0; j < acc.length; j++) if (!(Math.abs(acc[j]) < limit)) return j;
+  return -1;
 }
 
 function mergeRows<D extends DType>(
@@ -297,36 +330,38 @@ function mergeRows<D extends DType>(
   const { rows, cols, deltas } = prepareTerms(W, terms, where);
   const dtype = W.dtype as FloatDType; // checked by prepareTerms
   const merged = tensor(W.dtype, W.shape) as Tensor<D>;
+  const reader = rowReader(cols);
   const acc = new Float64Array(cols);
-  const tmp = new Float64Array(cols);
-  const isInf = nonFiniteTest(dtype);
-  const mergedBits = bitView(merged);
-  const origBits = bitView(W);
+  const scratch = deltas.map(() => new Float64Array(cols));
+  const termRowsOfP: Float64Array[] = new Array(deltas.length);
+  const scales = new Float64Array(deltas.length);
+  const limit = OVERFLOW_AT[dtype];
 
   // Exact mode: the row as unmerge will compute it, and where it misses.
   const check = exact ? (tensor(W.dtype, [cols]) as Tensor<D>) : undefined;
   const checkBits = check ? bitView(check) : undefined;
+  const origBits = bitView(W);
   const missIndices: number[] = [];
   const missBits: (number | bigint)[] = [];
 
   for (let p = 0; p < rows; p++) {
-    readRowF64(W, p, cols, acc);
-    addDeltas(deltas, p, acc, tmp);
-    roundF64Into(acc, dtype, merged.data as TypedArrayOf[FloatDType], p * cols);
+    termRows(deltas, p, cols, scratch, termRowsOfP, scales);
+    reader(W, p, acc);
+    addRows(acc, termRowsOfP, scales);
     if (!options.allowNonFinite) {
-      for (let j = 0; j < cols; j++) {
-        if (isInf(mergedBits[p * cols + j])) {
-          throw new CoreError(
-            'LORA_MERGE_NOT_FINITE',
-            `${where}: the merged value at [${p}, ${j}] is not finite (original ${readRowValue(W, p * cols + j)}). Nothing was written; check the adapter for NaN/Inf or huge scaling, or merge into a wider dtype.`,
-            { where, row: p, col: j },
-          );
-        }
+      const j = firstNonFinite(acc, limit);
+      if (j >= 0) {
+        throw new CoreError(
+          'LORA_MERGE_NOT_FINITE',
+          `${where}: the merged value at [${p}, ${j}] is not finite in ${dtype} (original ${readValue(W, p * cols + j)}, merged ${acc[j]}). Nothing was written; check the adapter for NaN/Inf or a huge scaling, or merge into a wider dtype.`,
+          { where, row: p, col: j },
+        );
       }
     }
+    roundF64Into(acc, dtype, merged.data as TypedArrayOf[FloatDType], p * cols);
     if (check && checkBits) {
-      readRowF64(merged, p, cols, acc);
-      subtractDeltas(deltas, p, acc, tmp);
+      reader(merged, p, acc);
+      subtractRows(acc, termRowsOfP, scales);
       roundF64Into(acc, dtype, check.data as TypedArrayOf[FloatDType], 0);
       const off = p * cols;
       for (let j = 0; j < cols; j++) {
@@ -339,9 +374,9 @@ function mergeRows<D extends DType>(
   }
   if (!exact) return { merged };
   const bits =
-    W.dtype === 'f64'
+    dtype === 'f64'
       ? BigUint64Array.from(missBits as bigint[])
-      : W.dtype === 'f32'
+      : dtype === 'f32'
         ? Uint32Array.from(missBits as number[])
         : Uint16Array.from(missBits as number[]);
   return {
@@ -356,36 +391,41 @@ function mergeRows<D extends DType>(
   };
 }
 
-/** Row p of a 2-D float tensor as float64 into `out` [cols] (exact). */
-function readRowF64(t: Tensor, p: number, cols: number, out: Float64Array): void {
-  const off = p * cols;
-  switch (t.dtype) {
-    case 'f64':
-    case 'f32': {
-      const d = t.data as Float64Array | Float32Array;
-      for (let j = 0; j < cols; j++) out[j] = d[off + j];
-      return;
+/** A reader of row p of a 2-D float tensor as float64 into `out` [cols] (exact), with its own scratch. */
+function rowReader(cols: number): (t: Tensor, p: number, out: Float64Array) => void {
+  const f32Row = new Float32Array(cols);
+  return (t, p, out) => {
+    const off = p * cols;
+    switch (t.dtype) {
+      case 'f64':
+        out.set((t.data as Float64Array).subarray(off, off + cols));
+        return;
+      case 'f32': {
+        const d = t.data as Float32Array;
+        for (let j = 0; j < cols; j++) out[j] = d[off + j];
+        return;
+      }
+      case 'f16':
+      case 'bf16': {
+        const row = (t.data as Uint16Array).subarray(off, off + cols);
+        if (t.dtype === 'f16') f16ToF32Array(row, f32Row);
+        else bf16ToF32Array(row, f32Row);
+        for (let j = 0; j < cols; j++) out[j] = f32Row[j];
+        return;
+      }
     }
-    case 'f16':
-    case 'bf16': {
-      const row = (t.data as Uint16Array).subarray(off, off + cols);
-      const f = t.dtype === 'f16' ? f16ToF32Array(row) : bf16ToF32Array(row);
-      for (let j = 0; j < cols; j++) out[j] = f[j];
-      return;
-    }
-  }
-  throw new CoreError('DTYPE_UNSUPPORTED', `Cannot read a ${t.dtype} weight as float.`);
+    throw new CoreError('DTYPE_UNSUPPORTED', `Cannot read a ${t.dtype} weight as float.`);
+  };
 }
 
-function readRowValue(t: Tensor, i: number): number {
-  const row = new Float64Array(1);
-  readRowF64(
+function readValue(t: Tensor, i: number): number {
+  const one = new Float64Array(1);
+  rowReader(1)(
     { dtype: t.dtype, shape: [1, 1], data: t.data.subarray(i, i + 1) } as Tensor,
     0,
-    1,
-    row,
+    one,
   );
-  return row[0];
+  return one[0];
 }
 
 /** The elements of a float tensor as unsigned integers of the same width (a view). */
@@ -394,20 +434,6 @@ function bitView(t: Tensor): Uint16Array | Uint32Array | BigUint64Array {
   if (t.dtype === 'f64') return new BigUint64Array(buffer, byteOffset, length);
   if (t.dtype === 'f32') return new Uint32Array(buffer, byteOffset, length);
   return t.data as Uint16Array;
-}
-
-/** Predicate on an element's bits: exponent all ones (Inf or NaN). */
-function nonFiniteTest(dtype: FloatDType): (bits: number | bigint) => boolean {
-  switch (dtype) {
-    case 'f16':
-      return (b) => ((b as number) & 0x7c00) === 0x7c00;
-    case 'bf16':
-      return (b) => ((b as number) & 0x7f80) === 0x7f80;
-    case 'f32':
-      return (b) => ((b as number) & 0x7f800000) === 0x7f800000;
-    case 'f64':
-      return (b) => ((b as bigint) & 0x7ff0000000000000n) === 0x7ff0000000000000n;
-  }
 }
 
 /** FNV-1a over the tensor's bytes taken as 16-bit words: fast, enough to catch a wrong input. */
