@@ -20,3 +20,4 @@ export * from './extract.js';
 export * from './formats/onnx-adapter.js';
 export * from './formats/onnx-adapter-peft.js';
 export * from './registry.js';
+export * from './targets.js';
