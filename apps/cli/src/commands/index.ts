@@ -3,6 +3,9 @@ import { registerBench } from './bench.js';
 import { registerGenerate } from './generate.js';
 import { registerInspect } from './inspect.js';
 import { registerPlan } from './plan.js';
+import { registerQuantize } from './quantize.js';
+import { registerDequantize } from './dequantize.js';
+import { registerExportOnnx } from './export-onnx.js';
 
 /** Every subcommand registers itself on the program. One file per command, one line here. */
 export const commands: ReadonlyArray<(program: Command) => void> = [
@@ -10,4 +13,7 @@ export const commands: ReadonlyArray<(program: Command) => void> = [
   registerBench,
   registerGenerate,
   registerPlan,
+  registerQuantize,
+  registerDequantize,
+  registerExportOnnx,
 ];

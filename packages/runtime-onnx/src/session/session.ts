@@ -100,7 +100,7 @@ export class ModelSession {
       } catch (error) {
         if (provider !== 'cuda') {
           throw new RuntimeError(
-            'SESSION_CREATE',
+            'SESSION_FAILED',
             `onnxruntime could not create the session: ${String(error)}`,
             {},
             {
@@ -120,7 +120,7 @@ export class ModelSession {
         warn(`${why}. Falling back to CPU.`);
       }
     }
-    throw new RuntimeError('SESSION_CREATE', 'No execution provider could run the model.');
+    throw new RuntimeError('SESSION_FAILED', 'No execution provider could run the model.');
   }
 
   /** Runs the model. Feeds and results are core tensors (int64 as BigInt64Array). */
