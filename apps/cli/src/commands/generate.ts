@@ -23,7 +23,7 @@ export interface GenerateCommandOptions extends CommonOptions {
   topP?: number;
   repetitionPenalty?: number;
   seed: number;
-  stop: string[];
+  stop?: string[];
   quant?: QuantFormat;
   device: Device;
   echo: boolean;
@@ -140,7 +140,7 @@ async function runGenerate(options: GenerateCommandOptions): Promise<void> {
       topP: options.topP,
       repetitionPenalty: options.repetitionPenalty,
       seed: options.seed,
-      stop: options.stop,
+      stop: options.stop ?? [],
       eosIds: opened.eosIds,
       maxSequenceLength: opened.maxSequenceLength,
       onToken: streaming ? (e) => e.text && process.stdout.write(e.text) : undefined,
@@ -199,8 +199,8 @@ function round(x: number): number {
   return Math.round(x * 1000) / 1000;
 }
 
-function collect(value: string, previous: string[]): string[] {
-  return [...previous, value];
+function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
 }
 
 function parseNonNegative(name: string) {
