@@ -15,11 +15,15 @@ for (const name of readdirSync(dir).filter((n) => n.endsWith('.json'))) {
   failed += r.numFailedTests ?? 0;
   skipped += (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
   // A file that failed to load has no tests but a failed suite.
-  failed += (r.testResults ?? []).filter((f) => f.status === 'failed' && (f.assertionResults ?? []).length === 0).length;
+  failed += (r.testResults ?? []).filter(
+    (f) => f.status === 'failed' && (f.assertionResults ?? []).length === 0,
+  ).length;
 }
 const status = Number(statusArg);
 if (status !== 0 && failed === 0) {
-  console.log(`the test command exited with ${status} without a failed test in the reports (a package crashed?)`);
+  console.log(
+    `the test command exited with ${status} without a failed test in the reports (a package crashed?)`,
+  );
   failed = 1;
 }
 console.log(`${reports} test reports read`);

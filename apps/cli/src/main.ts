@@ -10,7 +10,9 @@ import { VERSION } from './version.js';
  */
 export async function run(argv: readonly string[]): Promise<number> {
   const program = new Command('lora')
-    .description('LoRA and QLoRA for Node.js: inspect, plan, quantize, merge, generate and serve adapters.')
+    .description(
+      'LoRA and QLoRA for Node.js: inspect, plan, quantize, merge, generate and serve adapters.',
+    )
     .version(VERSION, '-V, --version')
     .showSuggestionAfterError(true)
     .showHelpAfterError('(run with --help for usage)')
@@ -32,7 +34,12 @@ export async function run(argv: readonly string[]): Promise<number> {
 function reportError(e: unknown, verbose: boolean): number {
   if (e instanceof CommanderError) {
     // Commander already printed the message; help and version are successes.
-    if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
+    if (
+      e.code === 'commander.helpDisplayed' ||
+      e.code === 'commander.version' ||
+      e.code === 'commander.help'
+    )
+      return 0;
     return 2;
   }
   if (e instanceof UsageError) {

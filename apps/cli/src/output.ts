@@ -41,10 +41,18 @@ export function checkOutput(path: string, options: CommonOptions): void {
 }
 
 /** Formats a table of rows with aligned columns (numbers right-aligned). */
-export function table(header: readonly string[], rows: readonly (readonly (string | number)[])[]): string {
-  const cells = [header, ...rows.map((r) => r.map((c) => (typeof c === 'number' ? formatNumber(c) : c)))];
+export function table(
+  header: readonly string[],
+  rows: readonly (readonly (string | number)[])[],
+): string {
+  const cells = [
+    header,
+    ...rows.map((r) => r.map((c) => (typeof c === 'number' ? formatNumber(c) : c))),
+  ];
   const widths = header.map((_, i) => Math.max(...cells.map((r) => String(r[i] ?? '').length)));
-  const numeric = header.map((_, i) => rows.length > 0 && rows.every((r) => typeof r[i] === 'number'));
+  const numeric = header.map(
+    (_, i) => rows.length > 0 && rows.every((r) => typeof r[i] === 'number'),
+  );
   return cells
     .map((r) =>
       r
@@ -77,7 +85,8 @@ export function formatBytes(bytes: number): string {
 export function parsePositiveInt(name: string) {
   return (value: string): number => {
     const n = Number(value);
-    if (!Number.isSafeInteger(n) || n <= 0) throw new UsageError(`--${name} must be a positive integer, got "${value}".`);
+    if (!Number.isSafeInteger(n) || n <= 0)
+      throw new UsageError(`--${name} must be a positive integer, got "${value}".`);
     return n;
   };
 }

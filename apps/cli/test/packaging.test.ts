@@ -15,12 +15,22 @@ const repo = fileURLToPath(new URL('../../../', import.meta.url));
 const packageDirs = readdirSync(join(repo, 'packages'))
   .map((d) => join(repo, 'packages', d))
   .filter((d) => existsSync(join(d, 'package.json')));
-const packages = packageDirs.map((dir) => ({ dir, json: JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) }));
+const packages = packageDirs.map((dir) => ({
+  dir,
+  json: JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')),
+}));
 
 function pnpm(args: string[], cwd: string): string {
   const execpath = process.env.npm_execpath;
-  const [cmd, pre] = execpath && /pnpm/.test(execpath) ? [process.execPath, [execpath]] : ['npx', ['-y', 'pnpm@12.4.2']];
-  return execFileSync(cmd, [...pre, ...args], { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  const [cmd, pre] =
+    execpath && /pnpm/.test(execpath)
+      ? [process.execPath, [execpath]]
+      : ['npx', ['-y', 'pnpm@12.4.2']];
+  return execFileSync(cmd, [...pre, ...args], {
+    cwd,
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
 }
 
 /** The first ```js block under the README's "## Example" heading. */
@@ -44,7 +54,10 @@ describe('packaging: each package installs alone from its tarball', () => {
       if (!tgz) throw new Error(`pnpm pack printed no tarball for ${p.json.name}:\n${out}`);
       tarballs.push(tgz.startsWith('/') ? tgz : join(project, tgz));
     }
-    await writeFile(join(project, 'package.json'), JSON.stringify({ name: 'pack-check', private: true, type: 'module' }));
+    await writeFile(
+      join(project, 'package.json'),
+      JSON.stringify({ name: 'pack-check', private: true, type: 'module' }),
+    );
     execFileSync('npm', ['install', '--no-audit', '--no-fund', '--loglevel=error', ...tarballs], {
       cwd: project,
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -72,10 +85,18 @@ describe('packaging: each package installs alone from its tarball', () => {
         const entries = Object.keys(p.json.exports).filter((k) => !k.endsWith('package.json'));
         for (const entry of entries) {
           const spec = entry === '.' ? p.json.name : `${p.json.name}/${entry.slice(2)}`;
-          const out = execFileSync(process.execPath, ['--input-type=module', '-e', `const m = await import(${JSON.stringify(spec)}); console.log(Object.keys(m).length);`], {
-            cwd: project,
-            encoding: 'utf8',
-          });
+          const out = execFileSync(
+            process.execPath,
+            [
+              '--input-type=module',
+              '-e',
+              `const m = await import(${JSON.stringify(spec)}); console.log(Object.keys(m).length);`,
+            ],
+            {
+              cwd: project,
+              encoding: 'utf8',
+            },
+          );
           expect(Number(out.trim())).toBeGreaterThan(0);
         }
       });
@@ -83,10 +104,17 @@ describe('packaging: each package installs alone from its tarball', () => {
       it("runs the README's example", async () => {
         const readme = readFileSync(join(p.dir, 'README.md'), 'utf8');
         const example = readmeExample(readme);
-        expect(example, `${p.json.name}/README.md needs a \`\`\`js block under "## Example"`).toBeDefined();
+        expect(
+          example,
+          `${p.json.name}/README.md needs a \`\`\`js block under "## Example"`,
+        ).toBeDefined();
         const file = join(project, `example-${p.json.name.replace(/\W/g, '_')}.mjs`);
         await writeFile(file, example!);
-        const out = execFileSync(process.execPath, [file], { cwd: project, encoding: 'utf8', timeout: 60_000 });
+        const out = execFileSync(process.execPath, [file], {
+          cwd: project,
+          encoding: 'utf8',
+          timeout: 60_000,
+        });
         expect(out.trim().length).toBeGreaterThan(0);
       });
     });

@@ -61,7 +61,9 @@ export function isFloatDType(d: DType): d is FloatDType {
  */
 export function castFloat<D extends FloatDType>(t: Tensor, dtype: D): Tensor<D> {
   if (!isFloatDType(t.dtype)) {
-    throw new CoreError('DTYPE_UNSUPPORTED', `castFloat takes a float tensor, got ${t.dtype}.`, { dtype: t.dtype });
+    throw new CoreError('DTYPE_UNSUPPORTED', `castFloat takes a float tensor, got ${t.dtype}.`, {
+      dtype: t.dtype,
+    });
   }
   if (t.dtype === dtype) return t as Tensor<D>;
   if (dtype === 'f64') return tensor(dtype, t.shape, toFloat64Array(t) as TypedArrayOf[D]);

@@ -126,9 +126,13 @@ export function parseDType(name: string): DType {
   };
   const d = aliases[n] ?? n;
   if (!isDType(d)) {
-    throw new CoreError('DTYPE_UNKNOWN', `Unknown dtype "${name}". Use one of: ${Object.keys(DTYPES).join(', ')}.`, {
-      dtype: name,
-    });
+    throw new CoreError(
+      'DTYPE_UNKNOWN',
+      `Unknown dtype "${name}". Use one of: ${Object.keys(DTYPES).join(', ')}.`,
+      {
+        dtype: name,
+      },
+    );
   }
   return d;
 }

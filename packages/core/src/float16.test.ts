@@ -82,7 +82,9 @@ describe('f16', () => {
     const got = f32ToF16Array(input);
     for (let i = 0; i < input.length; i++) {
       if (got[i] !== f16Reference(input[i])) {
-        throw new Error(`x=${input[i]}: got 0x${got[i].toString(16)}, want 0x${f16Reference(input[i]).toString(16)}`);
+        throw new Error(
+          `x=${input[i]}: got 0x${got[i].toString(16)}, want 0x${f16Reference(input[i]).toString(16)}`,
+        );
       }
     }
   });
@@ -158,7 +160,19 @@ describe('bf16', () => {
 
 describe('array conversions', () => {
   it('match the one-value conversions for odd lengths, unaligned outputs and special values', () => {
-    const values = [1, -0, 0, Number.NaN, 1e-8, 65504, 70000, -3.5, 2 ** -24, Number.NEGATIVE_INFINITY, 0.1];
+    const values = [
+      1,
+      -0,
+      0,
+      Number.NaN,
+      1e-8,
+      65504,
+      70000,
+      -3.5,
+      2 ** -24,
+      Number.NEGATIVE_INFINITY,
+      0.1,
+    ];
     const src = Float32Array.from(values);
     const backing = new Uint16Array(values.length + 1);
     const unaligned = backing.subarray(1); // byteOffset 2: the pairwise path must not be taken

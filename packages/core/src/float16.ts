@@ -113,7 +113,10 @@ function i32View(a: Float32Array): Int32Array {
 // in int32 range, so V8 compiles them to plain 32-bit integer instructions (no float64 detours).
 
 /** float32 array -> f16 bit patterns. `out` may be given to avoid an allocation. */
-export function f32ToF16Array(src: Float32Array, out: Uint16Array = new Uint16Array(src.length)): Uint16Array {
+export function f32ToF16Array(
+  src: Float32Array,
+  out: Uint16Array = new Uint16Array(src.length),
+): Uint16Array {
   const bits = i32View(src);
   const n = src.length;
   let i = 0;
@@ -142,7 +145,10 @@ export function f32ToF16Array(src: Float32Array, out: Uint16Array = new Uint16Ar
 }
 
 /** f16 bit patterns -> float32 array. */
-export function f16ToF32Array(src: Uint16Array, out: Float32Array = new Float32Array(src.length)): Float32Array {
+export function f16ToF32Array(
+  src: Uint16Array,
+  out: Float32Array = new Float32Array(src.length),
+): Float32Array {
   const bits = i32View(out);
   const n = src.length;
   for (let i = 0; i < n; i++) {
@@ -158,7 +164,10 @@ export function f16ToF32Array(src: Uint16Array, out: Float32Array = new Float32A
 }
 
 /** float32 array -> bf16 bit patterns. */
-export function f32ToBf16Array(src: Float32Array, out: Uint16Array = new Uint16Array(src.length)): Uint16Array {
+export function f32ToBf16Array(
+  src: Float32Array,
+  out: Uint16Array = new Uint16Array(src.length),
+): Uint16Array {
   const bits = i32View(src);
   const n = src.length;
   let i = 0;
@@ -173,7 +182,8 @@ export function f32ToBf16Array(src: Float32Array, out: Uint16Array = new Uint16A
         out[2 * j] = f32BitsToBf16Bits(f >>> 0);
         out[2 * j + 1] = f32BitsToBf16Bits(g >>> 0);
       } else {
-        pairs[j] = ((f + 0x7fff + ((f >> 16) & 1)) >>> 16) | ((g + 0x7fff + ((g >> 16) & 1)) & 0xffff0000);
+        pairs[j] =
+          ((f + 0x7fff + ((f >> 16) & 1)) >>> 16) | ((g + 0x7fff + ((g >> 16) & 1)) & 0xffff0000);
       }
     }
     i = pairs.length * 2;
@@ -183,7 +193,10 @@ export function f32ToBf16Array(src: Float32Array, out: Uint16Array = new Uint16A
 }
 
 /** bf16 bit patterns -> float32 array (exact). */
-export function bf16ToF32Array(src: Uint16Array, out: Float32Array = new Float32Array(src.length)): Float32Array {
+export function bf16ToF32Array(
+  src: Uint16Array,
+  out: Float32Array = new Float32Array(src.length),
+): Float32Array {
   const bits = i32View(out);
   const n = src.length;
   for (let i = 0; i < n; i++) bits[i] = src[i] << 16;

@@ -17,16 +17,24 @@ export function numel(shape: readonly number[]): number {
   let n = 1;
   for (const d of shape) {
     if (!Number.isSafeInteger(d) || d < 0) {
-      throw new CoreError('SHAPE_INVALID', `Invalid shape [${shape.join(', ')}]: dimensions must be non-negative integers.`, {
-        shape,
-      });
+      throw new CoreError(
+        'SHAPE_INVALID',
+        `Invalid shape [${shape.join(', ')}]: dimensions must be non-negative integers.`,
+        {
+          shape,
+        },
+      );
     }
     n *= d;
   }
   if (!Number.isSafeInteger(n)) {
-    throw new CoreError('SHAPE_TOO_LARGE', `Shape [${shape.join(', ')}] has more elements than can be addressed.`, {
-      shape,
-    });
+    throw new CoreError(
+      'SHAPE_TOO_LARGE',
+      `Shape [${shape.join(', ')}] has more elements than can be addressed.`,
+      {
+        shape,
+      },
+    );
   }
   return n;
 }
@@ -43,7 +51,11 @@ export function strides(shape: readonly number[]): number[] {
 }
 
 /** Creates a tensor; with `data`, checks that its type and length fit the dtype and shape. */
-export function tensor<D extends DType>(dtype: D, shape: readonly number[], data?: TypedArrayOf[D]): Tensor<D> {
+export function tensor<D extends DType>(
+  dtype: D,
+  shape: readonly number[],
+  data?: TypedArrayOf[D],
+): Tensor<D> {
   const n = numel(shape);
   if (data === undefined) {
     return { dtype, shape: [...shape], data: DTYPES[dtype].create(n) as TypedArrayOf[D] };
@@ -67,13 +79,27 @@ export function tensor<D extends DType>(dtype: D, shape: readonly number[], data
 }
 
 /** Shorthand for a float32 tensor. */
-export function f32(shape: readonly number[], data?: Float32Array | readonly number[]): Tensor<'f32'> {
-  return tensor('f32', shape, data === undefined || data instanceof Float32Array ? data : Float32Array.from(data));
+export function f32(
+  shape: readonly number[],
+  data?: Float32Array | readonly number[],
+): Tensor<'f32'> {
+  return tensor(
+    'f32',
+    shape,
+    data === undefined || data instanceof Float32Array ? data : Float32Array.from(data),
+  );
 }
 
 /** Shorthand for a float64 tensor. */
-export function f64(shape: readonly number[], data?: Float64Array | readonly number[]): Tensor<'f64'> {
-  return tensor('f64', shape, data === undefined || data instanceof Float64Array ? data : Float64Array.from(data));
+export function f64(
+  shape: readonly number[],
+  data?: Float64Array | readonly number[],
+): Tensor<'f64'> {
+  return tensor(
+    'f64',
+    shape,
+    data === undefined || data instanceof Float64Array ? data : Float64Array.from(data),
+  );
 }
 
 /** Same data, new shape (no copy). One dimension may be -1. */
@@ -95,7 +121,11 @@ export function reshape<D extends DType>(t: Tensor<D>, shape: readonly number[])
 }
 
 /** Throws a SHAPE_MISMATCH error naming `what` unless `t.shape` equals `expected`. */
-export function assertShape(t: { shape: readonly number[] }, expected: readonly number[], what: string): void {
+export function assertShape(
+  t: { shape: readonly number[] },
+  expected: readonly number[],
+  what: string,
+): void {
   if (!sameShape(t.shape, expected)) {
     throw new CoreError(
       'SHAPE_MISMATCH',

@@ -21,7 +21,9 @@ export const convertBench: BenchSection = {
     const repeats = ctx.quick ? 3 : 7;
     const bytes = n * 4;
     const copyMs = await medianMs(() => copy.set(src), repeats);
-    const rows: (string | number)[][] = [['TypedArray.set copy (f32)', copyMs, gbPerSecond(bytes, copyMs), 1]];
+    const rows: (string | number)[][] = [
+      ['TypedArray.set copy (f32)', copyMs, gbPerSecond(bytes, copyMs), 1],
+    ];
     const cases: [string, () => unknown][] = [
       ['f32 -> f16', () => f32ToF16Array(src, half)],
       ['f16 -> f32', () => f16ToF32Array(half, back)],

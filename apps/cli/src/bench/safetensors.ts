@@ -36,7 +36,12 @@ export const safetensorsBench: BenchSection = {
             const buf = new Uint8Array(e.byteLength);
             let done = 0;
             while (done < e.byteLength) {
-              const { bytesRead } = await h.read(buf, done, e.byteLength - done, dataStart + e.dataOffsets[0] + done);
+              const { bytesRead } = await h.read(
+                buf,
+                done,
+                e.byteLength - done,
+                dataStart + e.dataOffsets[0] + done,
+              );
               done += bytesRead;
             }
           }

@@ -17,17 +17,26 @@ const BIN = fileURLToPath(new URL('../../bin/lora.js', import.meta.url));
 export function registerBench(program: Command): void {
   program
     .command('bench')
-    .description('Measure the performance table: every section runs in its own process, ratios measured in one run, peak memory reported.')
+    .description(
+      'Measure the performance table: every section runs in its own process, ratios measured in one run, peak memory reported.',
+    )
     .option('--quick', 'smaller sizes, fewer repeats (a smoke run)')
-    .option('--only <sections>', `comma-separated sections: ${sections.map((s) => s.name).join(', ') || '(none yet)'}`)
+    .option(
+      '--only <sections>',
+      `comma-separated sections: ${sections.map((s) => s.name).join(', ') || '(none yet)'}`,
+    )
     .option('--in-process', 'run in this process (used internally for one section)')
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
     .action(async (options: BenchOptions) => {
-      const wanted = options.only ? options.only.split(',').map((s) => s.trim()) : sections.map((s) => s.name);
+      const wanted = options.only
+        ? options.only.split(',').map((s) => s.trim())
+        : sections.map((s) => s.name);
       for (const w of wanted) {
         if (!sections.some((s) => s.name === w)) {
-          throw new UsageError(`unknown bench section "${w}". Sections: ${sections.map((s) => s.name).join(', ')}.`);
+          throw new UsageError(
+            `unknown bench section "${w}". Sections: ${sections.map((s) => s.name).join(', ')}.`,
+          );
         }
       }
       const reports: BenchReport[] = [];
@@ -71,7 +80,10 @@ function runInChild(name: string, options: BenchOptions): BenchReport {
 }
 
 function render(r: BenchReport): string {
-  const lines = [`## ${r.title}  (${r.name}; peak RSS ${formatBytes(r.peakRssBytes)}, ${r.seconds.toFixed(1)} s)`, table(r.columns, r.rows)];
+  const lines = [
+    `## ${r.title}  (${r.name}; peak RSS ${formatBytes(r.peakRssBytes)}, ${r.seconds.toFixed(1)} s)`,
+    table(r.columns, r.rows),
+  ];
   for (const n of r.notes ?? []) lines.push(`- ${n}`);
   return lines.join('\n');
 }

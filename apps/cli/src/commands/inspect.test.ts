@@ -3,14 +3,15 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { tensor, writeSafetensors } from '@lora/core';
+import { type Tensor, tensor, writeSafetensors } from '@lora/core';
 import { describe, expect, it } from 'vitest';
 import { runCli } from '../test-utils/run-cli.js';
 
 const shared = fileURLToPath(new URL('../../../../../shared/', import.meta.url));
 const stories = join(shared, 'fixtures/llama2c-stories260k');
 const haveStories = existsSync(stories);
-if (!haveStories) console.warn(`SKIPPED: ${stories} is absent; the real-model inspect tests do not run.`);
+if (!haveStories)
+  console.warn(`SKIPPED: ${stories} is absent; the real-model inspect tests do not run.`);
 
 describe('lora inspect', () => {
   it('summarises a safetensors file: tensors, dtypes, shapes, parameters, bytes', async () => {
@@ -19,7 +20,7 @@ describe('lora inspect', () => {
       const path = join(dir, 'w.safetensors');
       await writeSafetensors(
         path,
-        new Map([
+        new Map<string, Tensor>([
           ['a', tensor('f32', [3, 4])],
           ['b', tensor('bf16', [5])],
         ]),
@@ -30,10 +31,12 @@ describe('lora inspect', () => {
       const j = JSON.parse(r.stdout);
       expect(j.kind).toBe('safetensors');
       expect(j.file.params).toBe(17);
-      expect(j.file.tensors.map((t: { name: string; bytes: number }) => [t.name, t.bytes])).toEqual([
-        ['a', 48],
-        ['b', 10],
-      ]);
+      expect(j.file.tensors.map((t: { name: string; bytes: number }) => [t.name, t.bytes])).toEqual(
+        [
+          ['a', 48],
+          ['b', 10],
+        ],
+      );
       expect(j.file.metadata).toEqual({ format: 'pt' });
       const human = await runCli(['inspect', path]);
       expect(human.stdout).toContain('17 parameters');
@@ -50,7 +53,10 @@ describe('lora inspect', () => {
     const dir = await mkdtemp(join(tmpdir(), 'lora-inspect-'));
     try {
       const { writeFile } = await import('node:fs/promises');
-      await writeFile(join(dir, 'bad.safetensors'), new Uint8Array([200, 0, 0, 0, 0, 0, 0, 0, 123]));
+      await writeFile(
+        join(dir, 'bad.safetensors'),
+        new Uint8Array([200, 0, 0, 0, 0, 0, 0, 0, 123]),
+      );
       const bad = await runCli(['inspect', join(dir, 'bad.safetensors')]);
       expect(bad.code).toBe(2);
       expect(bad.stderr).toContain('truncated');
@@ -59,16 +65,26 @@ describe('lora inspect', () => {
     }
   });
 
-  it.skipIf(!haveStories)('summarises the stories260K model folder (figures from its SOURCE.md)', async () => {
-    const r = await runCli(['inspect', stories, '--json']);
-    expect(r.code).toBe(0);
-    const j = JSON.parse(r.stdout);
-    expect(j.kind).toBe('model');
-    expect(j.params).toBe(260_032);
-    expect(j.files[0].tensors.length).toBe(47);
-    expect(j.bytes).toBe(1_044_992);
-    expect(j.config).toMatchObject({ hiddenSize: 64, numLayers: 5, numHeads: 8, numKvHeads: 4, headDim: 8, vocabSize: 512 });
-  });
+  it.skipIf(!haveStories)(
+    'summarises the stories260K model folder (figures from its SOURCE.md)',
+    async () => {
+      const r = await runCli(['inspect', stories, '--json']);
+      expect(r.code).toBe(0);
+      const j = JSON.parse(r.stdout);
+      expect(j.kind).toBe('model');
+      expect(j.params).toBe(260_032);
+      expect(j.files[0].tensors.length).toBe(47);
+      expect(j.bytes).toBe(1_044_992);
+      expect(j.config).toMatchObject({
+        hiddenSize: 64,
+        numLayers: 5,
+        numHeads: 8,
+        numKvHeads: 4,
+        headDim: 8,
+        vocabSize: 512,
+      });
+    },
+  );
 });
 
 // Figures typed in from ../shared/fixtures/peft/SOURCES.md (r, alpha, targets, LoRA parameter count).
@@ -95,7 +111,8 @@ const PEFT_FIXTURES: [string, number, number, string[], number][] = [
 ];
 const peftDir = join(shared, 'fixtures/peft');
 const havePeft = existsSync(peftDir);
-if (!havePeft) console.warn(`SKIPPED: ${peftDir} is absent; the PEFT adapter inspect tests do not run.`);
+if (!havePeft)
+  console.warn(`SKIPPED: ${peftDir} is absent; the PEFT adapter inspect tests do not run.`);
 
 describe.skipIf(!havePeft)('lora inspect on real PEFT adapters', () => {
   for (const [name, r, alpha, targets, params] of PEFT_FIXTURES) {
@@ -114,7 +131,13 @@ describe.skipIf(!havePeft)('lora inspect on real PEFT adapters', () => {
   it.skipIf(!haveStories)('--base prints the PEFT trainable summary line', async () => {
     // Not a real pairing (the adapter is for Qwen2.5); only PEFT's arithmetic is checked:
     // trainable / (base + LoRA), with 260,032 base parameters from the fixture's SOURCE.md.
-    const res = await runCli(['inspect', join(peftDir, 'qwen2.5-0.5b-qv'), '--base', stories, '--json']);
+    const res = await runCli([
+      'inspect',
+      join(peftDir, 'qwen2.5-0.5b-qv'),
+      '--base',
+      stories,
+      '--json',
+    ]);
     const { trainable } = JSON.parse(res.stdout);
     expect(trainable.trainableParams).toBe(540_672);
     expect(trainable.allParams).toBe(260_032 + 540_672);

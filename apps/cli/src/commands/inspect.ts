@@ -15,10 +15,18 @@ interface InspectOptions extends CommonOptions {
 export function registerInspect(program: Command): void {
   program
     .command('inspect')
-    .argument('<path>', 'a .safetensors file, a model folder (config.json) or a PEFT adapter folder (adapter_config.json)')
-    .description('Show tensors, dtypes, shapes, parameter counts, LoRA config and bytes on disk and in memory.')
+    .argument(
+      '<path>',
+      'a .safetensors file, a model folder (config.json) or a PEFT adapter folder (adapter_config.json)',
+    )
+    .description(
+      'Show tensors, dtypes, shapes, parameter counts, LoRA config and bytes on disk and in memory.',
+    )
     .option('--tensors', 'list every tensor (the default for single files and adapters)')
-    .option('--base <model>', 'for an adapter: the base model folder, to show the trainable share as PEFT prints it')
+    .option(
+      '--base <model>',
+      'for an adapter: the base model folder, to show the trainable share as PEFT prints it',
+    )
     .option('--json', 'print one JSON document')
     .action(async (path: string, options: InspectOptions) => {
       const report = await inspectPath(path, options.base);
@@ -28,7 +36,14 @@ export function registerInspect(program: Command): void {
 
 export type InspectReport =
   | { kind: 'safetensors'; file: SafetensorsSummary }
-  | { kind: 'model'; path: string; config: ModelConfigSummary; files: SafetensorsSummary[]; params: number; bytes: number }
+  | {
+      kind: 'model';
+      path: string;
+      config: ModelConfigSummary;
+      files: SafetensorsSummary[];
+      params: number;
+      bytes: number;
+    }
   | { kind: 'adapter'; adapter: AdapterDescription; trainable?: TrainableShare };
 
 /** PEFT's print_trainable_parameters figures for an adapter on a given base. */
@@ -58,8 +73,11 @@ interface ModelConfigSummary {
 export async function inspectPath(path: string, base?: string): Promise<InspectReport> {
   if (!existsSync(path)) throw new UsageError(`${path} does not exist.`);
   if (statSync(path).isFile()) {
-    if (path.endsWith('.safetensors')) return { kind: 'safetensors', file: await summarizeSafetensors(path) };
-    throw new UsageError(`${path}: cannot inspect this kind of file (expected .safetensors, or a folder).`);
+    if (path.endsWith('.safetensors'))
+      return { kind: 'safetensors', file: await summarizeSafetensors(path) };
+    throw new UsageError(
+      `${path}: cannot inspect this kind of file (expected .safetensors, or a folder).`,
+    );
   }
   if (existsSync(join(path, 'adapter_config.json'))) {
     const adapter = await describeAdapter(path);
@@ -82,11 +100,16 @@ export async function inspectPath(path: string, base?: string): Promise<InspectR
     };
   }
   if (existsSync(join(path, 'config.json'))) return inspectModel(path);
-  throw new UsageError(`${path}: no config.json or adapter_config.json in this folder; nothing to inspect.`);
+  throw new UsageError(
+    `${path}: no config.json or adapter_config.json in this folder; nothing to inspect.`,
+  );
 }
 
 async function inspectModel(dir: string): Promise<Extract<InspectReport, { kind: 'model' }>> {
-  const raw = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+  const raw = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')) as Record<
+    string,
+    unknown
+  >;
   const num = (k: string) => (typeof raw[k] === 'number' ? (raw[k] as number) : undefined);
   const heads = num('num_attention_heads');
   const hidden = num('hidden_size');
@@ -140,7 +163,11 @@ function renderFile(f: SafetensorsSummary, withTensors: boolean): string {
 
 function renderAdapter(a: AdapterDescription, trainable?: TrainableShare): string {
   const targets = Array.isArray(a.targets) ? a.targets.join(', ') : String(a.targets);
-  const flags = [a.useRslora && 'rsLoRA', a.useDora && 'DoRA', a.fanInFanOut && 'fan_in_fan_out'].filter(Boolean);
+  const flags = [
+    a.useRslora && 'rsLoRA',
+    a.useDora && 'DoRA',
+    a.fanInFanOut && 'fan_in_fan_out',
+  ].filter(Boolean);
   const ranks = Object.keys(a.ranks).length > 1 ? ` (ranks: ${JSON.stringify(a.ranks)})` : '';
   const lines = [
     `${a.path}: LoRA adapter, r ${a.r}, alpha ${a.alpha}, scaling ${a.scaling}${flags.length ? `, ${flags.join(', ')}` : ''}${ranks}`,
@@ -178,7 +205,8 @@ function renderReport(r: InspectReport, options: InspectOptions): string {
     shape.join(', '),
     `${r.params.toLocaleString('en-US')} parameters in ${r.files.length} file(s), ${formatBytes(r.bytes)} on disk; in memory: f32 ${formatBytes(r.params * 4)}, f16/bf16 ${formatBytes(r.params * 2)}`,
   ];
-  if (c.quantizationConfig) lines.push(`quantization_config: ${JSON.stringify(c.quantizationConfig)}`);
+  if (c.quantizationConfig)
+    lines.push(`quantization_config: ${JSON.stringify(c.quantizationConfig)}`);
   for (const f of r.files) lines.push('', renderFile(f, Boolean(options.tensors)));
   return lines.join('\n');
 }

@@ -8,8 +8,14 @@ import { CoreError } from '../errors.js';
  * fsynced and then renamed over the target, and the folder is fsynced. A crash, a full disk or
  * an exception in `write` leaves either the old file or nothing; the temporary file is removed.
  */
-export async function writeFileAtomic(path: string, write: (handle: FileHandle) => Promise<void>): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+export async function writeFileAtomic(
+  path: string,
+  write: (handle: FileHandle) => Promise<void>,
+): Promise<void> {
+  const tmp = join(
+    dirname(path),
+    `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`,
+  );
   let handle: FileHandle | undefined;
   try {
     handle = await open(tmp, 'wx');
@@ -24,7 +30,12 @@ export async function writeFileAtomic(path: string, write: (handle: FileHandle) 
     const err = e as NodeJS.ErrnoException;
     if (e instanceof CoreError || !err.code) throw e;
     const hint = err.code === 'ENOSPC' ? ' The disk is full; free space and try again.' : '';
-    throw new CoreError('FILE_WRITE_FAILED', `${path}: write failed (${err.code}).${hint} Nothing was written.`, { file: path }, { cause: e });
+    throw new CoreError(
+      'FILE_WRITE_FAILED',
+      `${path}: write failed (${err.code}).${hint} Nothing was written.`,
+      { file: path },
+      { cause: e },
+    );
   }
   await syncDirectory(dirname(path));
 }

@@ -16,7 +16,22 @@ function lcg(seed: number) {
   };
 }
 
-const DTYPE_NAMES = ['F64', 'F32', 'F16', 'BF16', 'I64', 'I32', 'I16', 'I8', 'U8', 'BOOL', 'U16', 'F8_E4M3', 'X', ''];
+const DTYPE_NAMES = [
+  'F64',
+  'F32',
+  'F16',
+  'BF16',
+  'I64',
+  'I32',
+  'I16',
+  'I8',
+  'U8',
+  'BOOL',
+  'U16',
+  'F8_E4M3',
+  'X',
+  '',
+];
 
 function mutate(valid: Uint8Array, rand: (n: number) => number): Uint8Array {
   const headerLen = Number(new DataView(valid.buffer, valid.byteOffset).getBigUint64(0, true));
@@ -41,7 +56,15 @@ function mutate(valid: Uint8Array, rand: (n: number) => number): Uint8Array {
     case 2: {
       // random header length
       const out = valid.slice();
-      const choices = [0n, 1n, BigInt(headerLen - 1), BigInt(headerLen + 1), BigInt(valid.length), 2n ** 63n, BigInt(rand(2 ** 31))];
+      const choices = [
+        0n,
+        1n,
+        BigInt(headerLen - 1),
+        BigInt(headerLen + 1),
+        BigInt(valid.length),
+        2n ** 63n,
+        BigInt(rand(2 ** 31)),
+      ];
       new DataView(out.buffer).setBigUint64(0, choices[rand(choices.length)], true);
       return out;
     }
@@ -50,7 +73,9 @@ function mutate(valid: Uint8Array, rand: (n: number) => number): Uint8Array {
       const numbers = [...text.matchAll(/\d+/g)];
       if (numbers.length === 0) return valid;
       const m = numbers[rand(numbers.length)];
-      const replacement = String([0, 1, 2, 7, 8, 1e6, 2 ** 53, 2 ** 60, Number(m[0]) + 1, Number(m[0]) - 1][rand(10)]);
+      const replacement = String(
+        [0, 1, 2, 7, 8, 1e6, 2 ** 53, 2 ** 60, Number(m[0]) + 1, Number(m[0]) - 1][rand(10)],
+      );
       return withHeader(text.slice(0, m.index) + replacement + text.slice(m.index! + m[0].length));
     }
     case 4: {
@@ -58,7 +83,11 @@ function mutate(valid: Uint8Array, rand: (n: number) => number): Uint8Array {
       const dt = [...text.matchAll(/"dtype":"([A-Z0-9_]*)"/g)];
       const m = dt[rand(dt.length)];
       const start = m.index! + 9;
-      return withHeader(text.slice(0, start) + DTYPE_NAMES[rand(DTYPE_NAMES.length)] + text.slice(start + m[1].length));
+      return withHeader(
+        text.slice(0, start) +
+          DTYPE_NAMES[rand(DTYPE_NAMES.length)] +
+          text.slice(start + m[1].length),
+      );
     }
     case 5: {
       // delete a slice of the header text, keeping or fixing the declared length
@@ -105,7 +134,8 @@ function classify(bytes: Uint8Array): string {
     expect(total).toBeLessThanOrEqual(bytes.length);
     return 'ok';
   } catch (e) {
-    if (!(e instanceof LoraError)) throw new Error(`untyped error ${String(e)} for input of ${bytes.length} bytes`);
+    if (!(e instanceof LoraError))
+      throw new Error(`untyped error ${String(e)} for input of ${bytes.length} bytes`);
     return e.code;
   }
 }
@@ -119,7 +149,11 @@ async function validFile(dir: string, variant: number): Promise<Uint8Array> {
     ['w3', tensor('u8', [3], new Uint8Array([1, 2, 3]))],
     ['w4', tensor('bf16', [0], new Uint16Array(0))],
   ] as const;
-  await writeSafetensors(path, new Map(t.slice(0, 2 + (variant % 4))), variant % 2 ? { metadata: { format: 'pt' } } : {});
+  await writeSafetensors(
+    path,
+    new Map(t.slice(0, 2 + (variant % 4))),
+    variant % 2 ? { metadata: { format: 'pt' } } : {},
+  );
   const { readFile } = await import('node:fs/promises');
   return new Uint8Array(await readFile(path));
 }

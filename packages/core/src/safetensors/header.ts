@@ -25,7 +25,12 @@ export interface SafetensorsHeader {
 /** The reference implementation refuses headers above 100 MB; so do we. */
 export const MAX_HEADER_BYTES = 100_000_000;
 
-function fail(code: string, file: string, what: string, details: Record<string, unknown> = {}): never {
+function fail(
+  code: string,
+  file: string,
+  what: string,
+  details: Record<string, unknown> = {},
+): never {
   throw new CoreError(code, `${file}: ${what}`, { file, ...details });
 }
 
@@ -35,20 +40,34 @@ function fail(code: string, file: string, what: string, details: Record<string, 
  */
 export function parseHeaderLength(prefix: Uint8Array, fileSize: number, file: string): number {
   if (fileSize < 8 || prefix.length < 8) {
-    fail('SAFETENSORS_TRUNCATED', file, `file is ${fileSize} bytes, too short for a safetensors header (8-byte length prefix). Is the download complete?`);
+    fail(
+      'SAFETENSORS_TRUNCATED',
+      file,
+      `file is ${fileSize} bytes, too short for a safetensors header (8-byte length prefix). Is the download complete?`,
+    );
   }
   const view = new DataView(prefix.buffer, prefix.byteOffset, 8);
   const n = view.getBigUint64(0, true);
   if (n > BigInt(MAX_HEADER_BYTES)) {
-    fail('SAFETENSORS_HEADER_TOO_LARGE', file, `header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte limit; this is not a safetensors file or it is corrupt.`, {
-      headerByteLength: n.toString(),
-    });
+    fail(
+      'SAFETENSORS_HEADER_TOO_LARGE',
+      file,
+      `header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte limit; this is not a safetensors file or it is corrupt.`,
+      {
+        headerByteLength: n.toString(),
+      },
+    );
   }
   const len = Number(n);
   if (8 + len > fileSize) {
-    fail('SAFETENSORS_TRUNCATED', file, `header says ${len} bytes but the file has only ${fileSize - 8} after the length prefix. The file is truncated.`, {
-      headerByteLength: len,
-    });
+    fail(
+      'SAFETENSORS_TRUNCATED',
+      file,
+      `header says ${len} bytes but the file has only ${fileSize - 8} after the length prefix. The file is truncated.`,
+      {
+        headerByteLength: len,
+      },
+    );
   }
   return len;
 }
@@ -96,7 +115,11 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
  * integers, `numel x itemSize == end - begin`, offsets inside the data section, entries
  * sorted, contiguous and non-overlapping and covering the data section exactly.
  */
-export function parseHeader(headerBytes: Uint8Array, fileSize: number, file: string): SafetensorsHeader {
+export function parseHeader(
+  headerBytes: Uint8Array,
+  fileSize: number,
+  file: string,
+): SafetensorsHeader {
   const headerByteLength = headerBytes.length;
   const dataStart = 8 + headerByteLength;
   const dataSize = fileSize - dataStart;
@@ -108,19 +131,24 @@ export function parseHeader(headerBytes: Uint8Array, fileSize: number, file: str
   }
   // The format allows trailing spaces as padding; nothing else.
   text = text.replace(/ +$/, '');
-  if (!text.startsWith('{')) fail('SAFETENSORS_HEADER_INVALID', file, 'header is not a JSON object.');
+  if (!text.startsWith('{'))
+    fail('SAFETENSORS_HEADER_INVALID', file, 'header is not a JSON object.');
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch (e) {
     fail('SAFETENSORS_HEADER_INVALID', file, `header is not valid JSON (${(e as Error).message}).`);
   }
-  if (!isPlainObject(json)) fail('SAFETENSORS_HEADER_INVALID', file, 'header is not a JSON object.');
+  if (!isPlainObject(json))
+    fail('SAFETENSORS_HEADER_INVALID', file, 'header is not a JSON object.');
 
   const keys = topLevelKeys(text);
   const seen = new Set<string>();
   for (const k of keys) {
-    if (seen.has(k)) fail('SAFETENSORS_DUPLICATE', file, `tensor "${k}" appears twice in the header.`, { tensor: k });
+    if (seen.has(k))
+      fail('SAFETENSORS_DUPLICATE', file, `tensor "${k}" appears twice in the header.`, {
+        tensor: k,
+      });
     seen.add(k);
   }
 
@@ -135,18 +163,30 @@ export function parseHeader(headerBytes: Uint8Array, fileSize: number, file: str
       continue;
     }
     const where = { tensor: name };
-    if (!isPlainObject(value)) fail('SAFETENSORS_HEADER_INVALID', file, `tensor "${name}": entry is not an object.`, where);
+    if (!isPlainObject(value))
+      fail('SAFETENSORS_HEADER_INVALID', file, `tensor "${name}": entry is not an object.`, where);
     const { dtype: dtypeName, shape, data_offsets: offsets } = value;
-    if (typeof dtypeName !== 'string') fail('SAFETENSORS_HEADER_INVALID', file, `tensor "${name}": missing dtype.`, where);
+    if (typeof dtypeName !== 'string')
+      fail('SAFETENSORS_HEADER_INVALID', file, `tensor "${name}": missing dtype.`, where);
     const dtype = dtypeFromSafetensors(dtypeName);
     if (dtype === undefined) {
-      fail('SAFETENSORS_DTYPE_UNSUPPORTED', file, `tensor "${name}": dtype ${dtypeName} is not supported (F64, F32, F16, BF16, I64, I32, I16, I8, U64, U32, U16, U8, BOOL are).`, {
-        ...where,
-        dtype: dtypeName,
-      });
+      fail(
+        'SAFETENSORS_DTYPE_UNSUPPORTED',
+        file,
+        `tensor "${name}": dtype ${dtypeName} is not supported (F64, F32, F16, BF16, I64, I32, I16, I8, U64, U32, U16, U8, BOOL are).`,
+        {
+          ...where,
+          dtype: dtypeName,
+        },
+      );
     }
     if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-      fail('SAFETENSORS_HEADER_INVALID', file, `tensor "${name}": shape must be a list of non-negative integers.`, where);
+      fail(
+        'SAFETENSORS_HEADER_INVALID',
+        file,
+        `tensor "${name}": shape must be a list of non-negative integers.`,
+        where,
+      );
     }
     if (
       !Array.isArray(offsets) ||
@@ -154,31 +194,66 @@ export function parseHeader(headerBytes: Uint8Array, fileSize: number, file: str
       !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) ||
       offsets[0] > offsets[1]
     ) {
-      fail('SAFETENSORS_HEADER_INVALID', file, `tensor "${name}": data_offsets must be [begin, end] with 0 <= begin <= end.`, where);
+      fail(
+        'SAFETENSORS_HEADER_INVALID',
+        file,
+        `tensor "${name}": data_offsets must be [begin, end] with 0 <= begin <= end.`,
+        where,
+      );
     }
     let count = 1;
     for (const d of shape as number[]) count *= d;
     const byteLength = offsets[1] - offsets[0];
     if (!Number.isSafeInteger(count * itemSize(dtype)) || count * itemSize(dtype) !== byteLength) {
-      fail('SAFETENSORS_SIZE_MISMATCH', file, `tensor "${name}": shape [${(shape as number[]).join(', ')}] of ${dtypeName} needs ${count * itemSize(dtype)} bytes, offsets span ${byteLength}.`, where);
+      fail(
+        'SAFETENSORS_SIZE_MISMATCH',
+        file,
+        `tensor "${name}": shape [${(shape as number[]).join(', ')}] of ${dtypeName} needs ${count * itemSize(dtype)} bytes, offsets span ${byteLength}.`,
+        where,
+      );
     }
     if (offsets[1] > dataSize) {
-      fail('SAFETENSORS_TRUNCATED', file, `tensor "${name}": data ends at byte ${dataStart + offsets[1]} but the file has ${fileSize}. The file is truncated.`, where);
+      fail(
+        'SAFETENSORS_TRUNCATED',
+        file,
+        `tensor "${name}": data ends at byte ${dataStart + offsets[1]} but the file has ${fileSize}. The file is truncated.`,
+        where,
+      );
     }
-    entries.push({ name, dtype, shape: shape as number[], dataOffsets: [offsets[0], offsets[1]], byteLength });
+    entries.push({
+      name,
+      dtype,
+      shape: shape as number[],
+      dataOffsets: [offsets[0], offsets[1]],
+      byteLength,
+    });
   }
 
-  entries.sort((a, b) => a.dataOffsets[0] - b.dataOffsets[0] || a.dataOffsets[1] - b.dataOffsets[1]);
+  entries.sort(
+    (a, b) => a.dataOffsets[0] - b.dataOffsets[0] || a.dataOffsets[1] - b.dataOffsets[1],
+  );
   let cursor = 0;
   for (const e of entries) {
     if (e.dataOffsets[0] !== cursor) {
-      const what = e.dataOffsets[0] < cursor ? 'overlaps the previous tensor' : `leaves a gap of ${e.dataOffsets[0] - cursor} bytes before it`;
-      fail('SAFETENSORS_LAYOUT_INVALID', file, `tensor "${e.name}" ${what}; tensors must be contiguous and non-overlapping.`, { tensor: e.name });
+      const what =
+        e.dataOffsets[0] < cursor
+          ? 'overlaps the previous tensor'
+          : `leaves a gap of ${e.dataOffsets[0] - cursor} bytes before it`;
+      fail(
+        'SAFETENSORS_LAYOUT_INVALID',
+        file,
+        `tensor "${e.name}" ${what}; tensors must be contiguous and non-overlapping.`,
+        { tensor: e.name },
+      );
     }
     cursor = e.dataOffsets[1];
   }
   if (cursor !== dataSize) {
-    fail('SAFETENSORS_LAYOUT_INVALID', file, `tensor data covers ${cursor} bytes but the data section has ${dataSize}; the file has trailing bytes or is corrupt.`);
+    fail(
+      'SAFETENSORS_LAYOUT_INVALID',
+      file,
+      `tensor data covers ${cursor} bytes but the data section has ${dataSize}; the file has trailing bytes or is corrupt.`,
+    );
   }
   return {
     headerByteLength,

@@ -3,7 +3,12 @@ import { basename } from 'node:path';
 import { DTYPES, type DType } from '../dtype.js';
 import { CoreError } from '../errors.js';
 import type { Tensor } from '../tensor.js';
-import { parseHeader, parseHeaderLength, type SafetensorsEntry, type SafetensorsHeader } from './header.js';
+import {
+  parseHeader,
+  parseHeaderLength,
+  type SafetensorsEntry,
+  type SafetensorsHeader,
+} from './header.js';
 
 /**
  * A safetensors file opened lazily: `open` reads and validates only the header (milliseconds,
@@ -64,10 +69,14 @@ export class SafetensorsFile {
   entry(name: string): SafetensorsEntry {
     const e = this.header.byName.get(name);
     if (!e) {
-      throw new CoreError('TENSOR_NOT_FOUND', `${this.path}: no tensor named "${name}" (the file has ${this.header.entries.length}).`, {
-        file: this.path,
-        tensor: name,
-      });
+      throw new CoreError(
+        'TENSOR_NOT_FOUND',
+        `${this.path}: no tensor named "${name}" (the file has ${this.header.entries.length}).`,
+        {
+          file: this.path,
+          tensor: name,
+        },
+      );
     }
     return e;
   }
@@ -76,7 +85,12 @@ export class SafetensorsFile {
   async readBytes(name: string): Promise<Uint8Array> {
     const e = this.entry(name);
     const bytes = new Uint8Array(e.byteLength);
-    await readExactly(this.fileHandle(), bytes, this.header.dataStart + e.dataOffsets[0], e.byteLength);
+    await readExactly(
+      this.fileHandle(),
+      bytes,
+      this.header.dataStart + e.dataOffsets[0],
+      e.byteLength,
+    );
     return bytes;
   }
 
@@ -107,20 +121,31 @@ export class SafetensorsFile {
 
   private fileHandle(): FileHandle {
     if (!this.handle) {
-      throw new CoreError('FILE_CLOSED', `${basename(this.path)}: the file was closed.`, { file: this.path });
+      throw new CoreError('FILE_CLOSED', `${basename(this.path)}: the file was closed.`, {
+        file: this.path,
+      });
     }
     return this.handle;
   }
 }
 
-async function readExactly(handle: FileHandle, into: Uint8Array, position: number, length: number): Promise<void> {
+async function readExactly(
+  handle: FileHandle,
+  into: Uint8Array,
+  position: number,
+  length: number,
+): Promise<void> {
   let done = 0;
   while (done < length) {
     const { bytesRead } = await handle.read(into, done, length - done, position + done);
     if (bytesRead === 0) {
-      throw new CoreError('SAFETENSORS_TRUNCATED', `unexpected end of file at byte ${position + done}: the file changed or is truncated.`, {
-        position: position + done,
-      });
+      throw new CoreError(
+        'SAFETENSORS_TRUNCATED',
+        `unexpected end of file at byte ${position + done}: the file changed or is truncated.`,
+        {
+          position: position + done,
+        },
+      );
     }
     done += bytesRead;
   }
@@ -134,7 +159,9 @@ export async function readSafetensorsHeader(path: string): Promise<SafetensorsHe
 }
 
 /** Reads a whole safetensors file into memory. Prefer `SafetensorsFile` for large files. */
-export async function readSafetensors(path: string): Promise<{ tensors: Map<string, Tensor>; metadata: Record<string, string> }> {
+export async function readSafetensors(
+  path: string,
+): Promise<{ tensors: Map<string, Tensor>; metadata: Record<string, string> }> {
   const f = await SafetensorsFile.open(path);
   try {
     return { tensors: await f.readAll(), metadata: { ...f.metadata } };
@@ -144,12 +171,18 @@ export async function readSafetensors(path: string): Promise<{ tensors: Map<stri
 }
 
 /** Parses a safetensors file held in memory (validated exactly as files are). */
-export function parseSafetensorsBuffer(bytes: Uint8Array, name = '<buffer>'): { tensors: Map<string, Tensor>; metadata: Record<string, string> } {
+export function parseSafetensorsBuffer(
+  bytes: Uint8Array,
+  name = '<buffer>',
+): { tensors: Map<string, Tensor>; metadata: Record<string, string> } {
   const headerLength = parseHeaderLength(bytes.subarray(0, 8), bytes.length, name);
   const header = parseHeader(bytes.subarray(8, 8 + headerLength), bytes.length, name);
   const tensors = new Map<string, Tensor>();
   for (const e of header.entries) {
-    const copy = bytes.slice(header.dataStart + e.dataOffsets[0], header.dataStart + e.dataOffsets[1]);
+    const copy = bytes.slice(
+      header.dataStart + e.dataOffsets[0],
+      header.dataStart + e.dataOffsets[1],
+    );
     const data = DTYPES[e.dtype].view(copy.buffer, 0, e.byteLength / DTYPES[e.dtype].itemSize);
     tensors.set(e.name, { dtype: e.dtype, shape: [...e.shape], data } as Tensor);
   }

@@ -97,7 +97,9 @@ describe('safetensors reader', () => {
       const r = back.tensors.get(name)!;
       expect(r.dtype).toBe(t.dtype);
       expect(r.shape).toEqual(t.shape);
-      expect([...(r.data as ArrayLike<unknown> as unknown[])]).toEqual([...(t.data as ArrayLike<unknown> as unknown[])]);
+      expect([...(r.data as ArrayLike<unknown> as unknown[])]).toEqual([
+        ...(t.data as ArrayLike<unknown> as unknown[]),
+      ]);
     }
     // No temporary files left behind.
     expect((await readdir(dir)).filter((n) => n.includes('.tmp-'))).toEqual([]);
@@ -107,8 +109,24 @@ describe('safetensors reader', () => {
     const produced: string[] = [];
     const path = join(dir, 'stream.safetensors');
     await writeSafetensors(path, [
-      { name: 'x', dtype: 'f32', shape: [2], data: () => (produced.push('x'), new Float32Array([1, 2])) },
-      { name: 'y', dtype: 'u8', shape: [1], data: async () => (produced.push('y'), new Uint8Array([7])) },
+      {
+        name: 'x',
+        dtype: 'f32',
+        shape: [2],
+        data: () => {
+          produced.push('x');
+          return new Float32Array([1, 2]);
+        },
+      },
+      {
+        name: 'y',
+        dtype: 'u8',
+        shape: [1],
+        data: async () => {
+          produced.push('y');
+          return new Uint8Array([7]);
+        },
+      },
     ]);
     expect(produced).toEqual(['x', 'y']);
     const { tensors } = await readSafetensors(path);
@@ -117,7 +135,9 @@ describe('safetensors reader', () => {
 
   it('leaves nothing behind and keeps the old file when a write fails', async () => {
     const path = join(dir, 'keep.safetensors');
-    await writeSafetensors(path, [{ name: 'x', dtype: 'f32', shape: [1], data: new Float32Array([42]) }]);
+    await writeSafetensors(path, [
+      { name: 'x', dtype: 'f32', shape: [1], data: new Float32Array([42]) },
+    ]);
     const before = await readFile(path);
     await expect(
       writeSafetensors(path, [
@@ -132,7 +152,10 @@ describe('safetensors reader', () => {
     // A sparse 3 GB file: the tensor data is never read, only the header.
     const path = join(dir, 'big.safetensors');
     const size = 3 * 1024 ** 3;
-    const header = handMade({ big: { dtype: 'U8', shape: [size], data_offsets: [0, size] } }, new Uint8Array(0));
+    const header = handMade(
+      { big: { dtype: 'U8', shape: [size], data_offsets: [0, size] } },
+      new Uint8Array(0),
+    );
     await writeFile(path, header);
     const { truncate } = await import('node:fs/promises');
     await truncate(path, header.length + size);
@@ -145,13 +168,17 @@ describe('safetensors reader', () => {
 });
 
 describe('safetensors validation', () => {
-  const ok = () => ({ a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, b: { dtype: 'U8', shape: [4], data_offsets: [8, 12] } });
+  const ok = () => ({
+    a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] },
+    b: { dtype: 'U8', shape: [4], data_offsets: [8, 12] },
+  });
   const data = new Uint8Array(12);
 
   it('accepts the valid base case', () => {
     expect(parseSafetensorsBuffer(handMade(ok(), data)).tensors.size).toBe(2);
   });
-  it('refuses a short file', () => expectCode(() => parseSafetensorsBuffer(new Uint8Array(5)), 'SAFETENSORS_TRUNCATED'));
+  it('refuses a short file', () =>
+    expectCode(() => parseSafetensorsBuffer(new Uint8Array(5)), 'SAFETENSORS_TRUNCATED'));
   it('refuses a header length past the end', () => {
     const b = handMade(ok(), data);
     new DataView(b.buffer).setBigUint64(0, BigInt(b.length), true);
@@ -162,8 +189,16 @@ describe('safetensors validation', () => {
     new DataView(b.buffer).setBigUint64(0, 2n ** 62n, true);
     expectCode(() => parseSafetensorsBuffer(b), 'SAFETENSORS_HEADER_TOO_LARGE');
   });
-  it('refuses truncated data', () => expectCode(() => parseSafetensorsBuffer(handMade(ok(), data).subarray(0, -1)), 'SAFETENSORS_TRUNCATED'));
-  it('refuses trailing bytes', () => expectCode(() => parseSafetensorsBuffer(handMade(ok(), new Uint8Array(13))), 'SAFETENSORS_LAYOUT_INVALID'));
+  it('refuses truncated data', () =>
+    expectCode(
+      () => parseSafetensorsBuffer(handMade(ok(), data).subarray(0, -1)),
+      'SAFETENSORS_TRUNCATED',
+    ));
+  it('refuses trailing bytes', () =>
+    expectCode(
+      () => parseSafetensorsBuffer(handMade(ok(), new Uint8Array(13))),
+      'SAFETENSORS_LAYOUT_INVALID',
+    ));
   it('refuses non-JSON', () => {
     const b = handMade(ok(), data);
     b[9] = 0x7b; // '{{' is not JSON
@@ -190,13 +225,20 @@ describe('safetensors validation', () => {
     const h = ok();
     h.b.data_offsets = [4, 8];
     h.b.shape = [4];
-    expectCode(() => parseSafetensorsBuffer(handMade(h, new Uint8Array(8))), 'SAFETENSORS_LAYOUT_INVALID');
+    expectCode(
+      () => parseSafetensorsBuffer(handMade(h, new Uint8Array(8))),
+      'SAFETENSORS_LAYOUT_INVALID',
+    );
     const g = ok();
     g.b.data_offsets = [9, 13];
-    expectCode(() => parseSafetensorsBuffer(handMade(g, new Uint8Array(13))), 'SAFETENSORS_LAYOUT_INVALID');
+    expectCode(
+      () => parseSafetensorsBuffer(handMade(g, new Uint8Array(13))),
+      'SAFETENSORS_LAYOUT_INVALID',
+    );
   });
   it('refuses duplicate tensor names (which JSON.parse would silently merge)', () => {
-    const text = '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}';
+    const text =
+      '{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}';
     const json = new TextEncoder().encode(text);
     const b = new Uint8Array(8 + json.length + 1);
     new DataView(b.buffer).setBigUint64(0, BigInt(json.length), true);
@@ -216,7 +258,9 @@ describe('safetensors validation', () => {
     }
   });
   it('gives FILE_NOT_FOUND for a missing path and TENSOR_NOT_FOUND for a missing name', async () => {
-    await expect(SafetensorsFile.open(join(dir, 'nope.safetensors'))).rejects.toMatchObject({ code: 'FILE_NOT_FOUND' });
+    await expect(SafetensorsFile.open(join(dir, 'nope.safetensors'))).rejects.toMatchObject({
+      code: 'FILE_NOT_FOUND',
+    });
     const path = join(dir, 'small.safetensors');
     await writeFile(path, handMade(ok(), data));
     const f = await SafetensorsFile.open(path);

@@ -30,13 +30,21 @@ export function encodeHeader(
   const seen = new Set<string>();
   for (const s of specs) {
     if (s.name === '__metadata__' || seen.has(s.name)) {
-      throw new CoreError('SAFETENSORS_DUPLICATE', `Cannot write tensor "${s.name}": the name is reserved or used twice.`, {
-        tensor: s.name,
-      });
+      throw new CoreError(
+        'SAFETENSORS_DUPLICATE',
+        `Cannot write tensor "${s.name}": the name is reserved or used twice.`,
+        {
+          tensor: s.name,
+        },
+      );
     }
     seen.add(s.name);
     const bytes = numel(s.shape) * DTYPES[s.dtype].itemSize;
-    header[s.name] = { dtype: dtypeToSafetensors(s.dtype), shape: [...s.shape], data_offsets: [offset, offset + bytes] };
+    header[s.name] = {
+      dtype: dtypeToSafetensors(s.dtype),
+      shape: [...s.shape],
+      data_offsets: [offset, offset + bytes],
+    };
     offset += bytes;
   }
   const json = new TextEncoder().encode(JSON.stringify(header));
