@@ -18,3 +18,4 @@ export * from './models/llama/prepare.js';
 export * from './models/llama/reference.js';
 export * from './models/quantize-linear.js';
 export * from './models/weights.js';
+export * from './lora/index.js';

@@ -1,0 +1,3 @@
+export * from './branches.js';
+export * from './merged.js';
+export * from './slots.js';

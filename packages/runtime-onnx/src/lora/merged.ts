@@ -1,0 +1,64 @@
+import { type LoraFactors, loraScaling, mergeWeight, type Tensor } from '@lora/core';
+import { RuntimeError } from '../errors.js';
+import type { WeightSource } from '../models/weights.js';
+import type { SlotAdapter } from './slots.js';
+
+/**
+ * A weight source whose adapted linears are merged: `W' = W + sum_i scale_i * s_i * B_i A_i`
+ * (core's `mergeWeight`: float64 sum, one rounding to W's dtype, NaN/Inf refused). The zero-overhead
+ * path: a model built from it runs at base speed and matches the unmerged LoRA graph within
+ * float32 rounding. Other tensors pass through untouched; merged ones are computed when read.
+ */
+export function mergedWeights(
+  source: WeightSource,
+  adapters: readonly SlotAdapter[],
+): WeightSource {
+  const terms = new Map<string, LoraFactors[]>(); // weight name -> terms
+  for (const [k, { adapter, scale = 1, name }] of adapters.entries()) {
+    for (const [module, m] of adapter.modules) {
+      const label = name ?? `adapter #${k}`;
+      if (m.magnitude || m.bias || m.embedding) {
+        throw new RuntimeError(
+          'LORA_UNSUPPORTED',
+          `${label}: ${module} uses ${m.magnitude ? 'DoRA' : m.bias ? 'a LoRA bias' : 'an embedding LoRA'}; merge it with \`lora merge\` (adapters package) instead.`,
+          { module },
+        );
+      }
+      const weight = `${module}.weight`;
+      if (!source.info(weight)) {
+        throw new RuntimeError(
+          'LORA_TARGET_NOT_IN_MODEL',
+          `${label} adapts ${module}, but ${source.description} has no tensor ${weight}.`,
+          {
+            module,
+          },
+        );
+      }
+      const list = terms.get(weight) ?? [];
+      list.push({
+        A: m.A,
+        B: m.B,
+        scaling: loraScaling(adapter.config, module) * scale,
+        fanInFanOut: adapter.config.fan_in_fan_out,
+      });
+      terms.set(weight, list);
+    }
+  }
+  const cache = new Map<string, Promise<Tensor>>();
+  return {
+    description: `${source.description} with ${adapters.length} adapter(s) merged`,
+    names: () => source.names(),
+    info: (name) => source.info(name),
+    read: (name) => {
+      const t = terms.get(name);
+      if (!t) return source.read(name);
+      let merged = cache.get(name);
+      if (!merged) {
+        merged = source.read(name).then((W) => mergeWeight(W, t, { name }));
+        cache.set(name, merged);
+      }
+      return merged;
+    },
+    close: () => source.close(),
+  };
+}
