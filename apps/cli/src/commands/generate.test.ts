@@ -1,11 +1,15 @@
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createRng, type Tensor, tensor, writeSafetensors } from '@lora/core';
 import {
+  ByteTokenizer,
+  llamaWeightSpec,
   loadTokenizer,
   openLlamaFolder,
+  parseLlamaConfig,
   readLlamaWeightsF32,
   referenceForward,
 } from '@lora/runtime-onnx';
@@ -142,6 +146,61 @@ describe.skipIf(!haveStories)('lora generate (stories260K)', () => {
       repetitionPenalty: null,
       seed: 5,
     });
+  });
+});
+
+describe('lora generate on a byte-level model (no tokenizer.json)', () => {
+  it('uses the byte tokenizer with BOS/EOS from config.json and streams what --json reports', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'lora-generate-bytes-'));
+    try {
+      const configJson = {
+        model_type: 'llama',
+        hidden_size: 16,
+        intermediate_size: 32,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        num_key_value_heads: 1,
+        vocab_size: 258,
+        max_position_embeddings: 64,
+        bos_token_id: 256,
+        eos_token_id: 257,
+        tie_word_embeddings: false,
+      };
+      const rng = createRng(3);
+      const weights = new Map<string, Tensor>();
+      for (const { name, shape } of llamaWeightSpec(parseLlamaConfig(configJson))) {
+        const n = shape.reduce((a, b) => a * b, 1);
+        weights.set(name, tensor('f32', shape, rng.uniformArray(n, -0.5, 0.5, 'f32')));
+      }
+      await writeFile(join(dir, 'config.json'), JSON.stringify(configJson));
+      await writeSafetensors(join(dir, 'model.safetensors'), weights, {
+        metadata: { format: 'pt' },
+      });
+
+      const args = [
+        'generate',
+        '--model',
+        dir,
+        '--prompt',
+        'héllo',
+        '--max-tokens',
+        '20',
+        '--temperature',
+        '1',
+        '--seed',
+        '2',
+      ];
+      const doc = JSON.parse((await runCli([...args, '--json'])).stdout);
+      expect(doc.promptTokens).toEqual([256, ...Buffer.from('héllo', 'utf8')]);
+      expect(doc.tokens.every((t: number) => t >= 0 && t < 257)).toBe(true); // EOS (257) ends a row, it is not a token
+      const bytes = new ByteTokenizer({ bosId: 256, eosId: 257 });
+      const all = bytes.decode([...doc.promptTokens, ...doc.tokens]);
+      expect(doc.text).toBe(all.slice('héllo'.length));
+      const human = await runCli([...args, '--quiet']);
+      expect(human.stdout).toBe(`héllo${doc.text}\n`);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 
