@@ -1,6 +1,7 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { castFloat, type FloatDType, toFloat64Array } from '../convert.js';
 import { fromF16Bits, toF16Bits } from '../float16.js';
@@ -8,6 +9,7 @@ import { createRng } from '../random.js';
 import { readSafetensors } from '../safetensors/reader.js';
 import { writeSafetensors } from '../safetensors/writer.js';
 import { f32, type Tensor, tensor, tensorBytes } from '../tensor.js';
+import { parseLoraConfig } from './config.js';
 import type { LoraFactors } from './delta.js';
 import {
   mergeWeight,
@@ -17,6 +19,7 @@ import {
   residualToTensors,
   unmergeWeight,
 } from './merge.js';
+import { loraScaling } from './scaling.js';
 
 const rng = createRng(11);
 const dir = mkdtempSync(join(tmpdir(), 'lora-merge-'));
@@ -235,4 +238,84 @@ describe('exact unmerge', () => {
       residualFromTensors({ ...t, bits: castFloat(f32([t.indices.shape[0]]), 'f16') }, 'x'),
     ).toThrow(/bits must be u32/);
   });
+});
+
+const FIXTURES = new URL('../../../../../shared/fixtures/peft/', import.meta.url);
+const haveFixtures = existsSync(FIXTURES);
+if (!haveFixtures)
+  console.warn(
+    `[merge.test] PEFT fixtures not found at ${FIXTURES.pathname}: real-adapter merge tests skipped.`,
+  );
+
+describe.skipIf(!haveFixtures)('merging real PEFT adapters into random base weights', () => {
+  // GPT-2 Conv1D c_attn is stored [in 768, out 2304] (fan_in_fan_out); open-calm's fused
+  // query_key_value is a Linear [6144, 2048] with f16 A/B of rank 1 and scaling 32: its first
+  // 512 output rows (B[:512]) keep the test fast; each output row is merged independently.
+  const cases = [
+    {
+      dir: 'gpt2-causal-cattn-cproj',
+      module: 'transformer.h.0.attn.c_attn',
+      fanInFanOut: true,
+      baseDtype: 'f32' as const,
+      rows: 2304,
+    },
+    {
+      dir: 'open-calm-1b-fp16-r1',
+      module: 'gpt_neox.layers.0.attention.query_key_value',
+      fanInFanOut: false,
+      baseDtype: 'f16' as const,
+      rows: 512,
+    },
+  ];
+  for (const c of cases) {
+    it(`${c.dir}: ${c.module} merges, matches the unmerged forward and unmerges exactly`, async () => {
+      const dir = new URL(`${c.dir}/`, FIXTURES);
+      const config = parseLoraConfig(
+        JSON.parse(readFileSync(new URL('adapter_config.json', dir), 'utf8')),
+        c.dir,
+      ).config;
+      const { tensors } = await readSafetensors(
+        fileURLToPath(new URL('adapter_model.safetensors', dir)),
+      );
+      const A = tensors.get(`base_model.model.${c.module}.lora_A.weight`)!;
+      const fullB = tensors.get(`base_model.model.${c.module}.lora_B.weight`)!;
+      const [r, inF] = A.shape;
+      const B = tensor(fullB.dtype, [c.rows, r], fullB.data.slice(0, c.rows * r));
+      const outF = B.shape[0];
+      expect(config.fan_in_fan_out).toBe(c.fanInFanOut);
+      const s = loraScaling(config, c.module);
+      const W = randomWeight(c.baseDtype, c.fanInFanOut ? inF : outF, c.fanInFanOut ? outF : inF);
+      const terms = [{ A, B, scaling: s, fanInFanOut: config.fan_in_fan_out }];
+      const { merged, residual } = mergeWeightExact(W, terms);
+      expect(sameBytes(tensorBytes(unmergeWeight(merged, terms, residual)), tensorBytes(W))).toBe(
+        true,
+      );
+
+      // One input row: x W'^T (merged) against x W^T + s (x A^T) B^T in float64.
+      const x = rng.normalArray(inF);
+      const w = toFloat64Array(W);
+      const wm = toFloat64Array(merged);
+      const a = toFloat64Array(A);
+      const b = toFloat64Array(B);
+      const xa = new Float64Array(r);
+      for (let k = 0; k < r; k++) for (let i = 0; i < inF; i++) xa[k] += x[i] * a[k * inF + i];
+      const at = (m: Float64Array, o: number, i: number) =>
+        c.fanInFanOut ? m[i * outF + o] : m[o * inF + i];
+      const u = UNIT_ROUNDOFF[c.baseDtype];
+      for (let o = 0; o < outF; o += 37) {
+        let ref = 0;
+        let got = 0;
+        let bound = 0;
+        for (let i = 0; i < inF; i++) {
+          ref += x[i] * at(w, o, i);
+          got += x[i] * at(wm, o, i);
+          bound += Math.abs(x[i] * at(wm, o, i));
+        }
+        for (let k = 0; k < r; k++) ref += s * xa[k] * b[o * r + k];
+        expect(Math.abs(got - ref)).toBeLessThanOrEqual(
+          bound * u * (1 + u) + 1e-12 * (bound + Math.abs(ref)),
+        );
+      }
+    });
+  }
 });
