@@ -21,8 +21,11 @@ export function collectAdapter(value: string, previous: AdapterSpec[] = []): Ada
 }
 
 /** Loads every adapter folder; returns the sources and the loaders' warnings. */
-export async function loadAdapters(specs: readonly AdapterSpec[] | undefined): Promise<{ sources: AdapterSource[]; warnings: string[] }> {
-  if (!specs || specs.length === 0) throw new UsageError('give at least one --adapter <dir>[:weight].');
+export async function loadAdapters(
+  specs: readonly AdapterSpec[] | undefined,
+): Promise<{ sources: AdapterSource[]; warnings: string[] }> {
+  if (!specs || specs.length === 0)
+    throw new UsageError('give at least one --adapter <dir>[:weight].');
   const sources: AdapterSource[] = [];
   const warnings: string[] = [];
   for (const s of specs) {

@@ -1,8 +1,21 @@
-import { COMBINATION_METHODS, type CombinationMethod, combineAdapters, loraParameterCount, savePeftAdapter } from '@lora/adapters';
+import {
+  COMBINATION_METHODS,
+  type CombinationMethod,
+  combineAdapters,
+  loraParameterCount,
+  savePeftAdapter,
+} from '@lora/adapters';
 import { type Command, Option } from 'commander';
 import { type AdapterSpec, collectAdapter, loadAdapters } from '../adapter-spec.js';
 import { UsageError } from '../errors.js';
-import { type CommonOptions, checkOutput, emit, log, parseNumber, parsePositiveInt } from '../output.js';
+import {
+  type CommonOptions,
+  checkOutput,
+  emit,
+  log,
+  parseNumber,
+  parsePositiveInt,
+} from '../output.js';
 
 interface CombineOptions extends CommonOptions {
   adapter: AdapterSpec[];
@@ -21,12 +34,36 @@ export function registerCombine(program: Command): void {
     .description(
       'A new PEFT adapter from several (PEFT add_weighted_adapter semantics). cat is exact (rank = sum of ranks); svd truncates the exact weighted sum to --rank (scaling applied once); linear/ties/dare_*/magnitude_prune combine A and B separately.',
     )
-    .requiredOption('--adapter <dir[:weight]>', 'PEFT adapter folder, optional weight (default 1); repeatable', collectAdapter)
-    .addOption(new Option('--method <method>', 'combination method').choices([...COMBINATION_METHODS]).default('cat'))
-    .option('--density <d>', 'share of entries kept by ties, dare_linear, dare_ties, magnitude_prune, in (0, 1]', parseNumber('density'))
-    .option('--rank <r>', 'svd: rank of the result (default: the largest input rank)', parsePositiveInt('rank'))
-    .addOption(new Option('--majority-sign <method>', 'TIES sign election').choices(['total', 'frequency']).default('total'))
-    .option('--svd-clamp <q>', 'svd: clamp entries at this quantile (e.g. 0.99)', parseNumber('svd-clamp'))
+    .requiredOption(
+      '--adapter <dir[:weight]>',
+      'PEFT adapter folder, optional weight (default 1); repeatable',
+      collectAdapter,
+    )
+    .addOption(
+      new Option('--method <method>', 'combination method')
+        .choices([...COMBINATION_METHODS])
+        .default('cat'),
+    )
+    .option(
+      '--density <d>',
+      'share of entries kept by ties, dare_linear, dare_ties, magnitude_prune, in (0, 1]',
+      parseNumber('density'),
+    )
+    .option(
+      '--rank <r>',
+      'svd: rank of the result (default: the largest input rank)',
+      parsePositiveInt('rank'),
+    )
+    .addOption(
+      new Option('--majority-sign <method>', 'TIES sign election')
+        .choices(['total', 'frequency'])
+        .default('total'),
+    )
+    .option(
+      '--svd-clamp <q>',
+      'svd: clamp entries at this quantile (e.g. 0.99)',
+      parseNumber('svd-clamp'),
+    )
     .option('--seed <n>', 'seed of the DARE drop masks', parsePositiveIntOrZero, 0)
     .requiredOption('-o, --output <dir>', 'output adapter folder')
     .option('--force', 'overwrite the output')
@@ -34,8 +71,10 @@ export function registerCombine(program: Command): void {
     .option('--quiet', 'no progress on stderr')
     .action(async (options: CombineOptions) => {
       checkOutput(options.output, options);
-      if (options.density !== undefined && !(options.density > 0 && options.density <= 1)) throw new UsageError(`--density must be in (0, 1], got ${options.density}.`);
-      if (options.svdClamp !== undefined && !(options.svdClamp > 0 && options.svdClamp <= 1)) throw new UsageError(`--svd-clamp must be in (0, 1], got ${options.svdClamp}.`);
+      if (options.density !== undefined && !(options.density > 0 && options.density <= 1))
+        throw new UsageError(`--density must be in (0, 1], got ${options.density}.`);
+      if (options.svdClamp !== undefined && !(options.svdClamp > 0 && options.svdClamp <= 1))
+        throw new UsageError(`--svd-clamp must be in (0, 1], got ${options.svdClamp}.`);
       const { sources, warnings } = await loadAdapters(options.adapter);
       const { adapter, warnings: more } = combineAdapters(sources, {
         method: options.method,
@@ -57,14 +96,18 @@ export function registerCombine(program: Command): void {
         loraParameterCount: loraParameterCount(adapter),
         warnings: all,
       };
-      emit(options, summary, () =>
-        `combined ${sources.length} adapter(s) with ${options.method}: r = ${summary.r}, lora_alpha = ${summary.lora_alpha} (scaling 1), ${summary.modules} modules, ${summary.loraParameterCount.toLocaleString('en-US')} LoRA parameters; wrote ${options.output}`,
+      emit(
+        options,
+        summary,
+        () =>
+          `combined ${sources.length} adapter(s) with ${options.method}: r = ${summary.r}, lora_alpha = ${summary.lora_alpha} (scaling 1), ${summary.modules} modules, ${summary.loraParameterCount.toLocaleString('en-US')} LoRA parameters; wrote ${options.output}`,
       );
     });
 }
 
 function parsePositiveIntOrZero(value: string): number {
   const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 0) throw new UsageError(`--seed must be a non-negative integer, got "${value}".`);
+  if (!Number.isSafeInteger(n) || n < 0)
+    throw new UsageError(`--seed must be a non-negative integer, got "${value}".`);
   return n;
 }

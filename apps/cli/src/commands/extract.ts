@@ -2,7 +2,15 @@ import { existsSync } from 'node:fs';
 import { extractAdapter, savePeftAdapter } from '@lora/adapters';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
-import { type CommonOptions, checkOutput, emit, log, parseNumber, parsePositiveInt, table } from '../output.js';
+import {
+  type CommonOptions,
+  checkOutput,
+  emit,
+  log,
+  parseNumber,
+  parsePositiveInt,
+  table,
+} from '../output.js';
 
 interface ExtractOptions extends CommonOptions {
   base: string;
@@ -23,15 +31,23 @@ export function registerExtract(program: Command): void {
     .requiredOption('--base <model>', 'base model folder or .safetensors file')
     .requiredOption('--tuned <model>', 'fine-tuned model with the same tensor names')
     .requiredOption('--rank <r>', 'rank of every extracted module', parsePositiveInt('rank'))
-    .option('--alpha <a>', 'lora_alpha of the adapter (default: the rank, scaling 1)', parseNumber('alpha'))
-    .option('--fan-in-fan-out', 'weights are stored [in, out] (GPT-2 Conv1D); default: from config.json model_type')
+    .option(
+      '--alpha <a>',
+      'lora_alpha of the adapter (default: the rank, scaling 1)',
+      parseNumber('alpha'),
+    )
+    .option(
+      '--fan-in-fan-out',
+      'weights are stored [in, out] (GPT-2 Conv1D); default: from config.json model_type',
+    )
     .option('--seed <n>', 'seed of the randomized SVD', parsePositiveInt('seed'), 0)
     .requiredOption('-o, --output <dir>', 'output adapter folder')
     .option('--force', 'overwrite the output')
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
     .action(async (options: ExtractOptions) => {
-      for (const p of [options.base, options.tuned]) if (!existsSync(p)) throw new UsageError(`${p} does not exist.`);
+      for (const p of [options.base, options.tuned])
+        if (!existsSync(p)) throw new UsageError(`${p} does not exist.`);
       checkOutput(options.output, options);
       const result = await extractAdapter(options.base, options.tuned, {
         rank: options.rank,
@@ -41,16 +57,31 @@ export function registerExtract(program: Command): void {
         onProgress: (p) => log(options, `[${p.done}/${p.total}] ${p.module}`),
       });
       await savePeftAdapter(options.output, result.adapter, { overwrite: Boolean(options.force) });
-      emit(options, { output: options.output, rank: options.rank, totalEnergy: result.totalEnergy, modules: result.modules, skipped: result.skipped }, () => {
-        const lines = [
-          table(
-            ['module', 'shape', 'energy %', 'svd'],
-            result.modules.map((m) => [m.module, m.shape.join('x'), Number((100 * m.energy).toFixed(3)), m.method]),
-          ),
-          `rank ${options.rank}: ${result.modules.length} module(s), ${(100 * result.totalEnergy).toFixed(3)} % of the total squared difference captured; wrote ${options.output}`,
-        ];
-        for (const s of result.skipped) lines.push(`skipped ${s.tensor}: ${s.reason}`);
-        return lines.join('\n');
-      });
+      emit(
+        options,
+        {
+          output: options.output,
+          rank: options.rank,
+          totalEnergy: result.totalEnergy,
+          modules: result.modules,
+          skipped: result.skipped,
+        },
+        () => {
+          const lines = [
+            table(
+              ['module', 'shape', 'energy %', 'svd'],
+              result.modules.map((m) => [
+                m.module,
+                m.shape.join('x'),
+                Number((100 * m.energy).toFixed(3)),
+                m.method,
+              ]),
+            ),
+            `rank ${options.rank}: ${result.modules.length} module(s), ${(100 * result.totalEnergy).toFixed(3)} % of the total squared difference captured; wrote ${options.output}`,
+          ];
+          for (const s of result.skipped) lines.push(`skipped ${s.tensor}: ${s.reason}`);
+          return lines.join('\n');
+        },
+      );
     });
 }

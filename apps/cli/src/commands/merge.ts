@@ -21,12 +21,33 @@ export function registerMerge(program: Command): void {
     .description(
       'Write base + adapter(s) as a new model (W + Σ weight·s·B·A). Checks every module name and shape before writing, refuses NaN/Inf, writes atomically, and leaves a small unmerge residual so `lora unmerge` restores the base bit for bit.',
     )
-    .requiredOption('--base <model>', 'base model folder (HF layout) or .safetensors file; a 4-bit bitsandbytes folder is dequantized')
-    .requiredOption('--adapter <dir[:weight]>', 'PEFT adapter folder, optional weight (default 1); repeat to merge several', collectAdapter)
-    .requiredOption('-o, --output <path>', 'output folder (or .safetensors file when the base is a file)')
-    .addOption(new Option('--dtype <dtype>', 'dtype of the float tensors written (default: as in the base)').choices(['f32', 'f16', 'bf16']))
-    .option('--requantize', '4-bit base: quantize the merged weights again (same format and block size) and report the error')
-    .option('--no-residual', 'do not write the unmerge residual (the merge can then not be undone exactly)')
+    .requiredOption(
+      '--base <model>',
+      'base model folder (HF layout) or .safetensors file; a 4-bit bitsandbytes folder is dequantized',
+    )
+    .requiredOption(
+      '--adapter <dir[:weight]>',
+      'PEFT adapter folder, optional weight (default 1); repeat to merge several',
+      collectAdapter,
+    )
+    .requiredOption(
+      '-o, --output <path>',
+      'output folder (or .safetensors file when the base is a file)',
+    )
+    .addOption(
+      new Option(
+        '--dtype <dtype>',
+        'dtype of the float tensors written (default: as in the base)',
+      ).choices(['f32', 'f16', 'bf16']),
+    )
+    .option(
+      '--requantize',
+      '4-bit base: quantize the merged weights again (same format and block size) and report the error',
+    )
+    .option(
+      '--no-residual',
+      'do not write the unmerge residual (the merge can then not be undone exactly)',
+    )
     .option('--force', 'overwrite the output')
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
@@ -58,13 +79,23 @@ export function registerMerge(program: Command): void {
             `merged ${sources.length} adapter(s) into ${report.merged.length} weight(s)${report.replaced.length ? `, replaced ${report.replaced.length} saved module tensor(s)` : ''}${report.biases.length ? `, ${report.biases.length} bias(es)` : ''}; wrote ${options.output}`,
           ];
           if (report.quantized.length > 0) {
-            lines.push(`${report.quantized.length} 4-bit weight(s) ${options.requantize ? 're-quantized after the merge' : 'dequantized: the output is full precision'}`);
+            lines.push(
+              `${report.quantized.length} 4-bit weight(s) ${options.requantize ? 're-quantized after the merge' : 'dequantized: the output is full precision'}`,
+            );
           }
           if (requant) {
             lines.push(
               table(
                 ['tensor', 'rmse', 'max abs', 'snr dB'],
-                [...requant.perTensor.map((t) => [t.tensor, t.stats.rmse, t.stats.maxAbsError, t.stats.snrDb]), ['total', requant.total.rmse, requant.total.maxAbsError, requant.total.snrDb]],
+                [
+                  ...requant.perTensor.map((t) => [
+                    t.tensor,
+                    t.stats.rmse,
+                    t.stats.maxAbsError,
+                    t.stats.snrDb,
+                  ]),
+                  ['total', requant.total.rmse, requant.total.maxAbsError, requant.total.snrDb],
+                ],
               ),
             );
           }

@@ -15,22 +15,35 @@ interface UnmergeOptions extends CommonOptions {
 export function registerUnmerge(program: Command): void {
   program
     .command('unmerge')
-    .description('Restore the base model, bit for bit, from a model written by `lora merge`, the same adapters, and the merge residual.')
+    .description(
+      'Restore the base model, bit for bit, from a model written by `lora merge`, the same adapters, and the merge residual.',
+    )
     .requiredOption('--merged <model>', 'merged model folder or .safetensors file')
-    .requiredOption('--adapter <dir[:weight]>', 'the adapter folder(s) that were merged, in the same order; repeatable', collectAdapter)
+    .requiredOption(
+      '--adapter <dir[:weight]>',
+      'the adapter folder(s) that were merged, in the same order; repeatable',
+      collectAdapter,
+    )
     .requiredOption('-o, --output <path>', 'output folder (or .safetensors file)')
     .option('--residual <file>', 'the residual file (default: beside the merged model)')
     .option('--force', 'overwrite the output')
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
     .action(async (options: UnmergeOptions) => {
-      if (!existsSync(options.merged)) throw new UsageError(`--merged ${options.merged} does not exist.`);
+      if (!existsSync(options.merged))
+        throw new UsageError(`--merged ${options.merged} does not exist.`);
       checkOutput(options.output, options);
       const { sources, warnings } = await loadAdapters(options.adapter);
       for (const w of warnings) log(options, `warning: ${w}`);
-      const report = await unmergeModel(options.merged, sources, options.output, { residualPath: options.residual, overwrite: Boolean(options.force) });
-      emit(options, { ...report, warnings }, () =>
-        `restored the base into ${options.output}: ${report.unmerged} weight(s) computed back and patched, ${report.restoredWhole} restored from the residual, ${report.copied} copied; checksums verified`,
+      const report = await unmergeModel(options.merged, sources, options.output, {
+        residualPath: options.residual,
+        overwrite: Boolean(options.force),
+      });
+      emit(
+        options,
+        { ...report, warnings },
+        () =>
+          `restored the base into ${options.output}: ${report.unmerged} weight(s) computed back and patched, ${report.restoredWhole} restored from the residual, ${report.copied} copied; checksums verified`,
       );
     });
 }
