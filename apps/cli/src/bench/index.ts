@@ -1,7 +1,10 @@
 import { convertBench } from './convert.js';
 import { generateBench } from './generate.js';
 import { linalgBench } from './linalg.js';
+import { loraBench } from './lora.js';
+import { mergeBench } from './merge.js';
 import { safetensorsBench } from './safetensors.js';
+import { runtimeBench } from './runtime.js';
 import type { BenchSection } from './types.js';
 
 /** Every `lora bench` section, in the order they run. Add a section: one file, one line here. */
@@ -10,4 +13,7 @@ export const sections: readonly BenchSection[] = [
   convertBench,
   generateBench,
   linalgBench,
+  runtimeBench,
+  loraBench,
+  mergeBench,
 ];
