@@ -52,13 +52,13 @@ export function quantizeBlocksKernel(
   const fround = Math.fround;
   for (let b = firstBlock; b < endBlock; b++) {
     const start = b * blockSize;
-    const end = start + blockSize < n ? start + blockSize : n;
+    const end = Math.min(start + blockSize, n);
     let m = 0;
     for (let i = start; i < end; i++) {
       const v = values[i];
       const a = Math.abs(v);
       if (!(a <= m)) {
-        if (a !== a) return b; // NaN
+        if (Number.isNaN(a)) return b;
         m = a;
       }
     }

@@ -232,7 +232,7 @@ export function blockAbsmax(values: Float32Array, blockSize: number, name?: stri
     for (let i = b * blockSize; i < end; i++) {
       const a = Math.abs(values[i]);
       if (!(a <= m)) {
-        if (a !== a || a === Number.POSITIVE_INFINITY) assertFinite(values, name, i, i + 1);
+        if (Number.isNaN(a) || a === Number.POSITIVE_INFINITY) assertFinite(values, name, i, i + 1);
         m = a;
       }
     }

@@ -14,3 +14,5 @@ export * from './quantization-config.js';
 export * from './quantized-weight.js';
 export * from './blockwise-kernel.js';
 export * from './parallel.js';
+export * from './dequantize-model.js';
+export * from './quantize-model.js';

@@ -1,0 +1,477 @@
+import { randomBytes } from 'node:crypto';
+import { copyFile, mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import {
+  type DType,
+  isFloatDType,
+  isLoraError,
+  SafetensorsFile,
+  type Tensor,
+  type TensorToWrite,
+  toFloat32Array,
+  writeBytesAtomic,
+  writeSafetensors,
+} from '@lora/core';
+import { blockAbsmax } from './blockwise.js';
+import {
+  type Bnb4StateDescriptor,
+  bnb4StateDictEntries,
+  bnb4StateDictSpecs,
+} from './bnb4-state-dict.js';
+import { type Bnb4Weight, fromBlockwise, type WeightDType } from './bnb4-weight.js';
+import { absmaxMean, DOUBLE_QUANT_BLOCK_SIZE } from './double-quant.js';
+import { combineErrors, type ErrorStats, measureError } from './error-report.js';
+import { QuantError } from './errors.js';
+import { assertBlockSize, defaultBlockSize, isBnb4Format, type QuantFormat } from './formats.js';
+import { blocksPerRow } from './nbits.js';
+import { matMulBnb4Entries, matMulNBitsEntries } from './ort-layout.js';
+import type { QuantizeWorkerPool } from './parallel.js';
+import { bnbQuantizationConfig, ortQuantizationConfig } from './quantization-config.js';
+import {
+  dequantizeWeightF32,
+  type QuantizedWeight,
+  quantizeWeight,
+  rowsAndColumns,
+  storedBits,
+} from './quantized-weight.js';
+
+/** Where quantized weights go: bitsandbytes' state dict, or onnxruntime's op initializers. */
+export type QuantLayout = 'bnb' | 'ort';
+
+export interface QuantizeModelOptions {
+  format: QuantFormat;
+  /** Default 64 (nf4/fp4) or 32 (int4/uint4). */
+  blockSize?: number;
+  doubleQuant?: boolean;
+  /** Default: bnb for nf4/fp4, ort for int4/uint4 (which have no bitsandbytes layout). */
+  layout?: QuantLayout;
+  /** Also quantize tensors whose name matches (must be float). */
+  include?: RegExp;
+  /** Never quantize tensors whose name matches. */
+  exclude?: RegExp;
+  /** `bnb_4bit_compute_dtype` to record. Default f32. */
+  computeDType?: WeightDType;
+  /** Worker threads for large nf4/fp4 tensors. */
+  pool?: QuantizeWorkerPool;
+  /** Called after each quantized tensor (progress). */
+  onTensor?: (row: TensorReport) => void;
+}
+
+export interface TensorReport {
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly stats: ErrorStats;
+}
+
+export interface QuantizeReport {
+  readonly format: QuantFormat;
+  readonly layout: QuantLayout;
+  readonly blockSize: number;
+  readonly doubleQuant: boolean;
+  readonly tensors: TensorReport[];
+  /** Tensors copied unchanged. */
+  readonly kept: string[];
+  readonly total: ErrorStats;
+  readonly inputBytes: number;
+  readonly outputBytes: number;
+  readonly outputFiles: string[];
+}
+
+/**
+ * Which tensors are quantized by default: float, 2-D, named `*.weight`, and not an embedding, a
+ * norm or the output head (`lm_head`, a top-level `output.weight`), which stay in full precision
+ * as transformers does for bitsandbytes.
+ */
+export function isDefaultQuantTarget(
+  name: string,
+  dtype: DType,
+  shape: readonly number[],
+): boolean {
+  if (!isFloatDType(dtype) || shape.length !== 2 || !name.endsWith('.weight')) return false;
+  return !/embed|lm_head|norm|(^|\.)(wte|wpe|output|ln_[^.]*)\.weight$/i.test(name);
+}
+
+/** Resolves the defaults and refuses combinations that have no meaning. */
+export function resolveQuantizeOptions(o: QuantizeModelOptions): {
+  format: QuantFormat;
+  blockSize: number;
+  doubleQuant: boolean;
+  layout: QuantLayout;
+} {
+  const format = o.format;
+  const blockSize = o.blockSize ?? defaultBlockSize(format);
+  assertBlockSize(format, blockSize);
+  const layout = o.layout ?? (isBnb4Format(format) ? 'bnb' : 'ort');
+  const doubleQuant = Boolean(o.doubleQuant);
+  if (!isBnb4Format(format) && layout === 'bnb') {
+    throw new QuantError(
+      'QUANT_FORMAT',
+      `${format} has no bitsandbytes layout; use --layout ort (onnxruntime MatMulNBits).`,
+      { format },
+    );
+  }
+  if (doubleQuant && !isBnb4Format(format)) {
+    throw new QuantError(
+      'QUANT_FORMAT',
+      `--double-quant quantizes nf4/fp4 absmax; ${format} stores scales (drop --double-quant).`,
+      { format },
+    );
+  }
+  if (doubleQuant && layout === 'ort') {
+    throw new QuantError(
+      'QUANT_FORMAT',
+      'MatMulBnb4 takes float32 absmax only: --double-quant needs --layout bnb.',
+      { format },
+    );
+  }
+  return { format, blockSize, doubleQuant, layout };
+}
+
+function weightDType(dtype: DType): WeightDType {
+  return dtype === 'f16' || dtype === 'bf16' ? dtype : 'f32';
+}
+
+/**
+ * Quantizes one safetensors file into another, tensor by tensor (only one tensor's data in memory
+ * at a time), writing atomically. Selected tensors are replaced by their quantized layout; the
+ * rest are copied unchanged. Nothing is written on failure.
+ */
+export async function quantizeSafetensors(
+  inPath: string,
+  outPath: string,
+  options: QuantizeModelOptions,
+): Promise<QuantizeReport> {
+  const { format, blockSize, doubleQuant, layout } = resolveQuantizeOptions(options);
+  const file = await SafetensorsFile.open(inPath);
+  try {
+    const selected = new Set<string>();
+    for (const e of file.header.entries) {
+      const wanted =
+        isDefaultQuantTarget(e.name, e.dtype, e.shape) || Boolean(options.include?.test(e.name));
+      if (!wanted || options.exclude?.test(e.name)) continue;
+      if (!isFloatDType(e.dtype)) {
+        throw new QuantError(
+          'QUANT_DTYPE',
+          `${inPath}: tensor "${e.name}" is ${e.dtype}; only float tensors (f32, f16, bf16, f64) can be quantized. Narrow --include.`,
+          {
+            file: inPath,
+            tensor: e.name,
+            dtype: e.dtype,
+          },
+        );
+      }
+      if (e.shape.length === 0 || e.byteLength === 0) continue;
+      selected.add(e.name);
+    }
+
+    const readF32 = async (name: string): Promise<Float32Array> => {
+      const t = await file.read(name);
+      const v = toFloat32Array(t as Tensor);
+      return v;
+    };
+
+    // Spec pass: the header needs every shape up front. The bitsandbytes JSON of a double-quantized
+    // weight holds the absmax mean, so those tensors are read once here (absmax only) as well.
+    const entries: TensorToWrite[] = [];
+    const reports: TensorReport[] = [];
+    let memo: { name: string; produced: TensorToWrite[] } | undefined;
+    const produce = async (name: string): Promise<TensorToWrite[]> => {
+      if (memo?.name === name) return memo.produced;
+      const e = file.entry(name);
+      const values = await readF32(name);
+      const dtype = weightDType(e.dtype);
+      let weight: QuantizedWeight;
+      if (isBnb4Format(format) && options.pool) {
+        const blocks = await options.pool.quantizeBlockwise(values, { format, blockSize, name });
+        weight = fromBlockwise(blocks, e.shape, dtype, doubleQuant);
+      } else {
+        weight = quantizeWeight(values, e.shape, { format, blockSize, doubleQuant, dtype, name });
+      }
+      const stats = measureError(values, dequantizeWeightF32(weight), storedBits(weight));
+      const row = { name, shape: [...e.shape], stats };
+      reports.push(row);
+      options.onTensor?.(row);
+      const produced = isBnb4Format(format)
+        ? layout === 'bnb'
+          ? bnb4StateDictEntries(name, weight as Bnb4Weight)
+          : matMulBnb4Entries(name, weight as Bnb4Weight)
+        : matMulNBitsEntries(
+            name,
+            weight as Parameters<typeof matMulNBitsEntries>[1],
+            e.shape,
+            dtype,
+          );
+      memo = { name, produced };
+      return produced;
+    };
+
+    const kept: string[] = [];
+    for (const e of file.header.entries) {
+      if (!selected.has(e.name)) {
+        kept.push(e.name);
+        entries.push({
+          name: e.name,
+          dtype: e.dtype,
+          shape: e.shape,
+          data: () => file.read(e.name).then((t) => t.data),
+        });
+        continue;
+      }
+      const dtype = weightDType(e.dtype);
+      let specs: { name: string; dtype: DType; shape: readonly number[] }[];
+      if (isBnb4Format(format) && layout === 'bnb') {
+        const d: Bnb4StateDescriptor = { format, blockSize, dtype, shape: e.shape };
+        if (doubleQuant)
+          d.nested = {
+            blockSize: DOUBLE_QUANT_BLOCK_SIZE,
+            offset: absmaxMean(blockAbsmax(await readF32(e.name), blockSize, e.name)),
+          };
+        specs = bnb4StateDictSpecs(e.name, d);
+      } else {
+        specs = ortSpecs(e.name, format, blockSize, e.shape, dtype);
+      }
+      specs.forEach((s, i) => {
+        entries.push({
+          ...s,
+          data: async () => {
+            const produced = await produce(e.name);
+            const p = produced[i];
+            if (p.name !== s.name || p.dtype !== s.dtype || p.shape.join() !== s.shape.join()) {
+              throw new QuantError(
+                'QUANT_INTERNAL',
+                `internal: ${s.name} planned as ${s.dtype} [${s.shape}] but produced ${p.name} ${p.dtype} [${p.shape}].`,
+              );
+            }
+            return typeof p.data === 'function' ? p.data() : p.data;
+          },
+        });
+      });
+    }
+    await writeSafetensors(outPath, entries, { metadata: { format: 'pt' } }).catch(rethrowCause);
+    const outputBytes = (await stat(outPath)).size;
+    return {
+      format,
+      layout,
+      blockSize,
+      doubleQuant,
+      tensors: reports,
+      kept,
+      total: combineErrors(reports.map((r) => r.stats)),
+      inputBytes: file.fileSize,
+      outputBytes,
+      outputFiles: [outPath],
+    };
+  } finally {
+    await file.close();
+  }
+}
+
+/**
+ * core's atomic writer wraps any error carrying a `code` as FILE_WRITE_FAILED; a package error
+ * raised while producing data (NaN in a weight) is unwrapped so it keeps its own code and message.
+ */
+export function rethrowCause(e: unknown): never {
+  const cause = (e as { cause?: unknown })?.cause;
+  if (isLoraError(e) && e.code === 'FILE_WRITE_FAILED' && isLoraError(cause)) throw cause;
+  throw e;
+}
+
+/** Names, dtypes and shapes of a weight in the onnxruntime layout (mirrors ort-layout.ts). */
+function ortSpecs(
+  name: string,
+  format: QuantFormat,
+  blockSize: number,
+  shape: readonly number[],
+  dtype: WeightDType,
+) {
+  // Build the entries from a zero-filled weight of the right sizes: tiny for the JSON, and the
+  // arrays are dropped right away (only names, dtypes and shapes are kept).
+  const [N, K] = rowsAndColumns(shape);
+  if (isBnb4Format(format)) {
+    const n = N * K;
+    const w: Bnb4Weight = {
+      format,
+      shape,
+      dtype,
+      blockSize,
+      packed: new Uint8Array(0),
+      absmax: new Float32Array(0),
+    };
+    return matMulBnb4Entries(name, {
+      ...w,
+      packed: new Uint8Array(Math.ceil(n / 2)),
+      absmax: new Float32Array(Math.ceil(n / blockSize)),
+    }).map(({ name: nm, dtype: dt, shape: sh }) => ({ name: nm, dtype: dt, shape: sh }));
+  }
+  const nb = blocksPerRow(K, blockSize);
+  return matMulNBitsEntries(
+    name,
+    {
+      format: format as 'int4' | 'uint4',
+      N,
+      K,
+      blockSize,
+      B: new Uint8Array(N * nb * (blockSize / 2)),
+      scales: new Float32Array(N * nb),
+      ...(format === 'uint4' ? { zeroPoints: new Uint8Array(N * Math.ceil(nb / 2)) } : {}),
+    },
+    shape,
+    dtype,
+  ).map(({ name: nm, dtype: dt, shape: sh }) => ({ name: nm, dtype: dt, shape: sh }));
+}
+
+/** Module name of a weight (`a.b.q_proj.weight` -> `a.b.q_proj`). */
+function moduleOf(name: string): string {
+  return name.replace(/\.weight$/, '');
+}
+
+/**
+ * Quantizes a model folder (HF layout: config.json, *.safetensors, tokenizer files) or a single
+ * `.safetensors` file. A folder gives a folder: every safetensors file quantized (same names),
+ * other files copied, config.json with `quantization_config`, a sharded index rewritten. A file
+ * gives a file, or a folder holding `model.safetensors` when `output` does not end in
+ * `.safetensors`. The output appears atomically (built in a temporary sibling, then renamed);
+ * an existing output is replaced only with `force`.
+ */
+export async function quantizeModel(
+  input: string,
+  output: string,
+  options: QuantizeModelOptions & { force?: boolean },
+): Promise<QuantizeReport> {
+  const resolved = resolveQuantizeOptions(options);
+  const info = await stat(input).catch(() => {
+    throw new QuantError('QUANT_INPUT', `${input}: no such file or folder.`, { file: input });
+  });
+  if (!info.isDirectory() && output.endsWith('.safetensors')) {
+    await refuseExisting(output, options.force);
+    return quantizeSafetensors(input, output, options);
+  }
+  return buildFolderAtomically(output, options.force, async (tmp) => {
+    const files = info.isDirectory() ? (await readdir(input)).sort() : [basename(input)];
+    const dir = info.isDirectory() ? input : dirname(input);
+    const shards = info.isDirectory()
+      ? files.filter((f) => f.endsWith('.safetensors'))
+      : [basename(input)];
+    if (shards.length === 0)
+      throw new QuantError('QUANT_INPUT', `${input}: no .safetensors file in this folder.`, {
+        file: input,
+      });
+    const reports: QuantizeReport[] = [];
+    for (const shard of shards) {
+      const outName = info.isDirectory() ? shard : 'model.safetensors';
+      reports.push(await quantizeSafetensors(join(dir, shard), join(tmp, outName), options));
+    }
+    const tensors = reports.flatMap((r) => r.tensors);
+    const kept = reports.flatMap((r) => r.kept);
+    const skipModules = [...new Set(kept.filter((n) => n.endsWith('.weight')).map(moduleOf))];
+    if (info.isDirectory()) {
+      for (const f of files) {
+        if (f.endsWith('.safetensors')) continue;
+        const src = join(input, f);
+        if (!(await stat(src)).isFile()) continue;
+        if (f === 'config.json') {
+          const config = JSON.parse(await readFile(src, 'utf8')) as Record<string, unknown>;
+          config.quantization_config =
+            resolved.layout === 'bnb' && isBnb4Format(resolved.format)
+              ? bnbQuantizationConfig({
+                  format: resolved.format,
+                  doubleQuant: resolved.doubleQuant,
+                  computeDType: options.computeDType,
+                  skipModules,
+                })
+              : ortQuantizationConfig({
+                  format: resolved.format,
+                  blockSize: resolved.blockSize,
+                  skipModules,
+                });
+          await writeBytesAtomic(join(tmp, f), `${JSON.stringify(config, null, 2)}\n`);
+        } else if (f.endsWith('.safetensors.index.json')) {
+          await writeBytesAtomic(join(tmp, f), await rewriteIndex(src, reports, shards));
+        } else {
+          await copyFile(src, join(tmp, f));
+        }
+      }
+    }
+    return {
+      ...resolved,
+      tensors,
+      kept,
+      total: combineErrors(tensors.map((t) => t.stats)),
+      inputBytes: reports.reduce((s, r) => s + r.inputBytes, 0),
+      outputBytes: reports.reduce((s, r) => s + r.outputBytes, 0),
+      outputFiles: reports.flatMap((r) => r.outputFiles.map((p) => join(output, basename(p)))),
+    };
+  });
+}
+
+/** A sharded model's index: map every output key to the shard that holds it. */
+async function rewriteIndex(
+  indexPath: string,
+  reports: QuantizeReport[],
+  shards: string[],
+): Promise<string> {
+  const index = JSON.parse(await readFile(indexPath, 'utf8')) as {
+    metadata?: Record<string, unknown>;
+    weight_map?: Record<string, string>;
+  };
+  const weightMap: Record<string, string> = {};
+  for (let i = 0; i < reports.length; i++) {
+    const f = await SafetensorsFile.open(reports[i].outputFiles[0]);
+    for (const n of f.names()) weightMap[n] = shards[i];
+    await f.close();
+  }
+  index.weight_map = weightMap;
+  return `${JSON.stringify(index, null, 2)}\n`;
+}
+
+async function refuseExisting(path: string, force?: boolean): Promise<void> {
+  const exists = await stat(path).then(
+    () => true,
+    () => false,
+  );
+  if (exists && !force) {
+    throw new QuantError(
+      'QUANT_OUTPUT_EXISTS',
+      `${path} exists. Choose another output or pass --force to overwrite it.`,
+      { file: path },
+    );
+  }
+}
+
+/**
+ * Builds a folder in a temporary sibling and renames it into place; on failure the temporary
+ * folder is removed and an existing output is left untouched.
+ */
+export async function buildFolderAtomically<T>(
+  output: string,
+  force: boolean | undefined,
+  build: (tmp: string) => Promise<T>,
+): Promise<T> {
+  await refuseExisting(output, force);
+  const suffix = `${process.pid}-${randomBytes(4).toString('hex')}`;
+  const tmp = join(dirname(output), `.${basename(output)}.tmp-${suffix}`);
+  await mkdir(dirname(output), { recursive: true });
+  await mkdir(tmp);
+  let result: T;
+  try {
+    result = await build(tmp);
+  } catch (e) {
+    await rm(tmp, { recursive: true, force: true });
+    throw e;
+  }
+  const old = join(dirname(output), `.${basename(output)}.old-${suffix}`);
+  const hadOld = await stat(output).then(
+    () => true,
+    () => false,
+  );
+  if (hadOld) await rename(output, old);
+  try {
+    await rename(tmp, output);
+  } catch (e) {
+    if (hadOld) await rename(old, output);
+    await rm(tmp, { recursive: true, force: true });
+    throw e;
+  }
+  if (hadOld) await rm(old, { recursive: true, force: true });
+  return result;
+}
