@@ -99,6 +99,11 @@ describe.skipIf(!haveStories)('lora generate (stories260K)', () => {
     expect(human.stderr).toMatch(
       /48 tokens, finish: length; prompt 5 tokens in [\d.]+ ms, [\d.]+ tokens\/s on cpu, nf4/,
     );
+    const noted = await runCli([...args, '--top-k', '5']);
+    expect(noted.stderr).toMatch(
+      /--temperature 0 is greedy decoding; --top-k, --top-p and --seed only matter/,
+    );
+    expect(noted.stdout).toBe(human.stdout);
     const quiet = await runCli([...args, '--quiet', '--no-echo']);
     expect(quiet.stdout).toBe(`${doc.text}\n`);
     expect(quiet.stderr).toBe('');

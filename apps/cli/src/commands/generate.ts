@@ -127,6 +127,15 @@ async function openModel(options: GenerateCommandOptions): Promise<OpenedModel> 
 
 async function runGenerate(options: GenerateCommandOptions): Promise<void> {
   const { generate } = await import('@lora/runtime-onnx');
+  if (
+    options.temperature === 0 &&
+    (options.topK !== undefined || options.topP !== undefined || options.seed !== 0)
+  ) {
+    log(
+      options,
+      'note: --temperature 0 is greedy decoding; --top-k, --top-p and --seed only matter with --temperature > 0.',
+    );
+  }
   const opened = await openModel(options);
   const streaming = !options.json;
   let result: GenerateResult;
