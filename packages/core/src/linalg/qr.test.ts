@@ -93,6 +93,34 @@ describe('qr (Householder)', () => {
     });
   }
 
+  it('column pivoting: A[:, p] = QR with |R[j, j]| non-increasing', () => {
+    // Columns of very different sizes (scales 1, 10, 0.01, 100): column 3 must be the first pivot.
+    const rng = createRng(9);
+    const scales = [1, 10, 0.01, 100];
+    const data = new Float64Array(7 * 4);
+    for (let i = 0; i < 7; i++)
+      for (let j = 0; j < 4; j++) data[i * 4 + j] = scales[j] * rng.normal();
+    const a = f64([7, 4], data);
+    const { q, r, permutation } = qr(a, { columnPivoting: true });
+    expect(permutation![0]).toBe(3);
+    expect(Array.from(permutation!).sort()).toEqual([0, 1, 2, 3]);
+    for (let j = 1; j < 4; j++)
+      expect(Math.abs(r.data[j * 4 + j])).toBeLessThanOrEqual(
+        Math.abs(r.data[(j - 1) * 4 + j - 1]),
+      );
+    expectOrthonormalColumns(q, 1e-14);
+    expectUpperTriangular(r);
+    const permuted = f64(
+      [7, 4],
+      Float64Array.from(
+        { length: 28 },
+        (_, idx) => data[Math.floor(idx / 4) * 4 + permutation![idx % 4]],
+      ),
+    );
+    expect(maxAbsDiff(matmulReference(q, r), permuted)).toBeLessThan(1e-12);
+    expect(qr(a).permutation).toBeUndefined();
+  });
+
   it('handles rank deficiency (a zero column and a repeated column)', () => {
     const rng = createRng(5);
     const col = rng.normalArray(6);

@@ -23,12 +23,20 @@ export interface QrOptions {
   readonly positiveDiagonal?: boolean;
   /** Output precision of Q and R; default f64 (the computation is always float64). */
   readonly dtype?: MatrixDType;
+  /**
+   * Column pivoting (LAPACK `geqp3` style): at step j the remaining column of largest norm is
+   * moved to position j, so |R[0, 0]| >= |R[1, 1]| >= ... and the result factors A[:, p] = Q R
+   * with `permutation` p. Default false.
+   */
+  readonly columnPivoting?: boolean;
 }
 
 /** Result of {@link qr}: A = Q R, Q with orthonormal columns, R upper triangular. */
 export interface QrResult {
   readonly q: Matrix;
   readonly r: Matrix;
+  /** With `columnPivoting`: column j of Q R is column `permutation[j]` of A. */
+  readonly permutation?: Uint32Array;
 }
 
 /**
@@ -50,8 +58,12 @@ export function qr(a: Tensor, options: QrOptions = {}): QrResult {
   assertFiniteMatrix(work, n, 'qr');
   const tau = new Float64Array(k);
   const w = new Float64Array(n);
+  const permutation = options.columnPivoting
+    ? Uint32Array.from({ length: n }, (_, i) => i)
+    : undefined;
 
   for (let j = 0; j < k; j++) {
+    if (permutation) pivotLargestColumn(work, m, n, j, permutation);
     // x = work[j:, j]; alpha = x[0]
     const alpha = work[j * n + j];
     let tail = 0;
@@ -92,7 +104,37 @@ export function qr(a: Tensor, options: QrOptions = {}): QrResult {
       }
     }
   }
-  return { q: toMatrix(q, m, qCols, dtype), r: toMatrix(r, rRows, n, dtype) };
+  const result = { q: toMatrix(q, m, qCols, dtype), r: toMatrix(r, rRows, n, dtype) };
+  return permutation ? { ...result, permutation } : result;
+}
+
+/**
+ * Swaps into column j the column c >= j whose remaining part work[j:, c] has the largest norm
+ * (norms recomputed each step: simple, and immune to the cancellation of norm downdating).
+ */
+function pivotLargestColumn(
+  work: Float64Array,
+  m: number,
+  n: number,
+  j: number,
+  permutation: Uint32Array,
+): void {
+  const norms = new Float64Array(n);
+  for (let i = j; i < m; i++) {
+    const row = i * n;
+    for (let c = j; c < n; c++) norms[c] += work[row + c] * work[row + c];
+  }
+  let best = j;
+  for (let c = j + 1; c < n; c++) if (norms[c] > norms[best]) best = c;
+  if (best === j) return;
+  for (let i = 0; i < m; i++) {
+    const t = work[i * n + j];
+    work[i * n + j] = work[i * n + best];
+    work[i * n + best] = t;
+  }
+  const p = permutation[j];
+  permutation[j] = permutation[best];
+  permutation[best] = p;
 }
 
 /**

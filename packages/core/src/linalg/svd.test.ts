@@ -112,6 +112,19 @@ describe('svd (one-sided Jacobi)', () => {
     });
   }
 
+  it('gives the same decomposition with and without QR preconditioning', () => {
+    for (const [m, n] of [
+      [30, 12],
+      [12, 30],
+    ] as const) {
+      const a = f64([m, n], createRng(m + n).normalArray(m * n));
+      const pre = svd(a);
+      const plain = svd(a, { precondition: false });
+      expectValidSvd(a, plain, 1e-13);
+      for (let i = 0; i < Math.min(m, n); i++) expect(pre.s[i]).toBeCloseTo(plain.s[i], 13);
+    }
+  });
+
   it('handles the zero matrix (all singular values 0, factors still orthonormal)', () => {
     const a = f64([4, 3]);
     const result = svd(a);
