@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -77,6 +77,31 @@ describe.skipIf(!haveStories)('lora generate (stories260K)', () => {
       'tokensPerSecond',
     ]);
     expect(doc.timings.decodeTokens).toBe(63);
+
+    // generation_config.json may name more EOS ids: make the 3rd greedy token one of them.
+    const dir = await mkdtemp(join(tmpdir(), 'lora-generate-eos-'));
+    try {
+      for (const f of [
+        'config.json',
+        'model.safetensors',
+        'tokenizer.json',
+        'tokenizer_config.json',
+      ]) {
+        await symlink(join(stories, f), join(dir, f));
+      }
+      const eosIds = [2, doc.tokens[2]];
+      await writeFile(
+        join(dir, 'generation_config.json'),
+        JSON.stringify({ eos_token_id: eosIds }),
+      );
+      const r2 = await runCli(['generate', '--model', dir, '--prompt', PROMPT, '--json']);
+      const doc2 = JSON.parse(r2.stdout);
+      const firstEos = doc.tokens.findIndex((t: number) => eosIds.includes(t));
+      expect(doc2.finishReason).toBe('eos');
+      expect(doc2.tokens).toEqual(doc.tokens.slice(0, firstEos));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('streams the prompt and the text to stdout, stats to stderr; --quant nf4 streams what --json reports', async () => {

@@ -5,16 +5,27 @@ import type {
   Tokenizer,
   TokenStepper,
 } from '@lora/runtime-onnx';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { type CommonOptions, emit, log, parseNumber, parsePositiveInt } from '../output.js';
+// LoRA flags (--adapter, --batch, --merged) live in generate-adapters.ts (helper E).
+import {
+  type AdapterOptions,
+  addAdapterOptions,
+  type BatchRow,
+  prepareAdapters,
+  readBatchFile,
+} from './generate-adapters.js';
 
 /** 4-bit formats `--quant` accepts for the base weights. */
 const QUANT_FORMATS = ['nf4', 'fp4', 'int4', 'uint4'] as const;
 type QuantFormat = (typeof QUANT_FORMATS)[number];
 
 /** Parsed flags of `lora generate`. Later flags (adapters, batch files) extend this object. */
-export interface GenerateCommandOptions extends CommonOptions {
+export interface GenerateCommandOptions extends CommonOptions, AdapterOptions {
   model?: string;
   prompt?: string;
   maxTokens: number;
@@ -30,8 +41,7 @@ export interface GenerateCommandOptions extends CommonOptions {
 }
 
 export function registerGenerate(program: Command): void {
-  program
-    .command('generate')
+  addAdapterOptions(program.command('generate'))
     .description(
       'Generate text with a model folder (HF layout), streaming tokens to stdout as they come.',
     )
@@ -82,7 +92,10 @@ export function registerGenerate(program: Command): void {
     .action(async (options: GenerateCommandOptions) => {
       if (!options.model)
         throw new UsageError('--model <dir> is required: the model folder to generate with.');
-      if (options.prompt === undefined) throw new UsageError('--prompt <text> is required.');
+      if (options.prompt === undefined && !options.batch)
+        throw new UsageError('--prompt <text> (or --batch <file.jsonl>) is required.');
+      if (options.merged && !options.adapter?.length)
+        throw new UsageError('--merged needs at least one --adapter to merge.');
       await runGenerate(options);
     });
 }
@@ -96,6 +109,9 @@ interface OpenedModel {
   eosIds: number[];
   /** Context length from config.json (`max_position_embeddings`), if stated. */
   maxSequenceLength?: number;
+  /** The prompts of the batch (one without --batch) and the adapters of each row. */
+  prompts: string[];
+  rowLabels: string[];
   release(): Promise<void>;
 }
 
@@ -104,25 +120,55 @@ async function openModel(options: GenerateCommandOptions): Promise<OpenedModel> 
   const { loadLlama, loadTokenizer } = await import('@lora/runtime-onnx');
   const dir = options.model!;
   const tokenizer = await loadTokenizer(dir);
-  const model = await loadLlama(dir, {
-    logits: 'last',
+  // LoRA (helper E): rows from --batch or the one --prompt, each with its adapter set.
+  const rows: BatchRow[] = options.batch
+    ? await readBatchFile(options.batch, options.adapter ?? [])
+    : [{ prompt: options.prompt!, adapters: options.adapter ?? [] }];
+  const lora = rows.some((r) => r.adapters.length > 0)
+    ? await prepareAdapters(rows, options.merged ?? false)
+    : undefined;
+  const modelOptions = {
+    logits: 'last' as const,
     quant: options.quant,
     device: options.device,
     warn: (m: string) => log(options, m),
-  });
-  const configEos = model.config.eosTokenId;
-  const eos = new Set<number>(
-    configEos === undefined ? [] : typeof configEos === 'number' ? [configEos] : configEos,
-  );
+  };
+  const model = lora ? await lora.open(dir, modelOptions) : await loadLlama(dir, modelOptions);
+  // A row ends on any EOS the model folder names: config.json, generation_config.json
+  // (Llama 3 lists several there) and the tokenizer's.
+  const eos = new Set<number>([
+    ...idList(model.config.eosTokenId),
+    ...(await generationConfigEos(dir)),
+  ]);
   if (tokenizer.eosId !== undefined) eos.add(tokenizer.eosId);
   return {
     tokenizer,
-    stepper: () => model.stepper(),
+    stepper: () => model.stepper(lora?.feeds),
     device: model.device,
     eosIds: [...eos],
     maxSequenceLength: model.config.maxPositionEmbeddings,
+    prompts: rows.map((r) => r.prompt),
+    rowLabels: lora?.rowLabels ?? rows.map(() => 'base'),
     release: () => model.release(),
   };
+}
+
+function idList(value: unknown): number[] {
+  const list = Array.isArray(value) ? value : [value];
+  return list.filter((v): v is number => Number.isSafeInteger(v) && v >= 0);
+}
+
+/** `eos_token_id` of `generation_config.json` (a number or a list), if the file has one. */
+async function generationConfigEos(dir: string): Promise<number[]> {
+  const path = join(dir, 'generation_config.json');
+  if (!existsSync(path)) return [];
+  try {
+    return idList(
+      (JSON.parse(await readFile(path, 'utf8')) as { eos_token_id?: unknown }).eos_token_id,
+    );
+  } catch (e) {
+    throw new UsageError(`${path} is not valid JSON (${(e as Error).message}); fix or remove it.`);
+  }
 }
 
 async function runGenerate(options: GenerateCommandOptions): Promise<void> {
@@ -137,12 +183,12 @@ async function runGenerate(options: GenerateCommandOptions): Promise<void> {
     );
   }
   const opened = await openModel(options);
-  const streaming = !options.json;
+  const streaming = !options.json && opened.prompts.length === 1;
   let result: GenerateResult;
   try {
-    if (streaming && options.echo) process.stdout.write(options.prompt!);
+    if (streaming && options.echo) process.stdout.write(opened.prompts[0]);
     result = await generate(opened.stepper(), opened.tokenizer, {
-      prompt: options.prompt!,
+      prompt: opened.prompts.length === 1 ? opened.prompts[0] : opened.prompts,
       maxTokens: options.maxTokens,
       temperature: options.temperature,
       topK: options.topK,
@@ -168,7 +214,7 @@ async function runGenerate(options: GenerateCommandOptions): Promise<void> {
     );
     return;
   }
-  const rows = result.outputs.map(jsonRow);
+  const rows = result.outputs.map((o, i) => ({ ...jsonRow(o), adapters: opened.rowLabels[i] }));
   emit(
     options,
     {
@@ -190,7 +236,11 @@ async function runGenerate(options: GenerateCommandOptions): Promise<void> {
         tokensPerSecond: round(timings.tokensPerSecond),
       },
     },
-    () => '',
+    // Human output for a batch (a single prompt was streamed above).
+    () =>
+      result.outputs
+        .map((o, i) => `## row ${i + 1} (${opened.rowLabels[i]})\n${options.echo ? o.prompt : ''}${o.text}`)
+        .join('\n\n'),
   );
 }
 
