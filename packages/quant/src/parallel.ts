@@ -53,6 +53,7 @@ export class QuantizeWorkerPool {
       w.on('message', (m: { id: number; bad: number }) => {
         const p = this.pending.get(m.id);
         this.pending.delete(m.id);
+        w.unref(); // idle threads must not keep the process alive
         p?.resolve(m.bad);
       });
       w.on('error', (e) => {
@@ -105,6 +106,7 @@ export class QuantizeWorkerPool {
       jobs.push(
         new Promise<number>((resolve, reject) => {
           this.pending.set(id, { resolve, reject });
+          this.workers[t].ref(); // a busy thread keeps the process alive until it answers
           this.workers[t].postMessage({
             id,
             values: shared.buffer,

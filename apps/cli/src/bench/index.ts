@@ -3,6 +3,7 @@ import { generateBench } from './generate.js';
 import { linalgBench } from './linalg.js';
 import { loraBench } from './lora.js';
 import { mergeBench } from './merge.js';
+import { quantBench, quantStreamBench } from './quant.js';
 import { safetensorsBench } from './safetensors.js';
 import { runtimeBench } from './runtime.js';
 import type { BenchSection } from './types.js';
@@ -16,4 +17,6 @@ export const sections: readonly BenchSection[] = [
   runtimeBench,
   loraBench,
   mergeBench,
+  quantBench,
+  quantStreamBench,
 ];
