@@ -239,7 +239,10 @@ async function runGenerate(options: GenerateCommandOptions): Promise<void> {
     // Human output for a batch (a single prompt was streamed above).
     () =>
       result.outputs
-        .map((o, i) => `## row ${i + 1} (${opened.rowLabels[i]})\n${options.echo ? o.prompt : ''}${o.text}`)
+        .map(
+          (o, i) =>
+            `## row ${i + 1} (${opened.rowLabels[i]})\n${options.echo ? o.prompt : ''}${o.text}`,
+        )
         .join('\n\n'),
   );
 }
