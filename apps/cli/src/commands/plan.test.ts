@@ -98,6 +98,37 @@ describe('lora plan', () => {
     expect(r.stdout).toMatch(/gradient checkpointing ON/);
   });
 
+  it('--budget marks what fits', async () => {
+    const r = await runCli([
+      'plan',
+      '--params',
+      '65e9',
+      '--double-quant',
+      '--rank',
+      '64',
+      '--targets',
+      'all-linear',
+      '--budget',
+      '48GB',
+      '--json',
+    ]);
+    expect(r.code).toBe(0);
+    const j = JSON.parse(r.stdout) as { budget: number; fits: { name: string; fits: boolean }[] };
+    expect(j.budget).toBe(48e9);
+    expect(Object.fromEntries(j.fits.map((f) => [f.name, f.fits]))).toEqual({
+      inference: false,
+      'inference-quantized': true,
+      lora: false,
+      qlora: true,
+      full: false,
+    });
+    const human = await runCli(['plan', '--params', '7e9', '--budget', '24GiB']);
+    expect(human.stdout).toContain('fits 24.00 GiB');
+    const bad = await runCli(['plan', '--params', '7e9', '--budget', 'lots']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/--budget must be a size such as 48GB/);
+  });
+
   it('accepts shape flags and activation settings', async () => {
     const r = await runCli([
       'plan',

@@ -43,6 +43,7 @@ interface PlanOptions extends CommonOptions {
   computeDtype: 'bf16' | 'f16' | 'f32';
   adapterDtype: 'bf16' | 'f16' | 'f32';
   masterWeights: boolean;
+  budget?: number;
 }
 
 export function registerPlan(program: Command): void {
@@ -106,6 +107,11 @@ export function registerPlan(program: Command): void {
         .default('bf16'),
     )
     .option('--no-master-weights', 'full fine-tuning without f32 master weights')
+    .option(
+      '--budget <size>',
+      'memory available, e.g. 48GB, 24GiB (a bare number means GB): adds a "fits" column',
+      parseSize,
+    )
     .option('--json', 'print one JSON document')
     .action(async (model: string | undefined, options: PlanOptions) => {
       const { shape, source } = await resolveShape(model, options);
@@ -132,8 +138,39 @@ export function registerPlan(program: Command): void {
           `--targets ${options.targets} matches no linear layer of this model (LLaMA names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, or all-linear).`,
         );
       }
-      emit(options, { source, ...plan }, () => render(plan, source));
+      const fits =
+        options.budget === undefined
+          ? undefined
+          : plan.scenarios.map((sc) => ({
+              name: sc.name,
+              fits: sc.memory.total <= options.budget!,
+            }));
+      emit(options, { source, ...plan, budget: options.budget, fits }, () =>
+        render(plan, source, options.budget),
+      );
     });
+}
+
+const SIZE_UNITS: Readonly<Record<string, number>> = {
+  b: 1,
+  kb: 1e3,
+  mb: 1e6,
+  gb: 1e9,
+  tb: 1e12,
+  kib: 2 ** 10,
+  mib: 2 ** 20,
+  gib: 2 ** 30,
+  tib: 2 ** 40,
+};
+
+/** "48GB" -> 48e9 bytes, "24GiB" -> 24 x 2^30; a bare number is GB. */
+function parseSize(value: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
+  const unit = m ? (m[2] === '' ? 1e9 : SIZE_UNITS[m[2].toLowerCase()]) : undefined;
+  if (!m || unit === undefined || !(Number(m[1]) > 0)) {
+    throw new UsageError(`--budget must be a size such as 48GB, 24GiB or 512MB, got "${value}".`);
+  }
+  return Number(m[1]) * unit;
 }
 
 function splitTargets(list: string): string[] {
@@ -231,7 +268,7 @@ async function resolveShape(
   return { shape, source };
 }
 
-function render(plan: MemoryPlan, source: string): string {
+function render(plan: MemoryPlan, source: string, budget?: number): string {
   const s = plan.shape;
   const fmt = (n: number) => (n === 0 ? '-' : formatBytes(n));
   const lines = [
@@ -250,6 +287,7 @@ function render(plan: MemoryPlan, source: string): string {
         'optimizer',
         'activations',
         'total',
+        ...(budget === undefined ? [] : [`fits ${formatBytes(budget)}`]),
       ],
       plan.scenarios.map(({ title, memory: m }) => [
         title,
@@ -260,6 +298,7 @@ function render(plan: MemoryPlan, source: string): string {
         fmt(m.optimizer),
         fmt(m.activations),
         `${formatBytes(m.total)} (${(m.total / 1e9).toFixed(1)} GB)`,
+        ...(budget === undefined ? [] : [m.total <= budget ? 'yes' : 'no']),
       ]),
     ),
     '',
