@@ -184,6 +184,21 @@ describe('exact unmerge', () => {
     );
   });
 
+  it('with allowNonFinite, NaN payloads and infinities in W come back bit for bit', () => {
+    // f16: a signalling-style NaN with payload 1, -Inf, +Inf, and ordinary values.
+    const W = tensor(
+      'f16',
+      [2, 3],
+      Uint16Array.of(0x7c01, 0xfc00, 0x7c00, toF16Bits(0.5), toF16Bits(-2), toF16Bits(3)),
+    );
+    const terms = [f32([2, 3], [0.25, 1, -1, 0.125, 0.5, -0.75])];
+    const { merged, residual } = mergeWeightExact(W, terms, { allowNonFinite: true });
+    expect(sameBytes(tensorBytes(unmergeWeight(merged, terms, residual)), tensorBytes(W))).toBe(
+      true,
+    );
+    expect(residual.indices[0]).toBe(0); // the NaN payload is not reproduced by arithmetic
+  });
+
   it('detects a wrong adapter or weight instead of returning wrong bytes', () => {
     const W = randomWeight('f16', 16, 16);
     const terms = [randomFactors(16, 16, 2, 1, 0.2)];
