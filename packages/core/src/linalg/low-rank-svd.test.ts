@@ -1,10 +1,15 @@
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { toFloat64Array } from '../convert.js';
+import { SafetensorsFile } from '../safetensors/reader.js';
 import { createRng } from '../random.js';
 import { f32, f64 } from '../tensor.js';
 import { lowRankProductSvd } from './low-rank-svd.js';
-import { matmulReference } from './matmul.js';
+import { matmul, matmulReference } from './matmul.js';
 import { diagonal, identity, type Matrix, maxAbsDiff } from './matrix.js';
 import { qr } from './qr.js';
+import { lowRankResidual, randomizedSvd } from './randomized-svd.js';
 import { transpose } from './transpose.js';
 
 function randomOrthonormal(rows: number, cols: number, seed: number): Matrix {
@@ -76,5 +81,57 @@ describe('lowRankProductSvd', () => {
     expect(() => lowRankProductSvd(f64([3, 2]), f64([3, 2]))).toThrow(
       /inner dimensions must match/,
     );
+  });
+});
+
+const FIXTURES = fileURLToPath(new URL('../../../../../shared/fixtures/peft/', import.meta.url));
+const haveFixtures = existsSync(FIXTURES);
+if (!haveFixtures) {
+  console.warn(
+    `[low-rank-svd.test] PEFT fixtures not found at ${FIXTURES}: real-adapter SVD tests skipped.`,
+  );
+}
+
+async function readFactors(dir: string, module: string) {
+  const file = await SafetensorsFile.open(`${FIXTURES}${dir}/adapter_model.safetensors`);
+  try {
+    const A = await file.read(`base_model.model.${module}.lora_A.weight`);
+    const B = await file.read(`base_model.model.${module}.lora_B.weight`);
+    return { A, B };
+  } finally {
+    await file.close();
+  }
+}
+
+describe.skipIf(!haveFixtures)('SVD of real PEFT deltas', () => {
+  it('gpt2 c_attn (B [2304, 8], A [8, 768]): factored SVD == randomized SVD of the formed delta', async () => {
+    const { A, B } = await readFactors('gpt2-causal-cattn-cproj', 'transformer.h.0.attn.c_attn');
+    const factored = lowRankProductSvd(B, A);
+    expect(factored.s.length).toBe(8);
+    const delta = matmul(B, A, { dtype: 'f64' }); // [2304, 768], rank <= 8
+    let sumSquares = 0;
+    for (const x of delta.data) sumSquares += x * x;
+    const norm = Math.sqrt(sumSquares);
+    expect(lowRankResidual(delta, factored.u, factored.s, factored.vt)).toBeLessThan(1e-12 * norm);
+    // The delta has rank 8 exactly, so one pass of sampling already captures its range.
+    const sampled = randomizedSvd(delta, { rank: 8, oversampling: 2, powerIterations: 0, seed: 1 });
+    for (let i = 0; i < 8; i++) {
+      expect(Math.abs(sampled.s[i] - factored.s[i])).toBeLessThan(1e-10 * factored.s[0]);
+    }
+    expect(lowRankResidual(delta, sampled.u, sampled.s, sampled.vt)).toBeLessThan(1e-12 * norm);
+    expect(sampled.frobeniusResidual).toBeLessThan(1e-6 * norm); // cheap estimate: see its doc
+  });
+
+  it('open-calm r = 1 (f16): the single singular value is ||B|| * ||A||', async () => {
+    const { A, B } = await readFactors(
+      'open-calm-1b-fp16-r1',
+      'gpt_neox.layers.0.attention.query_key_value',
+    );
+    expect(A.dtype).toBe('f16');
+    const normOf = (x: Float64Array) => Math.sqrt(x.reduce((s, v) => s + v * v, 0));
+    const expected = normOf(toFloat64Array(A)) * normOf(toFloat64Array(B));
+    const { s } = lowRankProductSvd(B, A);
+    expect(s.length).toBe(1);
+    expect(Math.abs(s[0] - expected) / expected).toBeLessThan(1e-14);
   });
 });

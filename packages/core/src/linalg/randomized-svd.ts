@@ -45,9 +45,9 @@ export interface RandomizedSvdResult {
   /**
    * The achieved error ||A - U diag(s) V^T||_F, computed without another pass over A as
    * sqrt(||A||_F^2 - sum s_i^2) (exact in exact arithmetic because U diag(s) V^T is the
-   * projection of A onto a k-dimensional subspace). The subtraction makes it reliable only to about
-   * sqrt(eps) ||A||_F ~ 3e-8 ||A||_F; use {@link lowRankResidual} for the exact value of a tiny
-   * residual.
+   * projection of A onto a k-dimensional subspace). The subtraction cancels: it is reliable only
+   * to about sqrt(eps * sqrt(m)) ||A||_F (1e-8 to 2e-7 ||A||_F in practice); use
+   * {@link lowRankResidual} (one more pass over A) for the exact value of a tiny residual.
    * Compare with the optimal tail sqrt(sum_{i>k} sigma_i^2) when the spectrum is known.
    */
   readonly frobeniusResidual: number;
