@@ -238,50 +238,59 @@ function nucleusIds(
   candidates: Int32Array | null,
   topP: number,
 ): Int32Array {
-  let pool: ArrayLike<number> = candidates ?? heavyIds(weights, topP);
+  const pool = candidates ?? heavyIds(weights, topP);
   let total = 0;
   if (candidates) for (let j = 0; j < pool.length; j++) total += weights[pool[j]];
   else for (let i = 0; i < weights.length; i++) total += weights[i];
-  let needed = topP * total; // mass still to collect from `pool`
-  const kept: number[] = [];
+  let needed = topP * total; // mass still to collect from the current ids
+  // Three buffers take turns: the current ids, and the heavier / lighter side of a partition.
+  const buffers = [pool, new Int32Array(pool.length), new Int32Array(pool.length)];
+  let current = 0;
+  let n = pool.length;
+  const kept = new Int32Array(pool.length);
+  let keptCount = 0;
   for (;;) {
-    const n = pool.length;
-    const pivot = median3(weights[pool[0]], weights[pool[n >> 1]], weights[pool[n - 1]]);
-    const above: number[] = [];
+    const ids = buffers[current];
+    const heavier = buffers[(current + 1) % 3];
+    const lighter = buffers[(current + 2) % 3];
+    const pivot = median3(weights[ids[0]], weights[ids[n >> 1]], weights[ids[n - 1]]);
     const equal: number[] = [];
-    const below: number[] = [];
-    let massAbove = 0;
+    let nHeavier = 0;
+    let nLighter = 0;
+    let massHeavier = 0;
     let massEqual = 0;
     for (let j = 0; j < n; j++) {
-      const id = pool[j];
+      const id = ids[j];
       const w = weights[id];
       if (w > pivot) {
-        above.push(id);
-        massAbove += w;
+        heavier[nHeavier++] = id;
+        massHeavier += w;
       } else if (w === pivot) {
         equal.push(id);
         massEqual += w;
-      } else below.push(id);
+      } else lighter[nLighter++] = id;
     }
-    if (massAbove >= needed) {
-      pool = above; // the nucleus ends among the heavier ids
+    if (massHeavier >= needed) {
+      current = (current + 1) % 3; // the nucleus ends among the heavier ids
+      n = nHeavier;
       continue;
     }
-    for (const id of above) kept.push(id);
-    if (massAbove + massEqual >= needed || below.length === 0) {
+    for (let j = 0; j < nHeavier; j++) kept[keptCount++] = heavier[j];
+    if (massHeavier + massEqual >= needed || nLighter === 0) {
       // The cut falls among the ties at `pivot`: take the lowest ids until the mass is reached.
       equal.sort((a, b) => a - b);
-      let remaining = needed - massAbove;
+      let remaining = needed - massHeavier;
       for (const id of equal) {
-        kept.push(id);
+        kept[keptCount++] = id;
         remaining -= pivot;
         if (remaining <= 0) break;
       }
-      return Int32Array.from(kept);
+      return kept.slice(0, keptCount);
     }
-    for (const id of equal) kept.push(id);
-    needed -= massAbove + massEqual;
-    pool = below;
+    for (const id of equal) kept[keptCount++] = id;
+    needed -= massHeavier + massEqual;
+    current = (current + 2) % 3;
+    n = nLighter;
   }
 }
 
