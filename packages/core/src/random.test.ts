@@ -85,6 +85,18 @@ describe('derived distributions', () => {
     }
   });
 
+  it('normal() is Box-Muller on (1 - u1, u2): cos output first, then the cached sin output', () => {
+    const raw = createRng(11, 4);
+    const rng = createRng(11, 4);
+    for (let i = 0; i < 50; i++) {
+      const u1 = 1 - raw.uniform();
+      const u2 = raw.uniform();
+      const radius = Math.sqrt(-2 * Math.log(u1));
+      expect(rng.normal()).toBe(radius * Math.cos(2 * Math.PI * u2));
+      expect(rng.normal()).toBe(radius * Math.sin(2 * Math.PI * u2));
+    }
+  });
+
   it('uniform has mean 1/2 and variance 1/12 over 1e5 draws', () => {
     const x = createRng(1).uniformArray(100_000);
     const { mean, variance, min, max } = moments(x);
