@@ -1,4 +1,4 @@
-import { copyFile, open, readFile } from 'node:fs/promises';
+import { copyFile, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import {
   type FloatDType,
@@ -145,6 +145,13 @@ export async function mergeIntoModel(
     const plan = planMerge(catalog, sources);
     const capture = options.residual !== false;
     const outIsFolder = model.isFolder;
+    if (!outIsFolder && !options.overwrite && (await exists(output))) {
+      throw new AdapterError(
+        'OUTPUT_EXISTS',
+        `${output} already exists. Choose another output or allow overwriting (--force).`,
+        { path: output },
+      );
+    }
     if (!outIsFolder && !output.endsWith('.safetensors')) {
       throw new AdapterError(
         'OUTPUT_INVALID',
@@ -376,6 +383,13 @@ export async function mergeIntoModel(
   } finally {
     await model.close();
   }
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 function baseOfAux(aux: string, quantized: ReadonlyMap<string, unknown>): string {
