@@ -185,6 +185,7 @@ describe('generate (loop logic, scripted model, greedy)', () => {
       /prompt 0 is empty/,
     );
     expect(stepper.started).toEqual([]);
+    expect(stepper.disposed).toBe(5); // the batch is released on every path
   });
 });
 

@@ -103,6 +103,18 @@ export async function generate(
   tokenizer: Tokenizer,
   options: GenerateOptions,
 ): Promise<GenerateResult> {
+  try {
+    return await runGeneration(stepper, tokenizer, options);
+  } finally {
+    await stepper.dispose();
+  }
+}
+
+async function runGeneration(
+  stepper: TokenStepper,
+  tokenizer: Tokenizer,
+  options: GenerateOptions,
+): Promise<GenerateResult> {
   const prompts = typeof options.prompt === 'string' ? [options.prompt] : [...options.prompt];
   const maxTokens = options.maxTokens ?? 64;
   const maxSequenceLength = options.maxSequenceLength ?? Number.POSITIVE_INFINITY;
@@ -161,58 +173,54 @@ export async function generate(
   };
 
   const sampling: SamplingOptions = options;
-  try {
-    const t0 = performance.now();
-    let logits = await stepper.start(rows.map((r) => r.output.promptTokens));
-    const prefillMs = performance.now() - t0;
-    let decodeTokens = 0;
-    const t1 = performance.now();
-    for (let step = 0; ; step++) {
-      checkLogits(logits, rows.length, stepper.vocabSize);
-      for (let r = 0; r < rows.length; r++) {
-        const row = rows[r];
-        if (row.done) continue;
-        if (step > 0) decodeTokens++;
-        const token = sampleToken(logits[r], sampling, () => row.rng.uniform(), row.history);
-        let text: string;
-        if (eosIds.has(token)) {
-          row.output.finishReason = 'eos';
+  const t0 = performance.now();
+  let logits = await stepper.start(rows.map((r) => r.output.promptTokens));
+  const prefillMs = performance.now() - t0;
+  let decodeTokens = 0;
+  const t1 = performance.now();
+  for (let step = 0; ; step++) {
+    checkLogits(logits, rows.length, stepper.vocabSize);
+    for (let r = 0; r < rows.length; r++) {
+      const row = rows[r];
+      if (row.done) continue;
+      if (step > 0) decodeTokens++;
+      const token = sampleToken(logits[r], sampling, () => row.rng.uniform(), row.history);
+      let text: string;
+      if (eosIds.has(token)) {
+        row.output.finishReason = 'eos';
+        row.done = true;
+        text = advance(row, row.detokenizer.flush(), true);
+      } else {
+        row.output.tokens.push(token);
+        row.history.push(token);
+        text = advance(row, row.detokenizer.push(token), false);
+        const length = row.output.tokens.length;
+        if (!row.done && (length >= maxTokens || row.history.length >= maxSequenceLength)) {
           row.done = true;
-          text = advance(row, row.detokenizer.flush(), true);
-        } else {
-          row.output.tokens.push(token);
-          row.history.push(token);
-          text = advance(row, row.detokenizer.push(token), false);
-          const length = row.output.tokens.length;
-          if (!row.done && (length >= maxTokens || row.history.length >= maxSequenceLength)) {
-            row.done = true;
-            text += advance(row, row.detokenizer.flush(), true);
-          }
+          text += advance(row, row.detokenizer.flush(), true);
         }
-        options.onToken?.({
-          row: r,
-          token,
-          text,
-          ...(row.done ? { finishReason: row.output.finishReason } : {}),
-        });
       }
-      if (rows.every((row) => row.done)) break;
-      // Finished rows still occupy their place in the batch: feed them their last token.
-      logits = await stepper.step(rows.map((row) => row.history[row.history.length - 1]));
+      options.onToken?.({
+        row: r,
+        token,
+        text,
+        ...(row.done ? { finishReason: row.output.finishReason } : {}),
+      });
     }
-    const decodeMs = performance.now() - t1;
-    return {
-      outputs: rows.map((r) => r.output),
-      timings: {
-        prefillMs,
-        decodeMs,
-        decodeTokens,
-        tokensPerSecond: decodeTokens > 0 ? decodeTokens / (decodeMs / 1000) : 0,
-      },
-    };
-  } finally {
-    await stepper.dispose();
+    if (rows.every((row) => row.done)) break;
+    // Finished rows still occupy their place in the batch: feed them their last token.
+    logits = await stepper.step(rows.map((row) => row.history[row.history.length - 1]));
   }
+  const decodeMs = performance.now() - t1;
+  return {
+    outputs: rows.map((r) => r.output),
+    timings: {
+      prefillMs,
+      decodeMs,
+      decodeTokens,
+      tokensPerSecond: decodeTokens > 0 ? decodeTokens / (decodeMs / 1000) : 0,
+    },
+  };
 }
 
 function validateGenerateOptions(
