@@ -335,21 +335,7 @@ export async function mergeIntoModel(
         },
         { overwrite: true },
       );
-      const { rename, rm, stat } = await import('node:fs/promises');
       try {
-        if (
-          !options.overwrite &&
-          (await stat(output).then(
-            () => true,
-            () => false,
-          ))
-        ) {
-          throw new AdapterError(
-            'OUTPUT_EXISTS',
-            `${output} already exists. Choose another output or allow overwriting (--force).`,
-            { path: output },
-          );
-        }
         if (capture) await rename(join(stage, RESIDUAL_FILE), residualPathFor(output, false));
         await rename(join(stage, 'model.safetensors'), output);
       } finally {
