@@ -69,12 +69,7 @@ export function registerGenerate(program: Command): void {
       parseNumber('repetition-penalty'),
     )
     .option('--seed <n>', 'seed of the sampler (same seed, same text)', parseSeed, 0)
-    .option(
-      '--stop <text>',
-      'stop when this text appears (not printed); repeatable',
-      collect,
-      [] as string[],
-    )
+    .option('--stop <text>', 'stop when this text appears (not printed); repeatable', collect)
     .option(
       '--quant <format>',
       `quantize the base weights to 4 bits at load: ${QUANT_FORMATS.join(', ')}`,
