@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { LoraError } from '../errors.js';
-import { tensor } from '../tensor.js';
+import { type Tensor, tensor } from '../tensor.js';
 import { parseSafetensorsBuffer, SafetensorsFile } from './reader.js';
 import { writeSafetensors } from './writer.js';
 
@@ -151,7 +151,7 @@ async function validFile(dir: string, variant: number): Promise<Uint8Array> {
   ] as const;
   await writeSafetensors(
     path,
-    new Map(t.slice(0, 2 + (variant % 4))),
+    new Map<string, Tensor>(t.slice(0, 2 + (variant % 4))),
     variant % 2 ? { metadata: { format: 'pt' } } : {},
   );
   const { readFile } = await import('node:fs/promises');

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CoreError } from '../errors.js';
-import { tensor } from '../tensor.js';
+import { type Tensor, tensor } from '../tensor.js';
 import { parseSafetensorsBuffer, readSafetensors, SafetensorsFile } from './reader.js';
 import { writeSafetensors } from './writer.js';
 
@@ -71,7 +71,7 @@ describe('safetensors reader', () => {
   });
 
   it('writes what it reads back, for every dtype, with a header padded to 8 bytes', async () => {
-    const tensors = new Map([
+    const tensors = new Map<string, Tensor>([
       ['a.f64', tensor('f64', [3], new Float64Array([1, 2, 3]))],
       ['b.f32', tensor('f32', [2, 3], new Float32Array([1, 2, 3, 4, 5, 6]))],
       ['c.f16', tensor('f16', [2], new Uint16Array([0x3c00, 0xc000]))],
