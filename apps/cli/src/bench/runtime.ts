@@ -14,7 +14,6 @@ import {
   parseLlamaConfig,
   type WeightSource,
 } from '@lora/runtime-onnx';
-import { medianMs } from './timing.js';
 import type { BenchSection } from './types.js';
 
 /** A full GC between models, so "RSS after load" is the model's memory, not garbage awaiting collection. */
@@ -24,9 +23,21 @@ function collectGarbage(): void {
   gc?.();
 }
 
+const POOL_SIZE = 1 << 20;
+/** U(-1, 1) from a fixed LCG seed. */
+const pool = (() => {
+  const p = new Float32Array(POOL_SIZE);
+  let s = 12345;
+  for (let i = 0; i < POOL_SIZE; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    p[i] = (s / 2 ** 32 - 0.5) * 2;
+  }
+  return p;
+})();
+
 /**
- * Random weights generated when read (never all held at once), seeded per tensor name: linears
- * U(-1/sqrt(in), 1/sqrt(in)), norms 1, embeddings U(-1, 1).
+ * Random weights produced when read (never all held at once): linears U(-1/sqrt(in), 1/sqrt(in)),
+ * norms 1, embeddings U(-1, 1).
  */
 function randomWeightSource(config: LlamaConfig): WeightSource {
   const spec = new Map(llamaWeightSpec(config).map((s) => [s.name, s.shape]));
@@ -43,13 +54,18 @@ function randomWeightSource(config: LlamaConfig): WeightSource {
       const data = new Float32Array(n);
       if (name.endsWith('norm.weight')) data.fill(1);
       else {
+        // Tiles of a seeded random pool at a per-tensor offset: kernels' speed does not depend on
+        // the values, and copying is ~50x faster than generating 360M random numbers per model.
         const scale = name === 'model.embed_tokens.weight' ? 1 : 1 / Math.sqrt(shape[1]);
-        let s = 0x9e3779b9;
-        for (const ch of name) s = Math.imul(s ^ ch.charCodeAt(0), 0x01000193) >>> 0;
-        for (let i = 0; i < n; i++) {
-          s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-          data[i] = (s / 2 ** 32 - 0.5) * 2 * scale;
+        let offset = 0;
+        for (const ch of name) offset = (offset * 31 + ch.charCodeAt(0)) % POOL_SIZE;
+        for (let i = 0; i < n; i += POOL_SIZE) {
+          const len = Math.min(POOL_SIZE, n - i);
+          data.set(pool.subarray(offset, offset + Math.min(len, POOL_SIZE - offset)), i);
+          if (len > POOL_SIZE - offset)
+            data.set(pool.subarray(0, len - (POOL_SIZE - offset)), i + POOL_SIZE - offset);
         }
+        for (let i = 0; i < n; i++) data[i] *= scale;
       }
       return tensor('f32', shape, data);
     },
@@ -71,10 +87,31 @@ function forwardFlops(config: LlamaConfig, T: number, S: number): number {
 interface ModelRun {
   label: string;
   loadSeconds: number;
-  rssAfterLoad: number;
+  rssAdded: number;
   peakRss: number;
   decodeMs: number;
   prefillMs: number;
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+/** A bare [M, K] x [K, N] float32 MatMul session with the weight as an initializer, like the model's linears. */
+async function bareMatMul(K: number, N: number, M: number) {
+  const g = new GraphBuilder('bare-matmul');
+  const w = f32(
+    [K, N],
+    Float32Array.from({ length: K * N }, (_, i) => pool[i % POOL_SIZE] / Math.sqrt(K)),
+  );
+  g.output(ops.matmul(g, g.input('x', 'f32', [M, K]), g.initializer('w', w)), 'y');
+  const session = await ModelSession.fromGraph(g.build());
+  const x: Tensor = f32(
+    [M, K],
+    Float32Array.from({ length: M * K }, (_, i) => pool[i % POOL_SIZE]),
+  );
+  return { run: () => session.run({ x }), release: () => session.release() };
 }
 
 /** Peak RSS of the process so far, in bytes. */
@@ -121,60 +158,88 @@ export const runtimeBench: BenchSection = {
       { label: 'nf4 (MatMulBnb4, bs 64)', quant: 'nf4' },
       { label: 'f32 (MatMul)' },
     ];
+    // All models stay loaded and are measured in turns (A, B, C, A, B, C, ...), so load on this
+    // shared machine drifts over all of them alike instead of biasing one.
+    const loaded: {
+      label: string;
+      model: LlamaModel;
+      loadSeconds: number;
+      rssAdded: number;
+      peakRss: number;
+    }[] = [];
     const runs: ModelRun[] = [];
-    for (const v of variants) {
-      ctx.log(`runtime: building ${v.label} model`);
-      collectGarbage();
-      const t0 = performance.now();
-      const model = await LlamaModel.create(config, randomWeightSource(config), {
-        quant: v.quant,
-        logits: 'last',
-      });
-      const loadSeconds = (performance.now() - t0) / 1000;
-      collectGarbage();
-      const rssAfterLoad = process.memoryUsage().rss;
-      try {
-        ctx.log(`runtime: ${v.label}: decode`);
-        const stepper = model.stepper();
-        await stepper.start([prompt]);
-        let token = 1;
-        const decodeMs = await medianMs(async () => {
-          await stepper.step([token]);
-          token = (token * 7 + 3) % config.vocabSize;
-        }, decodeSteps);
-        await stepper.dispose();
-        ctx.log(`runtime: ${v.label}: prefill ${prefillTokens} tokens`);
-        const prefillMs = await medianMs(() => model.forward({ inputIds: [prefillIds] }), repeats);
-        runs.push({
-          label: v.label,
-          loadSeconds,
-          rssAfterLoad,
-          peakRss: peakRss(),
-          decodeMs,
-          prefillMs,
+    let bareMs = 0;
+    try {
+      for (const v of variants) {
+        ctx.log(`runtime: building ${v.label} model`);
+        collectGarbage();
+        const rssBefore = process.memoryUsage().rss;
+        const t0 = performance.now();
+        const model = await LlamaModel.create(config, randomWeightSource(config), {
+          quant: v.quant,
+          logits: 'last',
         });
-      } finally {
-        await model.release();
+        const loadSeconds = (performance.now() - t0) / 1000;
+        collectGarbage();
+        loaded.push({
+          label: v.label,
+          model,
+          loadSeconds,
+          rssAdded: process.memoryUsage().rss - rssBefore,
+          peakRss: peakRss(),
+        });
       }
+      ctx.log('runtime: decode, models in turns');
+      const steppers = loaded.map((m) => m.model.stepper());
+      for (const s of steppers) await s.start([prompt]);
+      const decodeTimes = loaded.map(() => [] as number[]);
+      for (let i = 0; i < decodeSteps + 1; i++) {
+        const token = (i * 7 + 3) % config.vocabSize;
+        for (let m = 0; m < loaded.length; m++) {
+          const t0 = performance.now();
+          await steppers[m].step([token]);
+          if (i > 0) decodeTimes[m].push(performance.now() - t0); // step 0 is a warm-up
+        }
+      }
+      for (const s of steppers) await s.dispose();
+      ctx.log(`runtime: prefill ${prefillTokens} tokens, models and the bare MatMul in turns`);
+      const bare = await bareMatMul(config.hiddenSize, config.intermediateSize, prefillTokens);
+      const prefillTimes = loaded.map(() => [] as number[]);
+      const bareTimes: number[] = [];
+      try {
+        for (let r = 0; r < repeats + 1; r++) {
+          for (let m = 0; m < loaded.length; m++) {
+            const t0 = performance.now();
+            await loaded[m].model.forward({ inputIds: [prefillIds] });
+            if (r > 0) prefillTimes[m].push(performance.now() - t0);
+          }
+          for (let k = 0; k < 3; k++) {
+            const t0 = performance.now();
+            await bare.run();
+            if (r > 0) bareTimes.push(performance.now() - t0);
+          }
+        }
+      } finally {
+        await bare.release();
+      }
+      for (const [i, m] of loaded.entries()) {
+        const { label, loadSeconds, rssAdded } = m;
+        const decodeMs = median(decodeTimes[i]);
+        runs.push({
+          label,
+          loadSeconds,
+          rssAdded,
+          peakRss: m.peakRss,
+          decodeMs,
+          prefillMs: median(prefillTimes[i]),
+        });
+      }
+      bareMs = median(bareTimes);
+    } finally {
+      for (const m of loaded) await m.model.release();
     }
-
-    // A bare MatMul of the largest linear's size over the same tokens, same session options.
-    ctx.log('runtime: bare MatMul');
     const K = config.hiddenSize;
     const N = config.intermediateSize;
-    const g = new GraphBuilder('bare-matmul');
-    const w = f32(
-      [K, N],
-      Float32Array.from({ length: K * N }, (_, i) => ((i * 2654435761) % 1000) / 1000 - 0.5),
-    );
-    g.output(ops.matmul(g, g.input('x', 'f32', [prefillTokens, K]), g.initializer('w', w)), 'y');
-    const bare = await ModelSession.fromGraph(g.build());
-    const x: Tensor = f32(
-      [prefillTokens, K],
-      Float32Array.from({ length: prefillTokens * K }, (_, i) => Math.sin(i)),
-    );
-    const bareMs = await medianMs(() => bare.run({ x }), repeats * 3);
-    await bare.release();
     const bareGflops = (2 * prefillTokens * K * N) / (bareMs / 1e3) / 1e9;
 
     const f32Run = runs[runs.length - 1];
@@ -182,7 +247,7 @@ export const runtimeBench: BenchSection = {
     const rows = runs.map((r) => [
       r.label,
       r.loadSeconds,
-      r.rssAfterLoad / 2 ** 20,
+      r.rssAdded / 2 ** 20,
       r.peakRss / 2 ** 20,
       r.decodeMs,
       1000 / r.decodeMs,
@@ -200,7 +265,7 @@ export const runtimeBench: BenchSection = {
       columns: [
         'model',
         'load s',
-        'RSS after load MiB',
+        'RSS added by model MiB',
         'peak RSS so far MiB',
         'decode ms/token',
         'decode tokens/s',
@@ -211,10 +276,11 @@ export const runtimeBench: BenchSection = {
       rows,
       notes: [
         `model: ${config.numLayers} layers, hidden ${config.hiddenSize}, intermediate ${config.intermediateSize}, heads ${config.numHeads}/${config.numKvHeads} kv, vocab ${config.vocabSize}; f32 linear weights ${(f32Bytes / 2 ** 30).toFixed(2)} GiB; random weights, batch 1`,
-        `decode: prompt ${promptLength}, median of ${decodeSteps} steps; prefill: ${prefillTokens} tokens from an empty cache, median of ${repeats}`,
+        `decode: prompt ${promptLength}, median of ${decodeSteps} steps; prefill: ${prefillTokens} tokens from an empty cache, median of ${repeats}; models measured in turns`,
+        "nf4/fp4 use onnxruntime's MatMulBnb4, whose CPU kernel dequantizes the whole weight on every call: no decode gain on CPU (it exists for the memory); int4/uint4 (MatMulNBits) read the packed weight directly",
         `goal (a) 4-bit decode >= 3x f32: best ${bestDecodeSpeedup.toFixed(2)}x: ${bestDecodeSpeedup >= 3 ? 'met' : 'NOT met'}`,
         `goal (b) f32 prefill >= 60% of the bare MatMul rate: ${(prefillShare * 100).toFixed(0)}%: ${prefillShare >= 0.6 ? 'met' : 'NOT met'}`,
-        'peak RSS is the process peak after each model ran (4-bit models run first); embeddings and lm_head stay f32 in every model',
+        'RSS added: resident memory growth while building the model (after GC); peak RSS: process peak after each build (4-bit models first); embeddings and lm_head stay f32 in every model',
         `machine shared and noisy; ${ctx.quick ? 'quick sizes: f32 weights fit in cache, so the decode ratio is not meaningful' : 'ratios measured in this run'}`,
       ],
     };
