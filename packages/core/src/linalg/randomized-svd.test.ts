@@ -5,7 +5,7 @@ import { f32, f64 } from '../tensor.js';
 import { matmulReference } from './matmul.js';
 import { diagonal, identity, type Matrix, maxAbsDiff } from './matrix.js';
 import { qr } from './qr.js';
-import { lowRankResidual, randomizedSvd } from './randomized-svd.js';
+import { lowRankResidual, randomizedSvd, spectralResidual } from './randomized-svd.js';
 import { transpose } from './transpose.js';
 
 function randomOrthonormal(rows: number, cols: number, seed: number): Matrix {
@@ -112,5 +112,46 @@ describe('lowRankResidual', () => {
     const r = lowRankResidual(a, f64([2, 1], [1, 0]), [1], f64([1, 2], [1, 0]));
     expect(r).toBeCloseTo(Math.sqrt(4 + 9 + 16), 15);
     expect(() => lowRankResidual(a, f64([3, 1]), [1], f64([1, 2]))).toThrow(/lowRankResidual/);
+  });
+});
+
+describe('spectralResidual', () => {
+  it('equals sigma_{k+1} for the exact rank-k truncation of a matrix with chosen spectrum', () => {
+    // A = U0 diag(sigma) V0^T; its best rank-k approximation keeps the first k terms, and the
+    // residual's largest singular value is sigma_k (0-based). Power-iteration gap 0.7/1 per step.
+    const sigma = [5, 3, 2, 1, 0.7, 0.49, 0.3, 0.2];
+    const k = 3;
+    const u0 = randomOrthonormal(50, sigma.length, 31);
+    const v0 = randomOrthonormal(40, sigma.length, 32);
+    const a = matmulReference(matmulReference(u0, diagonal(sigma)), transpose(v0));
+    const uk = f64(
+      [50, k],
+      Float64Array.from(
+        { length: 50 * k },
+        (_, idx) => u0.data[Math.floor(idx / k) * 8 + (idx % k)],
+      ),
+    );
+    const vtk = transpose(
+      f64(
+        [40, k],
+        Float64Array.from(
+          { length: 40 * k },
+          (_, idx) => v0.data[Math.floor(idx / k) * 8 + (idx % k)],
+        ),
+      ),
+    );
+    const estimate = spectralResidual(a, uk, sigma.slice(0, k), vtk, { iterations: 60 });
+    expect(estimate).toBeCloseTo(sigma[k], 10);
+  });
+
+  it('for a randomized SVD with power iterations is within 1% of the optimum sigma_{k+1}', () => {
+    const sigma = Array.from({ length: 30 }, (_, i) => 0.85 ** i);
+    const a = withSpectrum(90, 70, sigma, 41);
+    const k = 6;
+    const result = randomizedSvd(a, { rank: k, seed: 2 });
+    const estimate = spectralResidual(a, result.u, result.s, result.vt, { iterations: 60 });
+    expect(estimate).toBeLessThan(1.01 * sigma[k]);
+    // No rank-k approximation beats sigma_{k+1} (Eckart-Young); 60 iterations have converged.
+    expect(estimate).toBeGreaterThan(0.99 * sigma[k]);
   });
 });
