@@ -1,6 +1,7 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createRng } from '@lora/core';
 import { describe, expect, it } from 'vitest';
 import { ByteTokenizer } from './byte-tokenizer.js';
 import { IncrementalDetokenizer } from './detokenizer.js';
@@ -37,6 +38,20 @@ describe('ByteTokenizer', () => {
     const cut = new IncrementalDetokenizer(tok);
     expect(cut.push(0xe2)).toBe('');
     expect(cut.flush()).toBe('\uFFFD'); // at the end, what is held back comes out as it is
+  });
+
+  it('streams exactly the whole decode for 500 random byte sequences (valid and invalid UTF-8)', () => {
+    const tok = new ByteTokenizer({ bosId: 256 });
+    const rng = createRng(4);
+    const sample = Buffer.from('aé€😀 z', 'utf8'); // 1-, 2-, 3- and 4-byte characters
+    for (let trial = 0; trial < 500; trial++) {
+      const ids = Array.from({ length: 16 }, () =>
+        rng.uniform() < 0.7 ? sample[rng.integer(sample.length)] : rng.integer(256),
+      );
+      const detok = new IncrementalDetokenizer(tok, [256]);
+      const streamed = ids.map((id) => detok.push(id)).join('') + detok.flush();
+      expect(streamed, JSON.stringify(ids)).toBe(tok.decode(ids));
+    }
   });
 
   it('refuses special ids among the bytes and ids it cannot decode', () => {

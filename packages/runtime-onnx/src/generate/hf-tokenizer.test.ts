@@ -3,6 +3,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createRng } from '@lora/core';
 import { describe, expect, it } from 'vitest';
 import { IncrementalDetokenizer } from './detokenizer.js';
 import { HfTokenizer } from './hf-tokenizer.js';
@@ -139,6 +140,22 @@ describe.skipIf(!present)('HfTokenizer on llama2c-stories260k', () => {
     const firstByte = continuation.indexOf(Buffer.from('😀')[0] + 3);
     expect(pieces.slice(firstByte, firstByte + 3)).toEqual(['', '', '']);
     expect(pieces[firstByte + 3]).toBe('😀');
+  });
+
+  it('streams exactly the text of decoding the whole sequence, for 300 random id sequences', async () => {
+    const tok = await load();
+    const rng = createRng(21);
+    const prompt = tok.encode('One day');
+    for (let trial = 0; trial < 300; trial++) {
+      // Half the ids are byte-fallback tokens (3..258), so split and invalid UTF-8 are common.
+      const ids = Array.from({ length: 24 }, () =>
+        rng.uniform() < 0.5 ? 3 + rng.integer(256) : 259 + rng.integer(253),
+      );
+      const detok = new IncrementalDetokenizer(tok, prompt);
+      const streamed = ids.map((id) => detok.push(id)).join('') + detok.flush();
+      const whole = tok.decode([...prompt, ...ids]);
+      expect(streamed, JSON.stringify(ids)).toBe(whole.slice(tok.decode(prompt).length));
+    }
   });
 
   it('picks tokenizer.json in loadTokenizer', async () => {
