@@ -134,6 +134,39 @@ describe('generate (loop logic, scripted model, greedy)', () => {
     expect(events.map((e) => e.text)).toEqual(['', '', '', '', '', '', 'THE EN', 'TI', 'R', 'E']);
   });
 
+  it('stop strings: 300 random texts and stop sets agree with a brute-force cut, and the stream equals the text', async () => {
+    const rng = createRng(17);
+    const pick = (alphabet: string, n: number) =>
+      Array.from({ length: n }, () => alphabet[rng.integer(alphabet.length)]).join('');
+    for (let trial = 0; trial < 300; trial++) {
+      const full = pick('ab c', 20);
+      const stops = Array.from({ length: 1 + rng.integer(3) }, () =>
+        pick('ab c', 1 + rng.integer(3)),
+      );
+      // Brute force: generation stops at the first token that completes any stop string; the
+      // text is then cut at the earliest stop occurrence inside what was generated.
+      let end = full.length;
+      for (let e = 1; e <= full.length && end === full.length; e++) {
+        if (stops.some((st) => full.slice(0, e).endsWith(st))) end = e;
+      }
+      const stopped = stops.some((st) => full.slice(0, end).includes(st));
+      const cuts = stops.map((st) => full.slice(0, end).indexOf(st)).filter((i) => i >= 0);
+      const expectedText = stopped ? full.slice(0, Math.min(...cuts)) : full;
+      const streamed: string[] = [];
+      const { outputs } = await generate(new ScriptedStepper([bytes(full)]), tokenizer, {
+        prompt: 'x',
+        maxTokens: full.length,
+        stop: stops,
+        onToken: (e) => streamed.push(e.text),
+      });
+      const label = JSON.stringify({ full, stops });
+      expect(outputs[0].text, label).toBe(expectedText);
+      expect(outputs[0].finishReason, label).toBe(stopped ? 'stop' : 'length');
+      expect(outputs[0].tokens, label).toEqual(bytes(full.slice(0, end)));
+      expect(streamed.join(''), label).toBe(expectedText);
+    }
+  });
+
   it('streams a multi-byte character only once its last byte arrives', async () => {
     const stepper = new ScriptedStepper([bytes('a€b')]);
     const events: TokenEvent[] = [];
