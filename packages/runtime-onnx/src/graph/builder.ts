@@ -153,8 +153,12 @@ export class GraphBuilder {
     return name;
   }
 
-  /** Marks a value as a graph output, under `name` (an Identity node renames it when needed). */
-  output(value: Value, name?: string): Value {
+  /**
+   * Marks a value as a graph output, under `name` (an Identity node renames it when needed).
+   * `shape` declares the output's shape where inference could not name a dim (for example
+   * `total_sequence` for a concatenation of past and new tokens); known sizes must agree.
+   */
+  output(value: Value, name?: string, shape?: readonly Dim[]): Value {
     let v = value;
     if (name !== undefined && name !== value.name) {
       if (this.values.has(name)) {
@@ -164,6 +168,20 @@ export class GraphBuilder {
         );
       }
       [v] = this.node('Identity', [value], {}, name);
+    }
+    if (shape) {
+      const clash =
+        shape.length !== v.shape.length ||
+        shape.some(
+          (d, i) => typeof d === 'number' && typeof v.shape[i] === 'number' && d !== v.shape[i],
+        );
+      if (clash) {
+        throw new RuntimeError(
+          'GRAPH_SHAPE',
+          `Graph "${this.name}": output "${v.name}" is [${v.shape.join(', ')}], declared [${shape.join(', ')}].`,
+        );
+      }
+      v = { ...v, shape: [...shape] };
     }
     this.outputs.push(v);
     return v;

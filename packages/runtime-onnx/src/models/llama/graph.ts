@@ -148,8 +148,9 @@ export function buildLlamaGraph(
     const v = heads(linear('v_proj', h), numKvHeads);
     const keys = op.concat(g, [pastKeys[l], k], 2); // [B, kvH, S, D]
     const values = op.concat(g, [pastValues[l], v], 2);
-    g.output(keys, LLAMA_IO.presentKey(l));
-    g.output(values, LLAMA_IO.presentValue(l));
+    const cacheShape = [batch, numKvHeads, total, headDim];
+    g.output(keys, LLAMA_IO.presentKey(l), cacheShape);
+    g.output(values, LLAMA_IO.presentValue(l), cacheShape);
     // GQA without copying k/v: the query heads of one kv head become extra rows, [B, kvH, G*T, D].
     const qGrouped = op.reshape(g, op.mul(g, q, scale), [0, numKvHeads, -1, headDim]);
     const scores = op.matmul(g, qGrouped, op.transpose(g, keys, [0, 1, 3, 2])); // [B, kvH, G*T, S]
@@ -178,6 +179,7 @@ export function buildLlamaGraph(
   }
   let out = rmsNorm(g, x, weights.finalNorm, config.rmsNormEps, 'model.norm.weight');
   if (options.logits === 'last') out = op.slice(g, out, 1, -1, Number.MAX_SAFE_INTEGER); // [B, 1, H]
-  g.output(emitLinear(g, 'lm_head', out, weights.lmHead), LLAMA_IO.logits);
+  const logitsShape = [batch, options.logits === 'last' ? 1 : sequence, config.vocabSize];
+  g.output(emitLinear(g, 'lm_head', out, weights.lmHead), LLAMA_IO.logits, logitsShape);
   return g.build();
 }
