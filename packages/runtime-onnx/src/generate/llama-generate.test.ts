@@ -121,6 +121,24 @@ describe.skipIf(!present)('generate with the real stories260K model', () => {
     console.log(`stories260K nf4 greedy: ${JSON.stringify(PROMPT + outputs[0].text)}`);
   });
 
+  it("reproduces llama2.c's published greedy sample (doc/stories260K.md) from BOS alone", async () => {
+    // `./run stories260K.bin -z tok512.bin -t 0.0`: empty prompt (BOS only), 256 steps (each samples a token),
+    // stops early only on BOS. Text copied from llama2.c doc/stories260K.md (MIT).
+    const published =
+      'Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.\n' +
+      'Lily\'s mom said, "Lily, let\'s go to the park." Lily was sad and didn\'t know what to do. She said, "I want to play with your ball, but I can\'t find it."\n' +
+      "Lily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to do.\"\n" +
+      "Lily didn't want to help her mom, so she said, \"I'm sorry, mom. I didn't know what to do.\" Her mom said, \"Don't worry, Lily. We can help you.";
+    const { outputs } = await generate(models[0].stepper(), tokenizer, {
+      prompt: '',
+      maxTokens: 256,
+      eosIds: [1],
+    });
+    expect(outputs[0].promptTokens).toEqual([1]);
+    expect(outputs[0].text).toBe(published);
+    expect(outputs[0].tokens).toHaveLength(256);
+  });
+
   it('a batch of prompts of different lengths gives each row what it gets alone (greedy)', async () => {
     const model = models[0];
     const prompts = ['Once upon a time', 'Tom had a big red ball. One day', 'The cat'];
