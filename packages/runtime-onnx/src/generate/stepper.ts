@@ -12,6 +12,9 @@ export interface TokenStepper {
   start(prompts: readonly (readonly number[])[]): Promise<Float32Array[]>;
   /** Feeds one new token per row (same row order) and returns each row's next-token logits. */
   step(tokens: readonly number[]): Promise<Float32Array[]>;
-  /** Frees the cache and anything else held for this batch. */
+  /**
+   * Frees the cache and anything else held for this batch (not the model: it can serve the
+   * next batch). `generate()` calls it when it finishes, also on error.
+   */
   dispose(): Promise<void>;
 }
