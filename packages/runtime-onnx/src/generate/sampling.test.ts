@@ -222,5 +222,9 @@ describe('validateSamplingOptions', () => {
     expect(() =>
       validateSamplingOptions({ temperature: 0.7, topK: 40, topP: 0.95, repetitionPenalty: 1.1 }),
     ).not.toThrow();
+    // sampleToken checks too, rather than loop on a nucleus of mass 0
+    expect(() => sampleToken(logits, { temperature: 1, topP: 0 }, () => 0.5)).toThrow(
+      /topP must be in/,
+    );
   });
 });

@@ -157,6 +157,7 @@ function keptWeights(
   logits: ArrayLike<number>,
   options: SamplingOptions,
 ): { ids: Int32Array | null; weights: Float64Array } {
+  validateSamplingOptions(options); // a few comparisons; guards the loops below
   const temperature = options.temperature ?? 0;
   if (!(temperature > 0)) {
     throw new RuntimeError(
