@@ -3,11 +3,13 @@
  * outer variables) so worker threads can run the very same code from its source text: parallel
  * output is then byte-identical to the single-threaded one by construction.
  *
- * Normalised values `y = f32(x * f32(1/absmax))` lie in [-1, 1] (a hair over with rounding). The
- * axis is cut into buckets by `t = trunc(y * 512)` (exact: scaling by a power of two), a bucket
- * per integer t, the one at t = 0 spanning (-1/512, 1/512). Each bucket holds at most one decision
- * threshold, so the code of `y` is `y > threshold[b] ? above[b] : below[b]`: no search, no branch
- * that mispredicts (most buckets have threshold +Inf).
+ * bitsandbytes decides on the float32 value `f32(x * inv)`. The product of two float32 numbers is
+ * exact in float64, and rounding to float32 is monotone, so each float32 threshold T has an exact
+ * float64 twin T'' with `f32(y) > T  <=>  y > T''` (T'' is the midpoint between T and the next
+ * float32, nudged for ties-to-even): the kernel compares the exact product `y = x * inv` with T''
+ * and never rounds. The axis is cut into buckets by `t = trunc(y * 512)` (exact), the one at t = 0
+ * spanning (-1/512, 1/512); each bucket holds at most one decision point, so the code of `y` is
+ * `y > threshold[b] ? above[b] : below[b]`: no search, and a branch that almost never flips.
  */
 
 /** Per-format tables for {@link quantizeBlocksKernel}. */
@@ -79,8 +81,8 @@ export function quantizeBlocksKernel(
     }
     let i = start;
     for (; i + 1 < end; i += 2) {
-      const y0 = fround(values[i] * inverse);
-      const y1 = fround(values[i + 1] * inverse);
+      const y0 = values[i] * inverse;
+      const y1 = values[i + 1] * inverse;
       const b0 = ((y0 * 512) | 0) + 1024;
       const b1 = ((y1 * 512) | 0) + 1024;
       const c0 = y0 > threshold[b0] ? above[b0] : below[b0];
@@ -89,7 +91,7 @@ export function quantizeBlocksKernel(
     }
     if (i < end) {
       // Odd count: the last byte pairs the final value with a padding 0.0.
-      const y0 = fround(values[i] * inverse);
+      const y0 = values[i] * inverse;
       const b0 = ((y0 * 512) | 0) + 1024;
       const c0 = y0 > threshold[b0] ? above[b0] : below[b0];
       packed[o] = (c0 << 4) | zeroCode;
@@ -99,8 +101,30 @@ export function quantizeBlocksKernel(
 }
 
 /**
- * Builds the bucket tables from the ordered decision points of a format: the code goes from
- * `codes[s]` to `codes[s + 1]` when `y > points[s]`.
+ * The float64 twin of a float32 decision point: for every float64 y,
+ * `Math.fround(y) > t  <=>  y > float64DecisionPoint(t)`.
+ */
+export function float64DecisionPoint(t: number): number {
+  const f = new Float32Array([t]);
+  const u = new Uint32Array(f.buffer);
+  const evenT = (u[0] & 1) === 0;
+  // Next float32 towards +Inf (from -0 or +0 it is the smallest positive subnormal).
+  if (t === 0) u[0] = 1;
+  else if (t > 0) u[0]++;
+  else u[0]--;
+  const mid = (t + f[0]) / 2; // exact in float64
+  // y == mid rounds to the even one of t and next(t): to t (not above t) when t is even.
+  if (evenT && t !== 0) return mid;
+  if (t === 0) return mid; // 0 is even: y == 2^-150 rounds to +0
+  const d = new Float64Array([mid]);
+  const b = new BigInt64Array(d.buffer);
+  b[0] += mid > 0 ? -1n : 1n; // the float64 just below mid, so that y >= mid passes
+  return d[0];
+}
+
+/**
+ * Builds the bucket tables from the ordered float32 decision points of a format: the code goes
+ * from `codes[s]` to `codes[s + 1]` when `f32(y) > points[s]`.
  */
 export function buildBucketTables(
   points: readonly number[],
@@ -112,6 +136,7 @@ export function buildBucketTables(
     nanCode: number;
   },
 ): BucketTables {
+  points = points.map(float64DecisionPoint);
   const threshold = new Float64Array(BUCKET_COUNT).fill(Number.POSITIVE_INFINITY);
   const below = new Uint8Array(BUCKET_COUNT);
   const above = new Uint8Array(BUCKET_COUNT);

@@ -1,5 +1,6 @@
 import { createRng } from '@lora/core';
 import { describe, expect, it } from 'vitest';
+import { float64DecisionPoint } from './blockwise-kernel.js';
 import {
   dequantizeBlockwise,
   quantizeBlockwise,
@@ -206,6 +207,34 @@ describe.each(['nf4', 'fp4'] as Bnb4Format[])('%s (ggml-style checks)', (format)
       expect(hex(q.packed)).toBe(hex(quantizeBlockwiseRef(x, { format, blockSize: 64 }).packed));
       const y = dequantizeBlockwise(q);
       expect(y.length).toBe(n);
+    }
+  });
+});
+
+describe('float64 twins of float32 thresholds', () => {
+  it('f32(y) > t exactly when y > float64DecisionPoint(t), including ties at the midpoints', () => {
+    const rng = createRng(6);
+    const ts = [
+      ...NF4_THRESHOLDS,
+      ...FP4_THRESHOLDS,
+      ...FP4_THRESHOLDS.map((t) => -t),
+      0,
+      -1.401298464324817e-45,
+      1.401298464324817e-45,
+      1,
+    ];
+    for (const t of ts) {
+      const up = new Float32Array([t]);
+      const u = new Uint32Array(up.buffer);
+      if (t === 0) u[0] = 1;
+      else if (t > 0) u[0]++;
+      else u[0]--;
+      const mid = (t + up[0]) / 2;
+      const probes = [t, up[0], mid, mid + Math.abs(mid) * 1e-15, mid - Math.abs(mid) * 1e-15];
+      for (let i = 0; i < 200; i++)
+        probes.push(t + (rng.uniform() - 0.5) * 4 * Math.abs(up[0] - t));
+      const d = float64DecisionPoint(t);
+      for (const y of probes) expect([t, y, y > d]).toEqual([t, y, Math.fround(y) > t]);
     }
   });
 });

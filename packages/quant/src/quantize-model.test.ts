@@ -1,0 +1,156 @@
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  createRng,
+  f32ToBf16Array,
+  f32ToF16Array,
+  SafetensorsFile,
+  type Tensor,
+  tensor,
+  writeSafetensors,
+} from '@lora/core';
+import { afterAll, describe, expect, it } from 'vitest';
+import { dequantizeBnb4 } from './bnb4-weight.js';
+import { dequantizeModel } from './dequantize-model.js';
+import { dequantizeMatMulNBits } from './nbits.js';
+import { findOrtWeights, readOrtWeight } from './ort-layout.js';
+import { isDefaultQuantTarget, quantizeModel } from './quantize-model.js';
+import { dequantizeWeight, dequantizeWeightF32, quantizeWeight } from './quantized-weight.js';
+
+const root = await mkdtemp(join(tmpdir(), 'lora-quant-model-'));
+afterAll(() => rm(root, { recursive: true, force: true }));
+
+const rng = createRng(61);
+const w = (shape: number[]) =>
+  tensor('f32', shape, rng.normalArray(shape[0] * shape[1], 0, 0.02, 'f32'));
+
+describe('quantizeModel', () => {
+  it('default targets: 2-D linear weights only', () => {
+    expect(isDefaultQuantTarget('model.layers.0.self_attn.q_proj.weight', 'f32', [4, 4])).toBe(
+      true,
+    );
+    expect(isDefaultQuantTarget('transformer.h.0.mlp.c_fc.weight', 'bf16', [4, 4])).toBe(true);
+    for (const name of [
+      'model.embed_tokens.weight',
+      'lm_head.weight',
+      'output.weight',
+      'model.norm.weight',
+      'transformer.wte.weight',
+      'transformer.ln_f.weight',
+    ]) {
+      expect(isDefaultQuantTarget(name, 'f32', [4, 4]), name).toBe(false);
+    }
+    expect(isDefaultQuantTarget('model.layers.0.self_attn.q_proj.bias', 'f32', [4, 4])).toBe(false);
+    expect(isDefaultQuantTarget('model.layers.0.self_attn.q_proj.weight', 'f32', [16])).toBe(false);
+    expect(isDefaultQuantTarget('model.layers.0.self_attn.q_proj.weight', 'i8', [4, 4])).toBe(
+      false,
+    );
+  });
+
+  it('sharded folder, nf4 in the onnxruntime MatMulBnb4 layout: shards keep their names, the index is rewritten', async () => {
+    const dir = join(root, 'sharded');
+    await mkdir(dir);
+    const a = new Map<string, Tensor>([['model.layers.0.mlp.up_proj.weight', w([40, 24])]]);
+    const b = new Map<string, Tensor>([
+      ['model.layers.1.mlp.up_proj.weight', w([24, 40])],
+      ['model.norm.weight', tensor('f32', [24])],
+    ]);
+    await writeSafetensors(join(dir, 'model-00001-of-00002.safetensors'), a);
+    await writeSafetensors(join(dir, 'model-00002-of-00002.safetensors'), b);
+    await writeFile(
+      join(dir, 'model.safetensors.index.json'),
+      JSON.stringify({
+        metadata: { total_size: 1 },
+        weight_map: { 'model.layers.0.mlp.up_proj.weight': 'model-00001-of-00002.safetensors' },
+      }),
+    );
+    await writeFile(join(dir, 'config.json'), '{"model_type":"llama"}');
+    const out = join(root, 'sharded-out');
+    const report = await quantizeModel(dir, out, { format: 'nf4', layout: 'ort', blockSize: 32 });
+    expect(report.tensors.length).toBe(2);
+    expect((await readdir(out)).sort()).toEqual([
+      'config.json',
+      'model-00001-of-00002.safetensors',
+      'model-00002-of-00002.safetensors',
+      'model.safetensors.index.json',
+    ]);
+    const index = JSON.parse(await readFile(join(out, 'model.safetensors.index.json'), 'utf8'));
+    expect(index.weight_map['model.layers.1.mlp.up_proj.weight.absmax']).toBe(
+      'model-00002-of-00002.safetensors',
+    );
+    expect(index.weight_map['model.layers.0.mlp.up_proj.weight']).toBe(
+      'model-00001-of-00002.safetensors',
+    );
+    const f = await SafetensorsFile.open(join(out, 'model-00002-of-00002.safetensors'));
+    try {
+      expect(findOrtWeights(f.names())).toEqual(['model.layers.1.mlp.up_proj.weight']);
+      const o = await readOrtWeight(f, 'model.layers.1.mlp.up_proj.weight');
+      expect(o.op).toBe('MatMulBnb4');
+      const expected = quantizeWeight(
+        b.get('model.layers.1.mlp.up_proj.weight')!.data as Float32Array,
+        [24, 40],
+        { format: 'nf4', blockSize: 32 },
+      );
+      expect([...dequantizeBnb4(o.weight as never)]).toEqual([...dequantizeWeightF32(expected)]);
+    } finally {
+      await f.close();
+    }
+    // And back: dequantize restores plain tensors and the index.
+    const back = join(root, 'sharded-back');
+    const d = await dequantizeModel(out, back, { dtype: 'f32' });
+    expect(d.tensors.length).toBe(2);
+    const index2 = JSON.parse(await readFile(join(back, 'model.safetensors.index.json'), 'utf8'));
+    expect(Object.keys(index2.weight_map).sort()).toEqual([
+      'model.layers.0.mlp.up_proj.weight',
+      'model.layers.1.mlp.up_proj.weight',
+      'model.norm.weight',
+    ]);
+  });
+
+  it('int4 MatMulNBits layout round-trips through the file; failure leaves no output and no temporary folder', async () => {
+    const dir = join(root, 'one');
+    await mkdir(dir);
+    const t = w([8, 100]);
+    await writeSafetensors(join(dir, 'model.safetensors'), new Map([['x.q_proj.weight', t]]));
+    const out = join(root, 'one-out');
+    await quantizeModel(dir, out, { format: 'int4' });
+    const f = await SafetensorsFile.open(join(out, 'model.safetensors'));
+    const o = await readOrtWeight(f, 'x.q_proj.weight');
+    await f.close();
+    expect(o.op).toBe('MatMulNBits');
+    const expected = quantizeWeight(t.data as Float32Array, [8, 100], { format: 'int4' });
+    expect([...dequantizeMatMulNBits(o.weight as never)]).toEqual([
+      ...dequantizeWeightF32(expected),
+    ]);
+
+    await expect(quantizeModel(dir, out, { format: 'int4' })).rejects.toThrowError(/exists/);
+    const bad = join(root, 'bad');
+    await mkdir(bad);
+    const poisoned = w([8, 100]);
+    (poisoned.data as Float32Array)[799] = Number.POSITIVE_INFINITY;
+    await writeSafetensors(
+      join(bad, 'model.safetensors'),
+      new Map([['x.q_proj.weight', poisoned]]),
+    );
+    await expect(
+      quantizeModel(bad, join(root, 'bad-out'), { format: 'uint4' }),
+    ).rejects.toThrowError(/x\.q_proj\.weight: value Infinity at flat index 799/);
+    expect(existsSync(join(root, 'bad-out'))).toBe(false);
+    expect((await readdir(root)).some((n) => n.includes('bad-out'))).toBe(false);
+  });
+});
+
+describe('dequantizeWeight', () => {
+  it('f16 and bf16 are the float32 dequantization rounded to nearest even', () => {
+    const v = createRng(62).normalArray(300, 0, 1, 'f32');
+    for (const format of ['nf4', 'uint4'] as const) {
+      const q = quantizeWeight(v, [3, 100], { format, blockSize: 32 });
+      const exact = dequantizeWeightF32(q);
+      expect([...dequantizeWeight(q, 'f16')]).toEqual([...f32ToF16Array(exact)]);
+      expect([...dequantizeWeight(q, 'bf16')]).toEqual([...f32ToBf16Array(exact)]);
+      expect(() => dequantizeWeight(q, 'i8' as never)).toThrowError(/f32, f16 or bf16/);
+    }
+  });
+});
