@@ -1,8 +1,15 @@
 import { existsSync } from 'node:fs';
-import { buildLlamaModelGraph, openLlamaFolder, saveModel } from '@lora/runtime-onnx';
+import {
+  buildLlamaModelGraph,
+  mergedWeights,
+  openLlamaFolder,
+  saveModel,
+} from '@lora/runtime-onnx';
 import type { QuantFormat } from '@lora/quant';
 import { type Command, Option } from 'commander';
 import { UsageError } from '../errors.js';
+// --adapter / --merged (helper E): adapters baked into the exported weights.
+import { loadAdapterSet } from './generate-adapters.js';
 import {
   type CommonOptions,
   checkOutput,
@@ -19,6 +26,8 @@ interface ExportOnnxOptions extends CommonOptions {
   blockSize?: number;
   logits: 'all' | 'last';
   externalData?: boolean;
+  adapter?: string[];
+  merged?: boolean;
 }
 
 export interface ExportOnnxReport {
@@ -70,6 +79,15 @@ export function registerExportOnnx(program: Command): void {
       '--external-data',
       'always write the weights to <file>.data (default: only above 1.5 GB)',
     )
+    .option(
+      '--adapter <dir[:scale]>',
+      'LoRA adapter (PEFT folder or .onnx_adapter) to merge into the weights (with --merged); repeatable',
+      (value: string, previous: string[] | undefined) => [...(previous ?? []), value],
+    )
+    .option(
+      '--merged',
+      'bake the --adapter set into the weights: W + scale * s * B A (zero run-time overhead)',
+    )
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
     .option('--force', 'overwrite the output')
@@ -86,10 +104,21 @@ async function exportOnnx(options: ExportOnnxOptions): Promise<ExportOnnxReport>
     );
   }
   if (!existsSync(options.model)) throw new UsageError(`--model ${options.model} does not exist.`);
+  if (options.adapter?.length && !options.merged) {
+    throw new UsageError(
+      '--adapter needs --merged (the adapters are baked into the weights); LoRA-input export is not available yet.',
+    );
+  }
+  if (options.merged && !options.adapter?.length)
+    throw new UsageError('--merged needs at least one --adapter.');
   checkOutput(options.output, options);
   checkOutput(`${options.output}.data`, options);
   log(options, `reading ${options.model}`);
-  const { config, source } = await openLlamaFolder(options.model);
+  const opened = await openLlamaFolder(options.model);
+  const { config } = opened;
+  const source = options.merged
+    ? mergedWeights(opened.source, await loadAdapterSet(options.adapter ?? []))
+    : opened.source;
   let graph: Awaited<ReturnType<typeof buildLlamaModelGraph>>;
   try {
     graph = await buildLlamaModelGraph(config, source, {

@@ -90,6 +90,16 @@ async function loadAdapterFile(path: string): Promise<Adapter> {
   return (await adapters.loadPeftAdapter(path)).adapter;
 }
 
+/** Loads `dir[:scale]` specs (each file once) as slot adapters, e.g. for merging. */
+export async function loadAdapterSet(specs: readonly string[]): Promise<SlotAdapter[]> {
+  const out: SlotAdapter[] = [];
+  for (const spec of specs) {
+    const { path, scale } = parseAdapterSpec(spec);
+    out.push({ adapter: await loadAdapterFile(path), scale, name: spec });
+  }
+  return out;
+}
+
 /** What `openModel` needs: how to create the model, and the feeds of a batch of rows. */
 export interface PreparedAdapters {
   /** Opens the model with LoRA branches (or merged weights). */
