@@ -63,6 +63,7 @@ export function registerMerge(program: Command): void {
         residual: options.residual,
         overwrite: Boolean(options.force),
       });
+      for (const w of report.warnings) log(options, `warning: ${w}`);
       const requant = report.requantizationError;
       emit(
         options,
@@ -72,7 +73,7 @@ export function registerMerge(program: Command): void {
             total: errorRow('total', requant.total),
             perTensor: requant.perTensor.map((t) => errorRow(t.tensor, t.stats)),
           },
-          warnings,
+          warnings: [...warnings, ...report.warnings],
         },
         () => {
           const lines = [

@@ -147,6 +147,28 @@ describe('merge then unmerge gives back the base bytes exactly', () => {
   });
 });
 
+describe('merge reports PEFT target-matching findings', () => {
+  it('warns when the config targets base modules that have no weights (missing adapter keys)', async () => {
+    const dir = await tmp();
+    const base = join(dir, 'base');
+    await writeModel(
+      base,
+      new Map([
+        ['layers.0.proj.weight', randomTensor(61, [16, 8])],
+        ['layers.1.proj.weight', randomTensor(62, [16, 8])],
+      ]),
+    );
+    const a = syntheticAdapter({ 'layers.0.proj': { in: 8, out: 16 } }, { r: 2, lora_alpha: 2 });
+    const report = await mergeIntoModel(base, [{ adapter: a, label: 'half' }], join(dir, 'm'), {
+      residual: false,
+    });
+    expect(report.warnings.length).toBe(1);
+    expect(report.warnings[0]).toContain('half');
+    expect(report.warnings[0]).toContain('layers.1.proj');
+    expect(report.warnings[0]).toContain('missing adapter keys');
+  });
+});
+
 describe('merge refuses bad input and writes nothing', () => {
   async function setup() {
     const dir = await tmp();

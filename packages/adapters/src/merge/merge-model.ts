@@ -21,6 +21,7 @@ import {
   type Bnb4Weight,
 } from '@lora/quant';
 import { AdapterError } from '../errors.js';
+import { checkAdapterTargets, moduleNamesOf } from '../targets.js';
 import { writeFolderAtomic } from '../io/atomic-folder.js';
 import { ModelFiles } from '../model/model-files.js';
 import { mergeTensor } from './compute.js';
@@ -68,6 +69,12 @@ export interface MergeModelReport {
     readonly bytes: number;
     readonly patchedElements: number;
   };
+  /**
+   * Findings of PEFT's target matching against the base's module names: modules the config
+   * targets that have no weights in the adapter (PEFT's "missing adapter keys"), or weights the
+   * config would not put on a module. The merge itself applies exactly the weights present.
+   */
+  readonly warnings: string[];
 }
 
 /** Output paths: a folder for a folder base; `<out>.safetensors` (+ residual beside it) for a file base. */
@@ -143,6 +150,7 @@ export async function mergeIntoModel(
   try {
     const { catalog, quantized } = await catalogOf(model);
     const plan = planMerge(catalog, sources);
+    const warnings = targetWarnings(sources, model.names());
     const capture = options.residual !== false;
     const outIsFolder = model.isFolder;
     if (!outIsFolder && !options.overwrite && (await exists(output))) {
@@ -365,10 +373,36 @@ export async function mergeIntoModel(
           ? { perTensor: requantStats, total: combineErrors(requantStats.map((s) => s.stats)) }
           : undefined,
       residual: residualInfo,
+      warnings,
     };
   } finally {
     await model.close();
   }
+}
+
+function targetWarnings(sources: readonly AdapterSource[], names: readonly string[]): string[] {
+  const modules = moduleNamesOf(names);
+  const out: string[] = [];
+  sources.forEach((s, i) => {
+    const label = s.label ?? `adapter ${i + 1}`;
+    let check: ReturnType<typeof checkAdapterTargets>;
+    try {
+      check = checkAdapterTargets(s.adapter, modules);
+    } catch {
+      return; // e.g. target_modules null with no model type: nothing to compare against
+    }
+    if (check.missingWeights.length > 0) {
+      out.push(
+        `${label}: its config targets ${check.missingWeights.length} module(s) of the base that have no LoRA weights (e.g. ${check.missingWeights.slice(0, 3).join(', ')}); PEFT would report them as missing adapter keys. Only the weights present were merged.`,
+      );
+    }
+    if (check.notTargeted.length > 0) {
+      out.push(
+        `${label}: ${check.notTargeted.length} module(s) have weights the config does not target (e.g. ${check.notTargeted.slice(0, 3).join(', ')}); PEFT would ignore them, this merge applies them.`,
+      );
+    }
+  });
+  return out;
 }
 
 async function exists(path: string): Promise<boolean> {
