@@ -169,6 +169,32 @@ describe('merge reports PEFT target-matching findings', () => {
   });
 });
 
+describe('module names', () => {
+  it('an adapter named on the task model (transformer.h.0...) merges into a GPT-2 checkpoint (h.0...)', async () => {
+    const dir = await tmp();
+    const W = randomTensor(71, [8, 24]); // Conv1D [in, out]
+    await writeSafetensors(join(dir, 'gpt2.safetensors'), new Map([['h.0.attn.c_attn.weight', W]]));
+    const a = syntheticAdapter(
+      { 'transformer.h.0.attn.c_attn': { in: 8, out: 24 } },
+      { r: 2, lora_alpha: 4, fan_in_fan_out: true },
+    );
+    const report = await mergeIntoModel(
+      join(dir, 'gpt2.safetensors'),
+      [{ adapter: a }],
+      join(dir, 'm.safetensors'),
+      { residual: false },
+    );
+    expect(report.merged).toEqual([
+      { tensor: 'h.0.attn.c_attn.weight', modules: ['transformer.h.0.attn.c_attn'], dora: false },
+    ]);
+    const m = a.modules.get('transformer.h.0.attn.c_attn')!;
+    expectClose(
+      (await readSafetensors(join(dir, 'm.safetensors'))).tensors.get('h.0.attn.c_attn.weight')!,
+      refDelta(W, m.A, m.B, 2, true),
+    );
+  });
+});
+
 describe('merge refuses bad input and writes nothing', () => {
   async function setup() {
     const dir = await tmp();
