@@ -263,7 +263,10 @@ export function dequantizeBlocksInto(
 ): void {
   const code = codeTable(q.format);
   const { packed, absmax, blockSize, length: n } = q;
+  // The 16 scaled values of a block, copied as raw 32-bit patterns (no float conversions per value).
   const scaled = new Float32Array(16);
+  const scaledBits = new Int32Array(scaled.buffer);
+  const outBits = new Int32Array(out.buffer, out.byteOffset, out.length);
   for (let b = firstBlock; b < endBlock; b++) {
     const a = absmax[b];
     for (let c = 0; c < 16; c++) scaled[c] = code[c] * a;
@@ -273,9 +276,9 @@ export function dequantizeBlocksInto(
     let i = start;
     for (; i + 1 < end; i += 2) {
       const byte = packed[o++];
-      out[i] = scaled[byte >> 4];
-      out[i + 1] = scaled[byte & 15];
+      outBits[i] = scaledBits[byte >> 4];
+      outBits[i + 1] = scaledBits[byte & 15];
     }
-    if (i < end) out[i] = scaled[packed[o] >> 4];
+    if (i < end) outBits[i] = scaledBits[packed[o] >> 4];
   }
 }

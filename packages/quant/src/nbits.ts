@@ -150,18 +150,27 @@ export function quantizeMatMulNBits(
       scales[n * nb + blk] = scale;
       const inverse = scale !== 0 ? f(1 / scale) : 0;
       const out = (n * nb + blk) * bytesPerBlock;
-      for (let k = k0; k < k1; k += 2) {
-        const v0 = f(weight[row + k] * inverse);
-        const v1 = k + 1 < k1 ? f(weight[row + k + 1] * inverse) : 0;
-        // uint4 rounds after adding the zero point in float32 (as MLAS does); int4 rounds the
-        // signed value (so q(-v) = -q(v)) and then adds 8. Padding (v1 = 0) gives the zero-point code.
-        const q0 = zeroPoints
-          ? clampRound(f(v0 + zp), 0, 15)
-          : clampRound(v0, -INT4_MAX, INT4_MAX) + 8;
-        const q1 = zeroPoints
-          ? clampRound(f(v1 + zp), 0, 15)
-          : clampRound(v1, -INT4_MAX, INT4_MAX) + 8;
-        B[out + ((k - k0) >> 1)] = q0 | (q1 << 4);
+      if (zeroPoints) {
+        // uint4: round after adding the zero point in float32 (as MLAS). floor(w + 0.5) equals
+        // roundf(w) wherever the result survives the clamp (they differ only below zero).
+        for (let k = k0; k < k1; k += 2) {
+          const w0 = f(f(weight[row + k] * inverse) + zp);
+          const w1 = k + 1 < k1 ? f(f(weight[row + k + 1] * inverse) + zp) : zp;
+          let q0 = Math.floor(w0 + 0.5);
+          let q1 = Math.floor(w1 + 0.5);
+          q0 = q0 < 0 ? 0 : q0 > 15 ? 15 : q0;
+          q1 = q1 < 0 ? 0 : q1 > 15 ? 15 : q1;
+          B[out + ((k - k0) >> 1)] = q0 | (q1 << 4);
+        }
+      } else {
+        // int4: round the signed value half away from zero (q(-v) = -q(v)), then add 8.
+        for (let k = k0; k < k1; k += 2) {
+          const v0 = f(weight[row + k] * inverse);
+          const v1 = k + 1 < k1 ? f(weight[row + k + 1] * inverse) : 0;
+          const q0 = int4Code(v0);
+          const q1 = int4Code(v1);
+          B[out + ((k - k0) >> 1)] = q0 | (q1 << 4);
+        }
       }
     }
   }
@@ -170,10 +179,11 @@ export function quantizeMatMulNBits(
     : { format, N, K, blockSize, B, scales };
 }
 
-/** `clamp(roundf(v), lo, hi)` for a float32 value v. */
-function clampRound(v: number, lo: number, hi: number): number {
-  const r = roundHalfAwayFromZero(v);
-  return r < lo ? lo : r > hi ? hi : r;
+/** `clamp(roundf(v), -7, 7) + 8` for a float32 value v. */
+function int4Code(v: number): number {
+  let q = Math.floor(v + 8.5); // = roundf(v) + 8, except at exact negative halves
+  if (q === v + 8.5 && v < 0) q -= 1; // -2.5 -> -3, away from zero
+  return q < 8 - INT4_MAX ? 8 - INT4_MAX : q > 8 + INT4_MAX ? 8 + INT4_MAX : q;
 }
 
 /** Zero point of block `blk` in row `n` (8 when the layout has none). */
@@ -193,18 +203,26 @@ export function dequantizeMatMulNBits(
   const { N, K, blockSize, B, scales } = w;
   const nb = blocksPerRow(K, blockSize);
   const bytesPerBlock = blockSize / 2;
+  // Per block, the 16 possible values f32((q - zp) * scale), copied as raw 32-bit patterns.
+  const table = new Float32Array(16);
+  const tableBits = new Int32Array(table.buffer);
+  const outBits = new Int32Array(out.buffer, out.byteOffset, out.length);
   for (let n = 0; n < N; n++) {
     for (let blk = 0; blk < nb; blk++) {
       const scale = scales[n * nb + blk];
       const zp = nbitsZeroPoint(w, n, blk);
+      for (let q = 0; q < 16; q++) table[q] = (q - zp) * scale;
       const k0 = blk * blockSize;
       const k1 = Math.min(k0 + blockSize, K);
-      const base = (n * nb + blk) * bytesPerBlock;
-      for (let k = k0; k < k1; k++) {
-        const byte = B[base + ((k - k0) >> 1)];
-        const q = ((k - k0) & 1) === 0 ? byte & 15 : byte >> 4;
-        out[n * K + k] = (q - zp) * scale;
+      const base = (n * nb + blk) * bytesPerBlock - (k0 >> 1);
+      const row = n * K;
+      let k = k0;
+      for (; k + 1 < k1; k += 2) {
+        const byte = B[base + (k >> 1)];
+        outBits[row + k] = tableBits[byte & 15];
+        outBits[row + k + 1] = tableBits[byte >> 4];
       }
+      if (k < k1) outBits[row + k] = tableBits[B[base + (k >> 1)] & 15];
     }
   }
   return out;

@@ -8,15 +8,18 @@ describe('QuantizeWorkerPool', () => {
   afterAll(() => pool.close());
 
   it.each(['nf4', 'fp4'] as const)(
-    '%s on two threads is byte-identical to one thread (odd length, zero block)',
+    '%s on two threads is byte-identical to one thread (odd lengths, zero block, reused buffers)',
     async (format) => {
-      const n = PARALLEL_MIN_VALUES + 12_345;
-      const x = createRng(51).normalArray(n, 0, 1, 'f32');
-      x.fill(0, 640, 704); // an all-zero block
-      const one = quantizeBlockwise(x, { format, blockSize: 64 });
-      const two = await pool.quantizeBlockwise(x, { format, blockSize: 64 });
-      expect(Buffer.from(two.packed).equals(Buffer.from(one.packed))).toBe(true);
-      expect(Buffer.from(two.absmax.buffer).equals(Buffer.from(one.absmax.buffer))).toBe(true);
+      // A larger tensor first, then a smaller one: the pool reuses its shared buffers.
+      for (const n of [PARALLEL_MIN_VALUES + 12_345, PARALLEL_MIN_VALUES + 7]) {
+        const x = createRng(n).normalArray(n, 0, 1, 'f32');
+        x.fill(0, 640, 704); // an all-zero block
+        const one = quantizeBlockwise(x, { format, blockSize: 64 });
+        const two = await pool.quantizeBlockwise(x, { format, blockSize: 64 });
+        expect(two.packed.length).toBe(one.packed.length);
+        expect(Buffer.from(two.packed).equals(Buffer.from(one.packed))).toBe(true);
+        expect(Buffer.from(two.absmax.buffer).equals(Buffer.from(one.absmax.buffer))).toBe(true);
+      }
     },
   );
 

@@ -16,16 +16,18 @@ import {
  * function the main thread runs, so outputs are byte-identical by construction (and tested).
  */
 const WORKER_SOURCE = `
-const { parentPort } = require('node:worker_threads');
+// Runs as CommonJS or as an ES module (the parent may run with --input-type=module): dynamic import works in both.
 const quantizeBlocksKernel = ${quantizeBlocksKernel.toString()};
-parentPort.on('message', (job) => {
-  const values = new Float32Array(job.values, job.valuesOffset, job.length);
-  const packed = new Uint8Array(job.packed);
-  const absmax = new Float32Array(job.absmax);
-  const t = job.tables;
-  const bad = quantizeBlocksKernel(values, job.blockSize, job.firstBlock, job.endBlock, packed, absmax,
-    t.threshold, t.below, t.above, t.zeroCode, t.posInfCode, t.negInfCode, t.nanCode);
-  parentPort.postMessage({ id: job.id, bad });
+import('node:worker_threads').then(({ parentPort }) => {
+  parentPort.on('message', (job) => {
+    const values = new Float32Array(job.values, job.valuesOffset, job.length);
+    const packed = new Uint8Array(job.packed, 0, job.packedLength);
+    const absmax = new Float32Array(job.absmax, 0, job.absmaxLength);
+    const t = job.tables;
+    const bad = quantizeBlocksKernel(values, job.blockSize, job.firstBlock, job.endBlock, packed, absmax,
+      t.threshold, t.below, t.above, t.zeroCode, t.posInfCode, t.negInfCode, t.nanCode);
+    parentPort.postMessage({ id: job.id, bad });
+  });
 });
 `;
 
@@ -69,7 +71,19 @@ export class QuantizeWorkerPool {
    * Same result as `quantizeBlockwise(values, options)`, computed on all threads. Copies `values`
    * into shared memory unless it already lives there.
    */
-  async quantizeBlockwise(
+  quantizeBlockwise(
+    values: Float32Array,
+    options: { format: Bnb4Format; blockSize?: number; name?: string },
+  ): Promise<Blockwise4Bit> {
+    // One call at a time: calls share the pool's buffers.
+    const run = this.queue.then(() => this.quantizeNow(values, options));
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private queue: Promise<unknown> = Promise.resolve();
+
+  private async quantizeNow(
     values: Float32Array,
     options: { format: Bnb4Format; blockSize?: number; name?: string },
   ): Promise<Blockwise4Bit> {
@@ -88,13 +102,15 @@ export class QuantizeWorkerPool {
       quantizeBlocksInto(values, format, blockSize, 0, blocks, packed, absmax, options.name);
       return { format, blockSize, length: n, packed, absmax };
     }
+    // Shared buffers are reused from call to call: a worker that keeps an old one alive until its
+    // own (rare) garbage collection would otherwise pin a tensor-sized buffer per call.
     let shared = values;
     if (!(values.buffer instanceof SharedArrayBuffer)) {
-      shared = new Float32Array(new SharedArrayBuffer(n * 4));
+      shared = new Float32Array(this.sharedBuffer('input', n * 4), 0, n);
       shared.set(values);
     }
-    const packedShared = new SharedArrayBuffer(Math.ceil(n / 2));
-    const absmaxShared = new SharedArrayBuffer(blocks * 4);
+    const packedShared = this.sharedBuffer('packed', Math.ceil(n / 2));
+    const absmaxShared = this.sharedBuffer('absmax', blocks * 4);
     const tables = BUCKET_TABLES[format];
     const perThread = Math.ceil(blocks / this.workers.length);
     const jobs: Promise<number>[] = [];
@@ -113,6 +129,8 @@ export class QuantizeWorkerPool {
             valuesOffset: shared.byteOffset,
             length: n,
             packed: packedShared,
+            packedLength: Math.ceil(n / 2),
+            absmaxLength: blocks,
             absmax: absmaxShared,
             blockSize,
             firstBlock,
@@ -132,14 +150,27 @@ export class QuantizeWorkerPool {
       format,
       blockSize,
       length: n,
-      packed: new Uint8Array(packedShared).slice(),
-      absmax: new Float32Array(absmaxShared).slice(),
+      packed: new Uint8Array(packedShared, 0, Math.ceil(n / 2)).slice(),
+      absmax: new Float32Array(absmaxShared, 0, blocks).slice(),
     };
   }
 
-  /** Stops the threads. */
+  private readonly buffers = new Map<string, SharedArrayBuffer>();
+
+  /** A shared buffer of at least `bytes`, grown (never shrunk) as tensors need. */
+  private sharedBuffer(role: string, bytes: number): SharedArrayBuffer {
+    let b = this.buffers.get(role);
+    if (!b || b.byteLength < bytes) {
+      b = new SharedArrayBuffer(Math.max(bytes, 8));
+      this.buffers.set(role, b);
+    }
+    return b;
+  }
+
+  /** Stops the threads and releases the shared buffers. */
   async close(): Promise<void> {
     await Promise.all(this.workers.map((w) => w.terminate()));
     this.workers.length = 0;
+    this.buffers.clear();
   }
 }
