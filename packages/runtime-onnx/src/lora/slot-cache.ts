@@ -1,4 +1,4 @@
-import type { Adapter, AdapterRegistry } from '@lora/adapters';
+import type { Adapter, AdapterLease, AdapterRegistry } from '@lora/adapters';
 import { RuntimeError } from '../errors.js';
 import type { LoraSlots } from './slots.js';
 
@@ -98,7 +98,7 @@ export class LoraSlotCache {
     const state = this.#state[victim];
     state.key = undefined; // its old set is gone from now on
     state.users++;
-    const leases = [];
+    const leases: AdapterLease<Adapter>[] = [];
     try {
       for (const a of adapters) leases.push(await this.#registry.acquire(a.name));
       this.#slots.assign(
