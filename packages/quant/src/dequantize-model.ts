@@ -85,8 +85,8 @@ export async function dequantizeSafetensors(
     for (const name of names) {
       const load = weights.get(name);
       if (load) {
-        // The shape is in the JSON state: read it (small) to plan the header.
-        const { shape } = await load();
+        // The shape is in the small JSON state: read only that to plan the header.
+        const shape = await stateShape(file, name);
         entries.push({
           name,
           dtype: dtype as DType,
@@ -216,4 +216,26 @@ async function buildFileAtomicallyGuard<T>(
     );
   }
   return build(); // writeSafetensors itself is atomic
+}
+
+/** The original shape recorded in a quantized weight's JSON state (bitsandbytes or onnxruntime layout). */
+async function stateShape(file: SafetensorsFile, name: string): Promise<number[]> {
+  const key = [
+    `${name}${BNB4_QUANT_STATE_PREFIX}nf4`,
+    `${name}${BNB4_QUANT_STATE_PREFIX}fp4`,
+    `${name}${ORT_QUANT_STATE_SUFFIX}`,
+  ].find((k) => file.has(k));
+  const state = key
+    ? (JSON.parse(new TextDecoder().decode((await file.read(key)).data as Uint8Array)) as {
+        shape?: unknown;
+      })
+    : {};
+  if (!Array.isArray(state.shape) || !state.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+    throw new QuantError(
+      'QUANT_STATE_INVALID',
+      `${file.path}: "${name}" has no valid shape in its quantization state.`,
+      { file: file.path, tensor: name },
+    );
+  }
+  return state.shape as number[];
 }

@@ -154,3 +154,24 @@ describe('dequantizeWeight', () => {
     }
   });
 });
+
+describe('measureQuantizationError', () => {
+  it('chunked measurement equals measuring against a full dequantization', async () => {
+    const { measureError } = await import('./error-report.js');
+    const { measureQuantizationError, storedBits } = await import('./quantized-weight.js');
+    const v = createRng(63).normalArray(7 * 333, 0, 1, 'f32');
+    for (const format of ['nf4', 'fp4', 'int4', 'uint4'] as const) {
+      const q = quantizeWeight(v, [7, 333], {
+        format,
+        blockSize: 32,
+        doubleQuant: format === 'nf4',
+      });
+      const full = measureError(v, dequantizeWeightF32(q), storedBits(q));
+      const chunked = measureQuantizationError(v, q, 100); // chunks far smaller than the tensor
+      expect(chunked.count).toBe(full.count);
+      expect(chunked.maxAbsError).toBe(full.maxAbsError);
+      expect(chunked.rmse).toBeCloseTo(full.rmse, 14);
+      expect(chunked.bitsPerParameter).toBe(full.bitsPerParameter);
+    }
+  });
+});

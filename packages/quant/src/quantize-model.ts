@@ -28,11 +28,10 @@ import { matMulBnb4Entries, matMulNBitsEntries } from './ort-layout.js';
 import type { QuantizeWorkerPool } from './parallel.js';
 import { bnbQuantizationConfig, ortQuantizationConfig } from './quantization-config.js';
 import {
-  dequantizeWeightF32,
+  measureQuantizationError,
   type QuantizedWeight,
   quantizeWeight,
   rowsAndColumns,
-  storedBits,
 } from './quantized-weight.js';
 
 /** Where quantized weights go: bitsandbytes' state dict, or onnxruntime's op initializers. */
@@ -187,7 +186,7 @@ export async function quantizeSafetensors(
       } else {
         weight = quantizeWeight(values, e.shape, { format, blockSize, doubleQuant, dtype, name });
       }
-      const stats = measureError(values, dequantizeWeightF32(weight), storedBits(weight));
+      const stats = measureQuantizationError(values, weight);
       const row = { name, shape: [...e.shape], stats };
       reports.push(row);
       options.onTensor?.(row);

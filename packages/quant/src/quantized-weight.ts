@@ -1,12 +1,15 @@
 import { type FloatDType, fromFloat32Array, type TypedArrayOf } from '@lora/core';
+import { type Blockwise4Bit, dequantizeBlockwise } from './blockwise.js';
 import {
   type Bnb4Weight,
   dequantizeBnb4,
   isDoubleQuantized,
   numelOf,
   quantizeBnb4,
+  toBlockwise,
   type WeightDType,
 } from './bnb4-weight.js';
+import { combineErrors, type ErrorStats, measureError } from './error-report.js';
 import { QuantError } from './errors.js';
 import { defaultBlockSize, isBnb4Format, type QuantFormat } from './formats.js';
 import {
@@ -102,4 +105,60 @@ export function storedBits(w: QuantizedWeight): number {
   const q = w as MatMulNBitsWeight;
   const nb = blocksPerRow(q.K, q.blockSize);
   return q.N * q.K * 4 + q.N * nb * 32 + (q.zeroPoints ? q.N * nb * 4 : 0);
+}
+
+/**
+ * The error of a quantized weight against its original values, dequantizing a chunk at a time
+ * (a few MiB of scratch instead of a second tensor-sized buffer). Includes `storedBits(w)`.
+ */
+export function measureQuantizationError(
+  values: Float32Array,
+  w: QuantizedWeight,
+  chunkValues = 1 << 20,
+): ErrorStats {
+  const parts: ErrorStats[] = [];
+  if (isBnb4Format(w.format)) {
+    const q = toBlockwise(w as Bnb4Weight);
+    const blocksPerChunk = Math.max(1, Math.floor(chunkValues / q.blockSize));
+    const scratch = new Float32Array(Math.min(values.length, blocksPerChunk * q.blockSize));
+    for (let b0 = 0; b0 < q.absmax.length; b0 += blocksPerChunk) {
+      const b1 = Math.min(q.absmax.length, b0 + blocksPerChunk);
+      const start = b0 * q.blockSize;
+      const end = Math.min(values.length, b1 * q.blockSize);
+      const part: Blockwise4Bit = {
+        format: q.format,
+        blockSize: q.blockSize,
+        length: end - start,
+        packed: q.packed.subarray(start / 2, Math.ceil(end / 2)),
+        absmax: q.absmax.subarray(b0, b1),
+      };
+      const out = scratch.subarray(0, end - start);
+      dequantizeBlockwise(part, out);
+      parts.push(measureError(values.subarray(start, end), out));
+    }
+  } else {
+    const m = w as MatMulNBitsWeight;
+    const nb = blocksPerRow(m.K, m.blockSize);
+    const rowBytes = nb * (m.blockSize / 2);
+    const zpRow = Math.ceil(nb / 2);
+    const rowsPerChunk = Math.max(1, Math.floor(chunkValues / Math.max(1, m.K)));
+    const scratch = new Float32Array(Math.min(m.N, rowsPerChunk) * m.K);
+    for (let n0 = 0; n0 < m.N; n0 += rowsPerChunk) {
+      const n1 = Math.min(m.N, n0 + rowsPerChunk);
+      const part: MatMulNBitsWeight = {
+        format: m.format,
+        N: n1 - n0,
+        K: m.K,
+        blockSize: m.blockSize,
+        B: m.B.subarray(n0 * rowBytes, n1 * rowBytes),
+        scales: m.scales.subarray(n0 * nb, n1 * nb),
+        ...(m.zeroPoints ? { zeroPoints: m.zeroPoints.subarray(n0 * zpRow, n1 * zpRow) } : {}),
+      };
+      const out = scratch.subarray(0, (n1 - n0) * m.K);
+      dequantizeMatMulNBits(part, out);
+      parts.push(measureError(values.subarray(n0 * m.K, n1 * m.K), out));
+    }
+  }
+  const total = combineErrors(parts);
+  return combineErrors([{ ...total, storedBits: storedBits(w) }]);
 }
