@@ -158,8 +158,8 @@ export function quantizeMatMulNBits(
           const w1 = k + 1 < k1 ? f(f(weight[row + k + 1] * inverse) + zp) : zp;
           let q0 = Math.floor(w0 + 0.5);
           let q1 = Math.floor(w1 + 0.5);
-          q0 = q0 < 0 ? 0 : q0 > 15 ? 15 : q0;
-          q1 = q1 < 0 ? 0 : q1 > 15 ? 15 : q1;
+          q0 = Math.max(0, Math.min(15, q0));
+          q1 = Math.max(0, Math.min(15, q1));
           B[out + ((k - k0) >> 1)] = q0 | (q1 << 4);
         }
       } else {
@@ -183,7 +183,7 @@ export function quantizeMatMulNBits(
 function int4Code(v: number): number {
   let q = Math.floor(v + 8.5); // = roundf(v) + 8, except at exact negative halves
   if (q === v + 8.5 && v < 0) q -= 1; // -2.5 -> -3, away from zero
-  return q < 8 - INT4_MAX ? 8 - INT4_MAX : q > 8 + INT4_MAX ? 8 + INT4_MAX : q;
+  return Math.max(8 - INT4_MAX, Math.min(8 + INT4_MAX, q));
 }
 
 /** Zero point of block `blk` in row `n` (8 when the layout has none). */

@@ -20,7 +20,7 @@ import {
 } from './bnb4-state-dict.js';
 import { type Bnb4Weight, fromBlockwise, type WeightDType } from './bnb4-weight.js';
 import { absmaxMean, DOUBLE_QUANT_BLOCK_SIZE } from './double-quant.js';
-import { combineErrors, type ErrorStats, measureError } from './error-report.js';
+import { combineErrors, type ErrorStats } from './error-report.js';
 import { QuantError } from './errors.js';
 import { assertBlockSize, defaultBlockSize, isBnb4Format, type QuantFormat } from './formats.js';
 import { blocksPerRow } from './nbits.js';
