@@ -21,10 +21,14 @@ const packages = packageDirs.map((dir) => ({
 }));
 
 function pnpm(args: string[], cwd: string): string {
+  // Under `pnpm test`, npm_execpath is the running pnpm: a script (run with node) or, from
+  // pnpm 12 on, a native binary (run directly). Otherwise fall back to npx.
   const execpath = process.env.npm_execpath;
   const [cmd, pre] =
     execpath && /pnpm/.test(execpath)
-      ? [process.execPath, [execpath]]
+      ? /\.[cm]?js$/.test(execpath)
+        ? [process.execPath, [execpath]]
+        : [execpath, []]
       : ['npx', ['-y', 'pnpm@12.4.2']];
   return execFileSync(cmd, [...pre, ...args], {
     cwd,
