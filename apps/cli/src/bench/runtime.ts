@@ -1,8 +1,8 @@
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { f32, type Tensor, tensor } from '@lora/core';
-import type { QuantFormat } from '@lora/quant';
 import {
+  type BaseQuantOptions,
   GraphBuilder,
   LLAMA_LINEARS,
   type LlamaConfig,
@@ -143,7 +143,7 @@ export const runtimeBench: BenchSection = {
           },
     );
     const promptLength = 16;
-    const decodeSteps = ctx.quick ? 4 : 12;
+    const decodeSteps = ctx.quick ? 4 : 24;
     const prefillTokens = ctx.quick ? 64 : 256;
     const repeats = ctx.quick ? 2 : 3;
     const prompt = Array.from({ length: promptLength }, (_, i) => (i * 37) % config.vocabSize);
@@ -153,9 +153,13 @@ export const runtimeBench: BenchSection = {
     );
 
     // 4-bit models first: peak RSS only grows, so each model's peak is read before the bigger f32 one.
-    const variants: { label: string; quant?: QuantFormat }[] = [
-      { label: 'int4 (MatMulNBits, bs 32)', quant: 'int4' },
-      { label: 'nf4 (MatMulBnb4, bs 64)', quant: 'nf4' },
+    const variants: { label: string; quant?: BaseQuantOptions }[] = [
+      { label: 'int4 (MatMulNBits, bs 32)', quant: { format: 'int4' } },
+      {
+        label: 'int4, int8 activations (accuracy_level 4)',
+        quant: { format: 'int4', accuracyLevel: 4 },
+      },
+      { label: 'nf4 (MatMulBnb4, bs 64)', quant: { format: 'nf4' } },
       { label: 'f32 (MatMul)' },
     ];
     // All models stay loaded and are measured in turns (A, B, C, A, B, C, ...), so load on this

@@ -26,6 +26,8 @@ export type LinearWeight =
       readonly scales: Tensor<'f32'>;
       /** Packed 4-bit zero points [N * ceil(nBlocks / 2)]; absent means 8 (symmetric int4). */
       readonly zeroPoints?: Tensor<'u8'>;
+      /** MatMulNBits `accuracy_level`: unset/0/1 float32 compute; 4 quantizes activations to int8 (faster on CPU, less exact). */
+      readonly accuracyLevel?: 0 | 1 | 4;
     }
   | {
       readonly kind: 'bnb4';
@@ -97,7 +99,13 @@ export function emitLinear(
       [y] = g.node(
         'MatMulNBits',
         inputs,
-        { K: { int: K }, N: { int: N }, bits: { int: 4 }, block_size: { int: weight.blockSize } },
+        {
+          K: { int: K },
+          N: { int: N },
+          bits: { int: 4 },
+          block_size: { int: weight.blockSize },
+          ...(weight.accuracyLevel ? { accuracy_level: { int: weight.accuracyLevel } } : {}),
+        },
         `${moduleName}/MatMulNBits`,
       );
       break;

@@ -25,11 +25,17 @@ export interface BaseQuantOptions {
   readonly format: QuantFormat;
   /** Values per block; default 64 for nf4/fp4, 32 for int4/uint4 (the formats' own defaults). */
   readonly blockSize?: number;
+  /**
+   * int4/uint4 only: onnxruntime's `accuracy_level`. 4 = int8 activations (faster CPU decode,
+   * results no longer match a float32 forward exactly). Default: float32 compute.
+   */
+  readonly accuracyLevel?: 0 | 1 | 4;
 }
 
-function nbitsLinear(q: MatMulNBitsWeight): LinearWeight {
+function nbitsLinear(q: MatMulNBitsWeight, accuracyLevel?: 0 | 1 | 4): LinearWeight {
   const blocks = Math.ceil(q.K / q.blockSize);
   return {
+    accuracyLevel,
     kind: 'nbits',
     inFeatures: q.K,
     outFeatures: q.N,
@@ -77,13 +83,12 @@ export function quantizeLinear(
       absmax: tensor('f32', [q.absmax.length], q.absmax),
     };
   }
-  return nbitsLinear(
-    quantizeMatMulNBits(weight, outFeatures, inFeatures, {
-      format: options.format,
-      blockSize: options.blockSize,
-      name,
-    }),
-  );
+  const q = quantizeMatMulNBits(weight, outFeatures, inFeatures, {
+    format: options.format,
+    blockSize: options.blockSize,
+    name,
+  });
+  return nbitsLinear(q, options.accuracyLevel);
 }
 
 /** The float32 [out, in] weight a linear stands for (what the reference forward compares against). */

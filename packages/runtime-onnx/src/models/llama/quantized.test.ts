@@ -143,3 +143,36 @@ describe('pre-quantized folders (lora quantize output)', () => {
     );
   });
 });
+
+describe('int4 with int8 activations (accuracy_level 4)', () => {
+  it('is opt-in, sets the attribute, and stays near the dequantized float forward (activation rounding only)', async () => {
+    const { buildLlamaModelGraph } = await import('./model.js');
+    const { memoryWeights } = await import('../weights.js');
+    const graph = await buildLlamaModelGraph(config, memoryWeights(weights), {
+      quant: { format: 'int4', accuracyLevel: 4 },
+    });
+    const nbits = graph.nodes.filter((n) => n.op === 'MatMulNBits');
+    expect(nbits).toHaveLength(7 * config.numLayers);
+    expect(nbits.map((n) => n.attrs.accuracy_level)).toEqual(nbits.map(() => ({ int: 4 })));
+    const plain = await buildLlamaModelGraph(config, memoryWeights(weights), { quant: 'int4' });
+    expect(plain.nodes.some((n) => 'accuracy_level' in n.attrs)).toBe(false);
+
+    const model = await loadLlama(floatDir, {
+      quant: { format: 'int4', accuracyLevel: 4 },
+      intraOpNumThreads: 1,
+    });
+    try {
+      const { logits } = await model.forward({ inputIds: [tokens] });
+      const deq = withDequantized((name, w) => {
+        const [N, K] = w.shape;
+        return dequantizeMatMulNBits(quantizeMatMulNBits(w.data, N, K, { format: 'int4', name }));
+      });
+      const want = referenceForward(config, deq, tokens);
+      // int8 activations (one scale per block) add ~1% relative error per layer: a loose bound.
+      const scale = Math.max(...want.map(Math.abs));
+      expectClose(logits.data, want, { atol: 0.05 * scale, rtol: 0 }, 'int4 + int8 activations');
+    } finally {
+      await model.release();
+    }
+  });
+});
