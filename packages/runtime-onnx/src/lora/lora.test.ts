@@ -233,56 +233,59 @@ describe('LoRA branches as graph inputs on a LLaMA model', () => {
 });
 
 describe('LoRA branches beside 4-bit base linears', () => {
-  it('int4 base + unmerged adapter matches the dequantized base with the adapter merged', async () => {
-    // The 4-bit session computes with dequantize(quantize(W)); merge the adapter into that.
-    const dequantized = new Map(base);
-    for (let l = 0; l < config.numLayers; l++) {
-      for (const linear of LLAMA_LINEARS) {
-        const name = `${llamaModuleName(l, linear)}.weight`;
-        const [out, inF] = llamaLinearShape(config, linear);
-        const q = quantizeLinear(
-          base.get(name)!.data,
-          out,
-          inF,
-          { format: 'int4', blockSize: 16 },
-          name,
-        );
-        dequantized.set(name, f32([out, inF], dequantizeLinear(q)));
+  it.each(['int4', 'nf4'] as const)(
+    '%s base + unmerged adapter matches the dequantized base with the adapter merged',
+    async (format) => {
+      // The 4-bit session computes with dequantize(quantize(W)); merge the adapter into that.
+      const blockSize = format === 'nf4' ? 32 : 16;
+      const dequantized = new Map(base);
+      for (let l = 0; l < config.numLayers; l++) {
+        for (const linear of LLAMA_LINEARS) {
+          const name = `${llamaModuleName(l, linear)}.weight`;
+          const [out, inF] = llamaLinearShape(config, linear);
+          const q = quantizeLinear(base.get(name)!.data, out, inF, { format, blockSize }, name);
+          dequantized.set(name, f32([out, inF], dequantizeLinear(q)));
+        }
       }
-    }
-    const { hook, plan } = createLoraHook({
-      targets: ['q_proj', 'k_proj', 'v_proj', 'down_proj'],
-      slots: 2,
-      rank: 8,
-    });
-    const qlora = await LlamaModel.create(config, memoryWeights(base), {
-      linearHook: hook,
-      quant: { format: 'int4', blockSize: 16 },
-      intraOpNumThreads: 1,
-    });
-    const slots = new LoraSlots(plan);
-    const adapter = randomAdapter(31, { r: 4, lora_alpha: 8 }, ['q_proj', 'v_proj', 'down_proj']);
-    slots.assign(1, [{ adapter }]);
-    const out = await qlora.forward({
-      inputIds: [prompts[0], prompts[1]],
-      extraFeeds: slots.feeds([1, 0]),
-    });
-    const ref = await LlamaModel.create(
-      config,
-      mergedWeights(memoryWeights(dequantized), [{ adapter }]),
-      {
+      const { hook, plan } = createLoraHook({
+        targets: ['q_proj', 'k_proj', 'v_proj', 'down_proj'],
+        slots: 2,
+        rank: 8,
+      });
+      const qlora = await LlamaModel.create(config, memoryWeights(base), {
+        linearHook: hook,
+        quant: { format, blockSize },
         intraOpNumThreads: 1,
-      },
-    );
-    const refBase = await LlamaModel.create(config, memoryWeights(dequantized), {
-      intraOpNumThreads: 1,
-    });
-    const expected = (await ref.forward({ inputIds: [prompts[0]] })).logits.data as Float32Array;
-    const expectedBase = (await refBase.forward({ inputIds: [prompts[1]] })).logits
-      .data as Float32Array;
-    // MatMulNBits accumulates in its own order: allow 1e-3.
-    expectClose(row(out.logits, 0), expected, { atol: 1e-3, rtol: 1e-3 }, 'int4 + LoRA row');
-    expectClose(row(out.logits, 1), expectedBase, { atol: 1e-3, rtol: 1e-3 }, 'int4 base row');
-    for (const m of [qlora, ref, refBase]) await m.release();
-  });
+      });
+      const slots = new LoraSlots(plan);
+      const adapter = randomAdapter(31, { r: 4, lora_alpha: 8 }, ['q_proj', 'v_proj', 'down_proj']);
+      slots.assign(1, [{ adapter }]);
+      const out = await qlora.forward({
+        inputIds: [prompts[0], prompts[1]],
+        extraFeeds: slots.feeds([1, 0]),
+      });
+      const ref = await LlamaModel.create(
+        config,
+        mergedWeights(memoryWeights(dequantized), [{ adapter }]),
+        {
+          intraOpNumThreads: 1,
+        },
+      );
+      const refBase = await LlamaModel.create(config, memoryWeights(dequantized), {
+        intraOpNumThreads: 1,
+      });
+      const expected = (await ref.forward({ inputIds: [prompts[0]] })).logits.data as Float32Array;
+      const expectedBase = (await refBase.forward({ inputIds: [prompts[1]] })).logits
+        .data as Float32Array;
+      // MatMulNBits accumulates in its own order: allow 1e-3.
+      expectClose(row(out.logits, 0), expected, { atol: 1e-3, rtol: 1e-3 }, `${format} + LoRA row`);
+      expectClose(
+        row(out.logits, 1),
+        expectedBase,
+        { atol: 1e-3, rtol: 1e-3 },
+        `${format} base row`,
+      );
+      for (const m of [qlora, ref, refBase]) await m.release();
+    },
+  );
 });
