@@ -2,8 +2,8 @@ import {
   type AnyTypedArray,
   bf16ToF32Array,
   f16ToF32Array,
-  f32ToBf16Array,
-  f32ToF16Array,
+  f32BitsToBf16Bits,
+  f32BitsToF16Bits,
   type FloatDType,
 } from '@lora/core';
 
@@ -23,36 +23,6 @@ export class FloatRows {
     this.u32 = new Uint32Array(this.f32.buffer);
   }
 
-  /**
-   * float64 -> float32 into the scratch row so that the following f32 -> f16/bf16 rounding to
-   * nearest even gives the same result as ONE rounding straight from float64 (as core's
-   * `roundF64Into`). Rounding twice can only go wrong when the float32 lands exactly on a
-   * midpoint of the narrower format (a midpoint strictly between x and its nearest float32 would
-   * itself be a closer float32); only then, or for f16 subnormals, is the float32 nudged one
-   * step towards x ("round to odd"). The test is on the bits and almost never true, so the loop
-   * runs at memory speed instead of paying a mispredicted branch per value.
-   */
-  private roundForNarrow(values: Float64Array, dtype: 'f16' | 'bf16'): void {
-    const f = this.f32;
-    const u = this.u32;
-    const n = this.cols;
-    // f16: 13 bits are dropped, a midpoint ends in 0x1000; below 2^-14 (f16 subnormals) more
-    // bits are dropped, so those take the careful path too. bf16: 16 bits dropped.
-    const mask = dtype === 'f16' ? 0x1fff : 0xffff;
-    const mid = dtype === 'f16' ? 0x1000 : 0x8000;
-    const tiny = dtype === 'f16' ? 0x38800000 : 0;
-    for (let j = 0; j < n; j++) {
-      const x = values[j];
-      f[j] = x;
-      const b = u[j];
-      if ((b & mask) === mid || (b & 0x7fffffff) < tiny) {
-        const r = f[j];
-        if (r !== x && (b & 1) === 0 && r - r === 0)
-          u[j] = Math.abs(x) > Math.abs(r) ? b + 1 : b - 1;
-      }
-    }
-  }
-
   /** Row `i` of `data` (a `dtype` tensor with `cols` columns) as float64 values into `out`. */
   read(data: AnyTypedArray, dtype: FloatDType, i: number, out: Float64Array): void {
     const start = i * this.cols;
@@ -64,14 +34,18 @@ export class FloatRows {
       case 'f32':
         out.set((data as Float32Array).subarray(start, end));
         return;
-      case 'f16':
-        f16ToF32Array((data as Uint16Array).subarray(start, end), this.f32);
-        out.set(this.f32);
+      case 'f16': {
+        const src = data as Uint16Array;
+        const table = F16_VALUES();
+        for (let j = 0; j < this.cols; j++) out[j] = table[src[start + j]];
         return;
-      case 'bf16':
-        bf16ToF32Array((data as Uint16Array).subarray(start, end), this.f32);
-        out.set(this.f32);
+      }
+      case 'bf16': {
+        const src = data as Uint16Array;
+        const table = BF16_VALUES();
+        for (let j = 0; j < this.cols; j++) out[j] = table[src[start + j]];
         return;
+      }
     }
   }
 
@@ -93,17 +67,67 @@ export class FloatRows {
         row.set(values.subarray(0, this.cols));
         return allFinite(row);
       }
-      case 'f16': {
-        this.roundForNarrow(values, 'f16');
-        const row = f32ToF16Array(this.f32, (data as Uint16Array).subarray(start, end));
-        return noneWithExponent(row, 0x7c00);
-      }
-      case 'bf16': {
-        this.roundForNarrow(values, 'bf16');
-        const row = f32ToBf16Array(this.f32, (data as Uint16Array).subarray(start, end));
-        return noneWithExponent(row, 0x7f80);
-      }
+      case 'f16':
+        return this.writeF16(values, data as Uint16Array, start);
+      case 'bf16':
+        return this.writeBf16(values, data as Uint16Array, start);
     }
+  }
+
+  /**
+   * float64 -> f16 bits in one pass, rounded ONCE (as core's `roundF64Into`). The value is
+   * stored as float32 first; rounding twice can only go wrong when that float32 lands exactly on
+   * an f16 midpoint (a midpoint strictly between x and its nearest float32 would itself be a
+   * closer float32), so only then, or for f16 subnormals, is it nudged one step towards x
+   * ("round to odd"). That test is on the bits and almost never true, so the loop does not pay a
+   * mispredicted branch per value. Then the rebias-and-round of normal results (core's
+   * `f32BitsToF16Bits` for the rest) and the Inf/NaN check.
+   */
+  private writeF16(values: Float64Array, out: Uint16Array, start: number): boolean {
+    const f = this.f32;
+    const u = this.u32;
+    let finite = true;
+    for (let j = 0; j < this.cols; j++) {
+      const x = values[j];
+      f[j] = x;
+      let b = u[j];
+      const abs0 = b & 0x7fffffff;
+      if ((b & 0x1fff) === 0x1000 || abs0 < 0x38800000) {
+        const r = f[j];
+        if (r !== x && (b & 1) === 0 && r - r === 0) b = Math.abs(x) > Math.abs(r) ? b + 1 : b - 1;
+      }
+      const abs = b & 0x7fffffff;
+      const h =
+        abs >= 0x38800000 && abs < 0x47800000
+          ? ((b >>> 16) & 0x8000) | ((abs - 0x38000000 + 0xfff + ((abs >>> 13) & 1)) >>> 13)
+          : f32BitsToF16Bits(b);
+      out[start + j] = h;
+      if ((h & 0x7c00) === 0x7c00) finite = false;
+    }
+    return finite;
+  }
+
+  /** float64 -> bf16 bits in one pass (see {@link writeF16}). */
+  private writeBf16(values: Float64Array, out: Uint16Array, start: number): boolean {
+    const f = this.f32;
+    const u = this.u32;
+    let finite = true;
+    for (let j = 0; j < this.cols; j++) {
+      const x = values[j];
+      f[j] = x;
+      let b = u[j];
+      if ((b & 0xffff) === 0x8000) {
+        const r = f[j];
+        if (r !== x && r - r === 0) b = Math.abs(x) > Math.abs(r) ? b + 1 : b - 1;
+      }
+      const h =
+        (b & 0x7fffffff) > 0x7f800000
+          ? f32BitsToBf16Bits(b)
+          : (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
+      out[start + j] = h;
+      if ((h & 0x7f80) === 0x7f80) finite = false;
+    }
+    return finite;
   }
 }
 
@@ -115,12 +139,6 @@ function allFinite(row: Float32Array | Float64Array): boolean {
   for (let j = 0; j < row.length; j++) sum += row[j];
   if (Number.isFinite(sum)) return true;
   for (let j = 0; j < row.length; j++) if (!Number.isFinite(row[j])) return false;
-  return true;
-}
-
-/** True when no 16-bit pattern has all exponent bits set (Inf or NaN). */
-function noneWithExponent(row: Uint16Array, exponentMask: number): boolean {
-  for (let j = 0; j < row.length; j++) if ((row[j] & exponentMask) === exponentMask) return false;
   return true;
 }
 
@@ -137,4 +155,19 @@ export function bitsView(
     default:
       return data as Uint16Array;
   }
+}
+
+let f16Values: Float32Array | undefined;
+let bf16Values: Float32Array | undefined;
+
+/** The value of every f16 bit pattern (256 KiB, built on first use with core's exact decoder). */
+function F16_VALUES(): Float32Array {
+  f16Values ??= f16ToF32Array(Uint16Array.from({ length: 65536 }, (_, i) => i));
+  return f16Values;
+}
+
+/** The value of every bf16 bit pattern. */
+function BF16_VALUES(): Float32Array {
+  bf16Values ??= bf16ToF32Array(Uint16Array.from({ length: 65536 }, (_, i) => i));
+  return bf16Values;
 }
