@@ -1,3 +1,6 @@
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Adapter } from '@lora/adapters';
 import { createLoraConfig, createRng, mergeWeight, type Tensor, tensor } from '@lora/core';
 import type { BenchSection } from './types.js';
@@ -131,24 +134,32 @@ export const loraBench: BenchSection = {
       );
       await mergedSession.release();
       await loraSession.release();
+      const share = await loraKernelShare(
+        buildLinearStackGraph(shape, weights, hook),
+        loraFeeds,
+        rounds,
+        rt.serializeGraph,
+      );
       let extra = 0;
       for (const m of modules) if (isTarget(c.targets, m.module)) extra += c.r * (m.in + m.out);
       const theoretical = (extra / baseFlops) * 100;
       const measured = (ratio - 1) * 100;
+      const profiled = share * 100;
       const goal = 2 * theoretical + 5;
-      if (c.fuse) worstExcess = Math.max(worstExcess, measured - goal);
+      if (c.fuse) worstExcess = Math.max(worstExcess, profiled - goal);
       rows.push([
         `(a) r=${c.r} ${label}`,
-        `${measured.toFixed(1)} %`,
+        `${profiled.toFixed(1)} % (cpu ${measured.toFixed(1)} %)`,
         `${theoretical.toFixed(1)} %`,
         `${goal.toFixed(1)} %`,
-        measured <= goal ? 'met' : 'missed',
+        profiled <= goal ? 'met' : 'missed',
       ]);
     }
     notes.push(
       `(a) 1 intra-op thread (see THREADS in bench/lora.ts). ${shape.layers} layers of LLaMA-shaped linears (hidden ${shape.hidden}, intermediate ${shape.intermediate}), ${T} tokens; ` +
-        `overhead = least CPU time of ${rounds} interleaved runs, unmerged / merged - 1 (the noise-floor row compares two identical sessions the same way); theoretical = sum over targets r(in+out) / sum over all linears in*out. ` +
-        `Goal: measured <= 2x theoretical + 5 %: ${worstExcess <= 0 ? 'met for every fused case' : `missed by up to ${worstExcess.toFixed(1)} points`}.`,
+        `measured = kernel time of the LoRA nodes / kernel time of all other nodes, summed over ${rounds} runs of the unmerged session (onnxruntime profiler: both sides share the same machine noise); ` +
+        `in brackets, least CPU time of ${rounds} interleaved runs, unmerged / merged - 1 (the noise-floor row compares two identical sessions that way; it swings by several points between runs here). Theoretical = sum over targets r(in+out) / sum over all linears in*out. ` +
+        `Goal (judged on the profiled figure): measured <= 2x theoretical + 5 %: ${worstExcess <= 0 ? 'met for every fused case' : `missed by up to ${worstExcess.toFixed(1)} points`}.`,
     );
 
     // (b) 8 rows with 8 different adapters vs 8 rows with one adapter, same graph.
@@ -256,6 +267,59 @@ export const loraBench: BenchSection = {
     };
   },
 };
+
+/**
+ * Share of the LoRA branch in a run: kernel time of nodes named `lora/...` divided by that of
+ * all other nodes, from onnxruntime's profiler over `runs` runs of the graph.
+ */
+async function loraKernelShare(
+  graph: import('@lora/runtime-onnx').Graph,
+  feeds: Record<string, Tensor>,
+  runs: number,
+  serialize: typeof import('@lora/runtime-onnx').serializeGraph,
+): Promise<number> {
+  const ort = await import('onnxruntime-node');
+  const dir = await mkdtemp(join(tmpdir(), 'lora-bench-profile-'));
+  try {
+    const serialized = serialize(graph);
+    const session = await ort.InferenceSession.create(serialized.model, {
+      intraOpNumThreads: THREADS,
+      graphOptimizationLevel: 'all',
+      enableProfiling: true,
+      profileFilePrefix: join(dir, 'profile'),
+      externalData: serialized.externalData.map((c) => ({ path: c.path, data: c.data })),
+    });
+    const ortFeeds: Record<string, import('onnxruntime-node').Tensor> = {};
+    for (const [name, t] of Object.entries(feeds)) {
+      ortFeeds[name] = new ort.Tensor(
+        t.dtype === 'i64' ? 'int64' : 'float32',
+        t.data as Float32Array,
+        [...t.shape],
+      );
+    }
+    await session.run(ortFeeds); // warm-up, also profiled: it adds to both sides alike
+    for (let i = 0; i < runs; i++) await session.run(ortFeeds);
+    session.endProfiling();
+    await session.release();
+    const file = (await readdir(dir)).find((f) => f.endsWith('.json'));
+    if (!file) throw new Error('onnxruntime wrote no profile');
+    const events = JSON.parse(await readFile(join(dir, file), 'utf8')) as {
+      cat?: string;
+      name: string;
+      dur?: number;
+    }[];
+    let lora = 0;
+    let rest = 0;
+    for (const e of events) {
+      if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time')) continue;
+      if (e.name.startsWith('lora/')) lora += e.dur ?? 0;
+      else rest += e.dur ?? 0;
+    }
+    return lora / rest;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
 
 /**
  * One intra-op thread: on a shared machine a parallel op waits at its barrier for a descheduled
