@@ -260,6 +260,119 @@ export const loraBench: BenchSection = {
         `(c) hidden ${size.hidden}: switch = building the request's feeds (index + slot scales) + the extra step CPU time when alternating adapters (least of interleaved runs, clamped at 0). Loading an adapter into a slot once (assign) took ${assignMs.toFixed(1)} ms.`,
       );
     }
+
+    // (d) the same on a whole LLaMA-shaped decoder (attention, norms, KV cache): generation time.
+    {
+      const {
+        LlamaModel,
+        memoryWeights,
+        parseLlamaConfig,
+        llamaWeightSpec,
+        generate,
+        mergedWeights,
+      } = rt;
+      const config = parseLlamaConfig({
+        model_type: 'llama',
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000,
+        tie_word_embeddings: false,
+        ...(ctx.quick
+          ? {
+              hidden_size: 128,
+              intermediate_size: 344,
+              num_hidden_layers: 2,
+              num_attention_heads: 4,
+              num_key_value_heads: 2,
+              vocab_size: 1024,
+            }
+          : {
+              hidden_size: 512,
+              intermediate_size: 1376,
+              num_hidden_layers: 8,
+              num_attention_heads: 8,
+              num_key_value_heads: 4,
+              vocab_size: 8192,
+            }),
+      });
+      const g = createRng(11);
+      const llamaWeights = new Map<string, Tensor>();
+      for (const { name, shape: sh } of llamaWeightSpec(config)) {
+        const n = sh.reduce((a, b) => a * b, 1);
+        const scale = name.endsWith('norm.weight') ? 0 : 1 / Math.sqrt(sh[sh.length - 1]);
+        const data = g.uniformArray(n, -scale, scale, 'f32');
+        if (name.endsWith('norm.weight')) data.fill(1);
+        llamaWeights.set(name, tensor('f32', sh, data));
+      }
+      const promptIds = Array.from(
+        { length: ctx.quick ? 16 : 64 },
+        (_, i) => 3 + ((i * 37) % 1000),
+      );
+      const tokenizer = {
+        kind: 'byte' as const,
+        vocabSize: config.vocabSize,
+        bosId: undefined,
+        eosId: undefined,
+        encode: () => [...promptIds],
+        decode: (ids: readonly number[]) =>
+          ids.map((id) => String.fromCharCode(97 + (id % 26))).join(''),
+      };
+      const newTokens = ctx.quick ? 8 : 32;
+      for (const targets of [['q_proj', 'v_proj'], 'all-linear'] as const) {
+        const r = 16;
+        ctx.log(`(d) LLaMA decoder, r=${r} ${targets}`);
+        const mods = new Map<string, { A: Tensor; B: Tensor }>();
+        for (const { name, shape: sh } of llamaWeightSpec(config)) {
+          const module = name.replace(/\.weight$/, '');
+          if (!/\.(self_attn|mlp)\.\w+_proj$/.test(module) || !isTarget(targets, module)) continue;
+          const [out, inF] = sh;
+          mods.set(module, {
+            A: tensor('f32', [r, inF], g.uniformArray(r * inF, -0.05, 0.05, 'f32')),
+            B: tensor('f32', [out, r], g.uniformArray(out * r, -0.05, 0.05, 'f32')),
+          });
+        }
+        const adapter: Adapter = {
+          config: createLoraConfig({ r, lora_alpha: r }),
+          modules: mods,
+          modulesToSave: new Map(),
+        };
+        const options = {
+          device: 'cpu' as const,
+          logits: 'last' as const,
+          intraOpNumThreads: THREADS,
+        };
+        const merged = await LlamaModel.create(
+          config,
+          mergedWeights(memoryWeights(llamaWeights), [{ adapter }]),
+          options,
+        );
+        const { hook, plan } = createLoraHook({ targets, slots: 2, rank: r });
+        const unmerged = await LlamaModel.create(config, memoryWeights(llamaWeights), {
+          ...options,
+          linearHook: hook,
+        });
+        const slots = new LoraSlots(plan);
+        slots.assign(1, [{ adapter }]);
+        const feeds = slots.feeds([1]);
+        const opts = { prompt: 'x', maxTokens: newTokens, temperature: 0 };
+        const ratio = await pairedRatio(
+          () => generate(merged.stepper(), tokenizer, opts),
+          () => generate(unmerged.stepper(feeds), tokenizer, opts),
+          ctx.quick ? 3 : 7,
+        );
+        await merged.release();
+        await unmerged.release();
+        rows.push([
+          `(d) LLaMA ${config.numLayers}x${config.hiddenSize}: prompt ${promptIds.length} + ${newTokens} new tokens, r=${r} ${targets === 'all-linear' ? targets : targets.join(',')}`,
+          `cpu ${((ratio - 1) * 100).toFixed(1)} %`,
+          'vs merged',
+          '',
+          '',
+        ]);
+      }
+      notes.push(
+        "(d) Whole decoder with a KV cache (prefill + greedy decode), least CPU time of interleaved runs: decode steps process one token per row, so the branch's fixed per-node cost weighs more than in (a).",
+      );
+    }
     return {
       columns: ['case', 'measured', 'theoretical / detail', 'goal', 'goal met'],
       rows,
