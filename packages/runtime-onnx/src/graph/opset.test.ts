@@ -206,7 +206,9 @@ describe('reference interpreter on hand-computed values', () => {
     );
     expect(() => op.add(g, a, b)).toThrow(/do not broadcast/);
     expect(() => g.node('Conv', [a])).toThrow(/not in the graph builder's op set/);
-    expect(() => g.output(a, 'y', ['batch', 4])).toThrow(/output "y" is \[2, 3\], declared \[batch, 4\]/);
+    expect(() => g.output(a, 'y', ['batch', 4])).toThrow(
+      /output "y" is \[2, 3\], declared \[batch, 4\]/,
+    );
     expect(g.output(a, 'z', [2, 'n']).shape).toEqual([2, 'n']);
   });
 });
