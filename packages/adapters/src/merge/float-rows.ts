@@ -16,11 +16,12 @@ import {
 export class FloatRows {
   private readonly f32: Float32Array;
 
-  private readonly u32: Uint32Array;
+  /** The scratch row's bits, SIGNED so they stay small integers in V8 (a uint32 above 2^31 is a heap double). */
+  private readonly bits: Int32Array;
 
   constructor(readonly cols: number) {
     this.f32 = new Float32Array(cols);
-    this.u32 = new Uint32Array(this.f32.buffer);
+    this.bits = new Int32Array(this.f32.buffer);
   }
 
   /** Row `i` of `data` (a `dtype` tensor with `cols` columns) as float64 values into `out`. */
@@ -85,7 +86,7 @@ export class FloatRows {
    */
   private writeF16(values: Float64Array, out: Uint16Array, start: number): boolean {
     const f = this.f32;
-    const u = this.u32;
+    const u = this.bits;
     let finite = true;
     for (let j = 0; j < this.cols; j++) {
       const x = values[j];
@@ -110,7 +111,7 @@ export class FloatRows {
   /** float64 -> bf16 bits in one pass (see {@link writeF16}). */
   private writeBf16(values: Float64Array, out: Uint16Array, start: number): boolean {
     const f = this.f32;
-    const u = this.u32;
+    const u = this.bits;
     let finite = true;
     for (let j = 0; j < this.cols; j++) {
       const x = values[j];

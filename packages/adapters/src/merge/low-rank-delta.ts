@@ -130,34 +130,27 @@ export function packLowRank(d: LowRankDelta): PackedLowRank {
  * the row's coefficients with `width` adjacent basis values, so `out` is stored once per
  * `width` ranks and everything touched stays in cache. The order of operations is fixed, so a
  * row always gives the same bits (the exact unmerge relies on it). About 3x faster in V8 than
- * a rank-at-a-time axpy. With `accumulate`, the row is ADDED to `out` (the merge adds it to the
- * base row in the same pass).
+ * a rank-at-a-time axpy.
  */
-export function deltaRow(p: PackedLowRank, i: number, out: Float64Array, accumulate = false): void {
-  if (p.width === 16) deltaRow16(p, i, out, accumulate);
-  else if (p.width === 8) deltaRow8(p, i, out, accumulate);
-  else deltaRow4(p, i, out, accumulate);
+export function deltaRow(p: PackedLowRank, i: number, out: Float64Array): void {
+  if (p.width === 16) deltaRow16(p, i, out);
+  else if (p.width === 8) deltaRow8(p, i, out);
+  else deltaRow4(p, i, out);
 }
 
-function deltaRow4(p: PackedLowRank, i: number, out: Float64Array, accumulate: boolean): void {
+function deltaRow4(p: PackedLowRank, i: number, out: Float64Array): void {
   const { cols, coef, basisT } = p;
   const c = i * 4;
   const c0 = coef[c];
   const c1 = coef[c + 1];
   const c2 = coef[c + 2];
   const c3 = coef[c + 3];
-  if (accumulate) {
-    for (let j = 0, b = 0; j < cols; j++, b += 4) {
-      out[j] += c0 * basisT[b] + c1 * basisT[b + 1] + c2 * basisT[b + 2] + c3 * basisT[b + 3];
-    }
-    return;
-  }
   for (let j = 0, b = 0; j < cols; j++, b += 4) {
     out[j] = c0 * basisT[b] + c1 * basisT[b + 1] + c2 * basisT[b + 2] + c3 * basisT[b + 3];
   }
 }
 
-function deltaRow8(p: PackedLowRank, i: number, out: Float64Array, accumulate: boolean): void {
+function deltaRow8(p: PackedLowRank, i: number, out: Float64Array): void {
   const { cols, coef, basisT } = p;
   const c = i * 8;
   const c0 = coef[c];
@@ -168,20 +161,6 @@ function deltaRow8(p: PackedLowRank, i: number, out: Float64Array, accumulate: b
   const c5 = coef[c + 5];
   const c6 = coef[c + 6];
   const c7 = coef[c + 7];
-  if (accumulate) {
-    for (let j = 0, b = 0; j < cols; j++, b += 8) {
-      out[j] +=
-        c0 * basisT[b] +
-        c1 * basisT[b + 1] +
-        c2 * basisT[b + 2] +
-        c3 * basisT[b + 3] +
-        c4 * basisT[b + 4] +
-        c5 * basisT[b + 5] +
-        c6 * basisT[b + 6] +
-        c7 * basisT[b + 7];
-    }
-    return;
-  }
   for (let j = 0, b = 0; j < cols; j++, b += 8) {
     out[j] =
       c0 * basisT[b] +
@@ -195,7 +174,7 @@ function deltaRow8(p: PackedLowRank, i: number, out: Float64Array, accumulate: b
   }
 }
 
-function deltaRow16(p: PackedLowRank, i: number, out: Float64Array, accumulate: boolean): void {
+function deltaRow16(p: PackedLowRank, i: number, out: Float64Array): void {
   const { cols, chunks, coef, basisT } = p;
   const P = 16;
   for (let q = 0; q < chunks; q++) {
@@ -217,7 +196,7 @@ function deltaRow16(p: PackedLowRank, i: number, out: Float64Array, accumulate: 
     const c14 = coef[c + 14];
     const c15 = coef[c + 15];
     const b0 = q * cols * P;
-    if (q === 0 && !accumulate) {
+    if (q === 0) {
       for (let j = 0, b = b0; j < cols; j++, b += P) {
         out[j] =
           c0 * basisT[b] +

@@ -61,11 +61,11 @@ export function mergeLowRankDelta(
 
   for (let i = 0; i < nRows; i++) {
     io.read(weight.data, inDtype, i, w);
-    deltaRow(packed, i, w, true); // w += delta row, in the same pass
+    deltaRow(packed, i, d);
+    for (let j = 0; j < cols; j++) w[j] += d[j];
     if (!io.write(w, out, outDtype, i) && firstNonFiniteRow < 0) firstNonFiniteRow = i;
     if (capture) {
-      // Run the unmerge exactly as it will run later, and record where it misses.
-      deltaRow(packed, i, d);
+      // Run the unmerge exactly as it will run later (same delta row), and record where it misses.
       io.read(out, outDtype, i, w);
       for (let j = 0; j < cols; j++) w[j] -= d[j];
       io.write(w, back!, inDtype, 0);
