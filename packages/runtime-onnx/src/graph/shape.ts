@@ -1,16 +1,15 @@
 import { RuntimeError } from '../errors.js';
 import type { Dim } from './types.js';
 
-let unknownCounter = 0;
+/** The dim for a size shape inference cannot tell (serialized as an unnamed dim). */
+export const UNKNOWN_DIM = '?';
 
-/** A fresh symbol for a size shape inference cannot tell (serialized as an unnamed dim). */
 export function unknownDim(): Dim {
-  unknownCounter += 1;
-  return `?${unknownCounter}`;
+  return UNKNOWN_DIM;
 }
 
 export function isUnknown(d: Dim): boolean {
-  return typeof d === 'string' && d.startsWith('?');
+  return d === UNKNOWN_DIM;
 }
 
 /** NumPy broadcasting of two shapes; symbols broadcast against 1 and against themselves. */
