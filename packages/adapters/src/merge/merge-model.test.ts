@@ -106,6 +106,29 @@ describe('merge then unmerge gives back the base bytes exactly', () => {
     }
   }
 
+  it('the merged weights are the same bits with and without the residual (rank 20: two 16-rank chunks)', async () => {
+    const dir = await tmp();
+    const basePath = join(dir, 'base.safetensors');
+    await writeSafetensors(
+      basePath,
+      new Map([['layers.0.proj.weight', randomTensor(23, [64, 80], 'f16')]]),
+    );
+    const a = syntheticAdapter(
+      { 'layers.0.proj': { in: 80, out: 64 } },
+      { r: 20, lora_alpha: 20 },
+      3,
+    );
+    await mergeIntoModel(basePath, [{ adapter: a }], join(dir, 'with.safetensors'));
+    await mergeIntoModel(basePath, [{ adapter: a }], join(dir, 'without.safetensors'), {
+      residual: false,
+    });
+    expect(
+      (await readFile(join(dir, 'with.safetensors'))).equals(
+        await readFile(join(dir, 'without.safetensors')),
+      ),
+    ).toBe(true);
+  });
+
   it('a single .safetensors file: residual beside the output, file restored byte for byte', async () => {
     const dir = await tmp();
     const basePath = join(dir, 'base.safetensors');
