@@ -56,7 +56,9 @@ export function mergeLowRankDelta(
   const capture = options.captureResidual === true;
   const back = capture ? DTYPES[inDtype].create(cols) : undefined;
   const origBits = capture ? bitsView(weight.data, inDtype) : undefined;
-  const backBits = back ? bitsView(back, inDtype) : undefined;
+  // Signed 32-bit views for comparing (a uint32 above 2^31 would be a heap double in V8).
+  const origCmp = capture ? compareView(weight.data, inDtype) : undefined;
+  const backCmp = back ? compareView(back, inDtype) : undefined;
   const indices: number[] = [];
 
   for (let i = 0; i < nRows; i++) {
@@ -70,13 +72,21 @@ export function mergeLowRankDelta(
       for (let j = 0; j < cols; j++) w[j] -= d[j];
       io.write(w, back!, inDtype, 0);
       const base = i * cols;
-      for (let j = 0; j < cols; j++)
-        if (backBits![j] !== origBits![base + j]) indices.push(base + j);
+      for (let j = 0; j < cols; j++) if (backCmp![j] !== origCmp![base + j]) indices.push(base + j);
     }
   }
   const merged = { dtype: outDtype, shape: [nRows, cols], data: out } as Tensor;
   if (!capture) return { merged, firstNonFiniteRow };
   return { merged, firstNonFiniteRow, residual: takeResidual(weight, origBits!, indices) };
+}
+
+function compareView(
+  data: Tensor['data'],
+  dtype: FloatDType,
+): Int32Array | Uint16Array | BigUint64Array {
+  return dtype === 'f32'
+    ? new Int32Array(data.buffer, data.byteOffset, data.length)
+    : (bitsView(data, dtype) as Uint16Array | BigUint64Array);
 }
 
 function takeResidual(
