@@ -18,7 +18,7 @@ import {
 import { combineErrors, type ErrorStats, measureError } from './error-report.js';
 import { QuantError } from './errors.js';
 import { findOrtWeights, ORT_QUANT_STATE_SUFFIX, readOrtWeight } from './ort-layout.js';
-import { buildFolderAtomically, rethrowCause, type TensorReport } from './quantize-model.js';
+import { buildFolderAtomically, type TensorReport } from './quantize-model.js';
 import { dequantizeWeightF32, type QuantizedWeight, storedBits } from './quantized-weight.js';
 
 export type DequantizeDType = 'f32' | 'f16' | 'bf16';
@@ -111,7 +111,7 @@ export async function dequantizeSafetensors(
         });
       }
     }
-    await writeSafetensors(outPath, entries, { metadata: { format: 'pt' } }).catch(rethrowCause);
+    await writeSafetensors(outPath, entries, { metadata: { format: 'pt' } });
     return {
       dtype,
       tensors: reports,

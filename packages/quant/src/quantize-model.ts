@@ -4,7 +4,6 @@ import { basename, dirname, join } from 'node:path';
 import {
   type DType,
   isFloatDType,
-  isLoraError,
   SafetensorsFile,
   type Tensor,
   type TensorToWrite,
@@ -246,7 +245,7 @@ export async function quantizeSafetensors(
         });
       });
     }
-    await writeSafetensors(outPath, entries, { metadata: { format: 'pt' } }).catch(rethrowCause);
+    await writeSafetensors(outPath, entries, { metadata: { format: 'pt' } });
     const outputBytes = (await stat(outPath)).size;
     return {
       format,
@@ -263,16 +262,6 @@ export async function quantizeSafetensors(
   } finally {
     await file.close();
   }
-}
-
-/**
- * core's atomic writer wraps any error carrying a `code` as FILE_WRITE_FAILED; a package error
- * raised while producing data (NaN in a weight) is unwrapped so it keeps its own code and message.
- */
-export function rethrowCause(e: unknown): never {
-  const cause = (e as { cause?: unknown })?.cause;
-  if (isLoraError(e) && e.code === 'FILE_WRITE_FAILED' && isLoraError(cause)) throw cause;
-  throw e;
 }
 
 /** Names, dtypes and shapes of a weight in the onnxruntime layout (mirrors ort-layout.ts). */

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { type FileHandle, open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { CoreError } from '../errors.js';
+import { CoreError, LoraError } from '../errors.js';
 
 /**
  * Writes a file atomically: the content goes to a temporary file in the same folder, which is
@@ -28,7 +28,7 @@ export async function writeFileAtomic(
     await handle?.close().catch(() => {});
     await unlink(tmp).catch(() => {});
     const err = e as NodeJS.ErrnoException;
-    if (e instanceof CoreError || !err.code) throw e;
+    if (e instanceof LoraError || !err.code) throw e; // errors of ours pass through unchanged
     const hint = err.code === 'ENOSPC' ? ' The disk is full; free space and try again.' : '';
     throw new CoreError(
       'FILE_WRITE_FAILED',

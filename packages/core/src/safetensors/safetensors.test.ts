@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -266,5 +267,26 @@ describe('safetensors validation', () => {
     const f = await SafetensorsFile.open(path);
     expect(() => f.entry('zzz')).toThrow(expect.objectContaining({ code: 'TENSOR_NOT_FOUND' }));
     await f.close();
+  });
+});
+
+describe('atomic writes keep our errors', () => {
+  it("passes another package's LoraError through unchanged (not wrapped as FILE_WRITE_FAILED)", async () => {
+    const { LoraError } = await import('../errors.js');
+    class OtherError extends LoraError {}
+    const path = join(dir, 'other-error.safetensors');
+    await expect(
+      writeSafetensors(path, [
+        {
+          name: 'x',
+          dtype: 'f32',
+          shape: [1],
+          data: () => {
+            throw new OtherError('WEIGHT_NOT_FINITE', 'x has a NaN at index 0');
+          },
+        },
+      ]),
+    ).rejects.toMatchObject({ code: 'WEIGHT_NOT_FINITE' });
+    expect(existsSync(path)).toBe(false);
   });
 });
