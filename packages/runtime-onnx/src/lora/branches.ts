@@ -37,12 +37,23 @@ export interface LoraBranchOptions {
   readonly slots: number;
   /** Slot rank R: the largest total rank one slot can hold. */
   readonly rank: number;
-  /** Share one A-projection between linears reading the same input (q/k/v, gate/up). Default true. */
+  /** Share one A-projection between linears reading the same input (q/k/v, gate/up). Default true ('gather' only). */
   readonly fuseSharedInputs?: boolean;
+  /**
+   * How rows reach their slot. `'gather'` (default): each row gathers its slot's A and B, so the
+   * work is that of one rank-R adapter whatever the number of slots; the gathered copies cost
+   * memory traffic per row, which dominates decode steps. `'dense'`: every linear computes all
+   * slots at once (A of all slots side by side, rank (slots-1)*R) and a per-row weight selects
+   * and scales them: no Gather, 4 nodes per linear, work grows with the number of slots. Better
+   * for decoding with a few adapters loaded; `'gather'` for many adapters or long prompts.
+   */
+  readonly mixing?: 'gather' | 'dense';
 }
 
 /** One linear with a branch, as recorded while the graph was built. */
 export interface LoraSite {
+  /** `'gather'`: A [slots, in, width], B [slots, R, out]. `'dense'`: A [in, (slots-1)*R], B [(slots-1)*R, out]. */
+  readonly layout: 'gather' | 'dense';
   readonly module: string;
   readonly inFeatures: number;
   readonly outFeatures: number;
@@ -123,7 +134,9 @@ export function createLoraHook(options: LoraBranchOptions): {
     sites,
   };
   // Per graph: the index input and the per-row scale are made once, at the first branch.
-  let shared: { g: GraphBuilder; index: Value; rowScale: Value } | undefined;
+  let shared:
+    | { g: GraphBuilder; index: Value; scale: Value; rowScale?: Value; rowWeights?: Value }
+    | undefined;
   const groups = new Map<string, { x: Value; h: Value; members: string[] }>();
 
   const hook: LinearHook = (g: GraphBuilder, site: LinearSite) => {
@@ -131,17 +144,19 @@ export function createLoraHook(options: LoraBranchOptions): {
     if (!shared || shared.g !== g) {
       const index = g.input(LORA_INDEX_INPUT, 'i64', ['batch']);
       const scale = g.input(LORA_SCALE_INPUT, 'f32', [slots]);
-      // rowScale: [batch, 1, 1], broadcast over [batch, seq, m*R]
-      const rowScale = op.reshape(
-        g,
-        op.gather(g, scale, index, 0, 'lora/scale_of_row'),
-        [-1, 1, 1],
-      );
-      shared = { g, index, rowScale };
+      shared = { g, index, scale };
       groups.clear();
       sites.clear();
     }
-    const { index, rowScale } = shared;
+    if (options.mixing === 'dense') return denseBranch(g, site);
+    const { index } = shared;
+    // rowScale: [batch, 1, 1], broadcast over [batch, seq, m*R]
+    shared.rowScale ??= op.reshape(
+      g,
+      op.gather(g, shared.scale, index, 0, 'lora/scale_of_row'),
+      [-1, 1, 1],
+    );
+    const { rowScale } = shared;
     const members = groupOf(options, site.module);
     const groupName =
       members.length === 1
@@ -183,12 +198,67 @@ export function createLoraHook(options: LoraBranchOptions): {
       `lora/${site.module}/hB`,
     );
     sites.set(site.module, {
+      layout: 'gather',
       module: site.module,
       inFeatures: site.inFeatures,
       outFeatures: site.outFeatures,
       aInput: `lora.${groupName}.A`,
       aOffset: j * rank,
       aWidth: members.length * rank,
+      bInput: bName,
+    });
+    return op.add(g, site.y, delta, `lora/${site.module}/add`);
+  };
+  /**
+   * rowWeights: [batch, 1, (slots-1)*R], the scale of the row's slot on that slot's R columns and
+   * 0 elsewhere (slot 0 has no columns). Built once per graph from index and scale:
+   * onehot = Gather(E, index) with E [slots, (slots-1)*R] constant 0/1; scaleCols = scale E.
+   */
+  const rowWeightsOf = (g: GraphBuilder): Value => {
+    const state = shared!;
+    if (state.rowWeights) return state.rowWeights;
+    const width = (slots - 1) * rank;
+    const expand = new Float32Array(slots * width);
+    for (let s = 1; s < slots; s++)
+      expand.fill(1, s * width + (s - 1) * rank, s * width + s * rank);
+    const E = g.initializer('lora/slot_columns', {
+      dtype: 'f32',
+      shape: [slots, width],
+      data: expand,
+    });
+    const { scale } = state;
+    const onehot = op.gather(g, E, state.index, 0, 'lora/row_columns'); // [batch, width]
+    const scaleCols = op.matmul(g, op.reshape(g, scale, [1, slots]), E, 'lora/scale_columns'); // [1, width]
+    state.rowWeights = op.reshape(g, op.mul(g, onehot, scaleCols, 'lora/row_weights'), [
+      -1,
+      1,
+      width,
+    ]);
+    return state.rowWeights;
+  };
+
+  const denseBranch = (g: GraphBuilder, site: LinearSite): Value => {
+    const width = (slots - 1) * rank;
+    const aName = `lora.${site.module}.A`;
+    const bName = `lora.${site.module}.B`;
+    const a = g.input(aName, 'f32', [site.inFeatures, width]);
+    const b = g.input(bName, 'f32', [width, site.outFeatures]);
+    // h: [batch, seq, width], weighted per row; delta: [batch, seq, out]
+    const h = op.mul(
+      g,
+      op.matmul(g, site.x, a, `lora/${site.module}/xA`),
+      rowWeightsOf(g),
+      `lora/${site.module}/weights`,
+    );
+    const delta = op.matmul(g, h, b, `lora/${site.module}/hB`);
+    sites.set(site.module, {
+      layout: 'dense',
+      module: site.module,
+      inFeatures: site.inFeatures,
+      outFeatures: site.outFeatures,
+      aInput: aName,
+      aOffset: 0,
+      aWidth: width,
       bInput: bName,
     });
     return op.add(g, site.y, delta, `lora/${site.module}/add`);

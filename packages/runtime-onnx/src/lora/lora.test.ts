@@ -77,160 +77,176 @@ function row(t: Tensor, b: number): Float32Array {
   return (t.data as Float32Array).subarray(b * per, (b + 1) * per);
 }
 
-describe('LoRA branches as graph inputs on a LLaMA model', () => {
-  let lora: LlamaModel;
-  let baseModel: LlamaModel;
-  let slots: LoraSlots;
-  const merged = new Map<number, LlamaModel>(); // adapter index -> merged model
-  const mergedLogits = async (k: number, tokens: number[]) => {
-    let m = merged.get(k);
-    if (!m) {
-      m = await LlamaModel.create(
-        config,
-        mergedWeights(memoryWeights(base), [{ adapter: adapters[k] }]),
-        {
-          intraOpNumThreads: 1,
-        },
-      );
-      merged.set(k, m);
-    }
-    return (await m.forward({ inputIds: [tokens] })).logits.data as Float32Array;
-  };
-
-  beforeAll(async () => {
-    const { hook, plan } = createLoraHook({ targets: 'all-linear', slots: 6, rank: 8 });
-    lora = await LlamaModel.create(config, memoryWeights(base), {
-      linearHook: hook,
-      intraOpNumThreads: 1,
-    });
-    baseModel = await LlamaModel.create(config, memoryWeights(base), { intraOpNumThreads: 1 });
-    slots = new LoraSlots(plan);
-    // q/k/v and gate/up share their A-projection: 2 layers x (qkv, gate+up, o, down) A inputs.
-    expect(plan.sites.size).toBe(14);
-    expect(new Set([...plan.sites.values()].map((s) => s.aInput)).size).toBe(8);
-    for (const [k, a] of adapters.entries())
-      slots.assign(k + 1, [{ adapter: a, name: `a${k + 1}` }]);
-  });
-  afterAll(async () => {
-    for (const m of [lora, baseModel, ...merged.values()]) await m?.release();
-  });
-
-  it('a batch mixing four adapters and base rows matches each row run alone with its adapter merged', async () => {
-    const rowSlots = [1, 2, 3, 4, 0];
-    const out = await lora.forward({ inputIds: prompts, extraFeeds: slots.feeds(rowSlots) });
-    const baseOut = await baseModel.forward({ inputIds: prompts });
-    for (let b = 0; b < rowSlots.length; b++) {
-      const slot = rowSlots[b];
-      if (slot === 0) {
-        // No adapter: exactly the base model's logits for the same batch.
-        expect(Array.from(row(out.logits, b))).toEqual(Array.from(row(baseOut.logits, b)));
-        continue;
+describe.each(['gather', 'dense'] as const)(
+  'LoRA branches as graph inputs on a LLaMA model (%s)',
+  (mixing) => {
+    let lora: LlamaModel;
+    let baseModel: LlamaModel;
+    let slots: LoraSlots;
+    const merged = new Map<number, LlamaModel>(); // adapter index -> merged model
+    const mergedLogits = async (k: number, tokens: number[]) => {
+      let m = merged.get(k);
+      if (!m) {
+        m = await LlamaModel.create(
+          config,
+          mergedWeights(memoryWeights(base), [{ adapter: adapters[k] }]),
+          {
+            intraOpNumThreads: 1,
+          },
+        );
+        merged.set(k, m);
       }
-      const expected = await mergedLogits(slot - 1, prompts[b]);
-      expectClose(row(out.logits, b), expected, TOL, `row ${b} (adapter a${slot})`);
-      // And the adapter really changes the output (so the comparison above means something).
-      const diff = Math.max(
-        ...row(out.logits, b).map((v, i) => Math.abs(v - row(baseOut.logits, b)[i])),
+      return (await m.forward({ inputIds: [tokens] })).logits.data as Float32Array;
+    };
+
+    beforeAll(async () => {
+      const { hook, plan } = createLoraHook({ targets: 'all-linear', slots: 6, rank: 8, mixing });
+      lora = await LlamaModel.create(config, memoryWeights(base), {
+        linearHook: hook,
+        intraOpNumThreads: 1,
+      });
+      baseModel = await LlamaModel.create(config, memoryWeights(base), { intraOpNumThreads: 1 });
+      slots = new LoraSlots(plan);
+      // q/k/v and gate/up share their A-projection: 2 layers x (qkv, gate+up, o, down) A inputs.
+      expect(plan.sites.size).toBe(14);
+      // (dense: one A per linear, all slots side by side)
+      expect(new Set([...plan.sites.values()].map((s) => s.aInput)).size).toBe(
+        mixing === 'gather' ? 8 : 14,
       );
-      expect(diff).toBeGreaterThan(1e-2);
-    }
-  });
+      for (const [k, a] of adapters.entries())
+        slots.assign(k + 1, [{ adapter: a, name: `a${k + 1}` }]);
+    });
+    afterAll(async () => {
+      for (const m of [lora, baseModel, ...merged.values()]) await m?.release();
+    });
 
-  it('matches a float64 reference forward with the LoRA delta added beside each linear', async () => {
-    const out = await lora.forward({ inputIds: [prompts[1]], extraFeeds: slots.feeds([2]) });
-    const adapter = a2;
-    const ref = referenceForward(config, base, prompts[1], {
-      linearHook: (module, x, y, T) => {
-        const m = adapter.modules.get(module);
-        if (!m) return;
-        const s = loraScaling(adapter.config, module);
-        const [r, inF] = m.A.shape;
-        const outF = m.B.shape[0];
-        const A = m.A.data as Float32Array;
-        const B = m.B.data as Float32Array;
-        for (let t = 0; t < T; t++) {
-          const h = new Float64Array(r);
-          for (let k = 0; k < r; k++)
-            for (let i = 0; i < inF; i++) h[k] += A[k * inF + i] * x[t * inF + i];
-          for (let o = 0; o < outF; o++) {
-            let acc = 0;
-            for (let k = 0; k < r; k++) acc += B[o * r + k] * h[k];
-            y[t * outF + o] += s * acc;
-          }
+    it('a batch mixing four adapters and base rows matches each row run alone with its adapter merged', async () => {
+      const rowSlots = [1, 2, 3, 4, 0];
+      const out = await lora.forward({ inputIds: prompts, extraFeeds: slots.feeds(rowSlots) });
+      const baseOut = await baseModel.forward({ inputIds: prompts });
+      for (let b = 0; b < rowSlots.length; b++) {
+        const slot = rowSlots[b];
+        if (slot === 0) {
+          // No adapter: exactly the base model's logits for the same batch.
+          expect(Array.from(row(out.logits, b))).toEqual(Array.from(row(baseOut.logits, b)));
+          continue;
         }
-      },
+        const expected = await mergedLogits(slot - 1, prompts[b]);
+        expectClose(row(out.logits, b), expected, TOL, `row ${b} (adapter a${slot})`);
+        // And the adapter really changes the output (so the comparison above means something).
+        const diff = Math.max(
+          ...row(out.logits, b).map((v, i) => Math.abs(v - row(baseOut.logits, b)[i])),
+        );
+        expect(diff).toBeGreaterThan(1e-2);
+      }
     });
-    expectClose(out.logits.data as Float32Array, ref, TOL, 'LoRA graph vs float64 reference');
-  });
 
-  it('hot-swaps adapters between runs of one session by changing feeds only', async () => {
-    const first = await lora.forward({
-      inputIds: [prompts[0], prompts[1]],
-      extraFeeds: slots.feeds([1, 3]),
+    it('matches a float64 reference forward with the LoRA delta added beside each linear', async () => {
+      const out = await lora.forward({ inputIds: [prompts[1]], extraFeeds: slots.feeds([2]) });
+      const adapter = a2;
+      const ref = referenceForward(config, base, prompts[1], {
+        linearHook: (module, x, y, T) => {
+          const m = adapter.modules.get(module);
+          if (!m) return;
+          const s = loraScaling(adapter.config, module);
+          const [r, inF] = m.A.shape;
+          const outF = m.B.shape[0];
+          const A = m.A.data as Float32Array;
+          const B = m.B.data as Float32Array;
+          for (let t = 0; t < T; t++) {
+            const h = new Float64Array(r);
+            for (let k = 0; k < r; k++)
+              for (let i = 0; i < inF; i++) h[k] += A[k * inF + i] * x[t * inF + i];
+            for (let o = 0; o < outF; o++) {
+              let acc = 0;
+              for (let k = 0; k < r; k++) acc += B[o * r + k] * h[k];
+              y[t * outF + o] += s * acc;
+            }
+          }
+        },
+      });
+      expectClose(out.logits.data as Float32Array, ref, TOL, 'LoRA graph vs float64 reference');
     });
-    expectClose(row(first.logits, 0), await mergedLogits(0, prompts[0]), TOL, 'run 1 row 0 (a1)');
-    expectClose(row(first.logits, 1), await mergedLogits(2, prompts[1]), TOL, 'run 1 row 1 (a3)');
-    const second = await lora.forward({
-      inputIds: [prompts[0], prompts[1]],
-      extraFeeds: slots.feeds([3, 1]),
+
+    it('hot-swaps adapters between runs of one session by changing feeds only', async () => {
+      const first = await lora.forward({
+        inputIds: [prompts[0], prompts[1]],
+        extraFeeds: slots.feeds([1, 3]),
+      });
+      expectClose(row(first.logits, 0), await mergedLogits(0, prompts[0]), TOL, 'run 1 row 0 (a1)');
+      expectClose(row(first.logits, 1), await mergedLogits(2, prompts[1]), TOL, 'run 1 row 1 (a3)');
+      const second = await lora.forward({
+        inputIds: [prompts[0], prompts[1]],
+        extraFeeds: slots.feeds([3, 1]),
+      });
+      expectClose(
+        row(second.logits, 0),
+        await mergedLogits(2, prompts[0]),
+        TOL,
+        'run 2 row 0 (a3)',
+      );
+      expectClose(
+        row(second.logits, 1),
+        await mergedLogits(0, prompts[1]),
+        TOL,
+        'run 2 row 1 (a1)',
+      );
+      // Replacing a slot's adapter is also only new feed values.
+      slots.assign(5, [{ adapter: a4, name: 'a4' }]);
+      const third = await lora.forward({ inputIds: [prompts[2]], extraFeeds: slots.feeds([5]) });
+      expectClose(row(third.logits, 0), await mergedLogits(3, prompts[2]), TOL, 'slot 5 = a4');
+      slots.assign(5, [{ adapter: a2, name: 'a2' }]);
+      const fourth = await lora.forward({ inputIds: [prompts[2]], extraFeeds: slots.feeds([5]) });
+      expectClose(row(fourth.logits, 0), await mergedLogits(1, prompts[2]), TOL, 'slot 5 = a2');
     });
-    expectClose(row(second.logits, 0), await mergedLogits(2, prompts[0]), TOL, 'run 2 row 0 (a3)');
-    expectClose(row(second.logits, 1), await mergedLogits(0, prompts[1]), TOL, 'run 2 row 1 (a1)');
-    // Replacing a slot's adapter is also only new feed values.
-    slots.assign(5, [{ adapter: a4, name: 'a4' }]);
-    const third = await lora.forward({ inputIds: [prompts[2]], extraFeeds: slots.feeds([5]) });
-    expectClose(row(third.logits, 0), await mergedLogits(3, prompts[2]), TOL, 'slot 5 = a4');
-    slots.assign(5, [{ adapter: a2, name: 'a2' }]);
-    const fourth = await lora.forward({ inputIds: [prompts[2]], extraFeeds: slots.feeds([5]) });
-    expectClose(row(fourth.logits, 0), await mergedLogits(1, prompts[2]), TOL, 'slot 5 = a2');
-  });
 
-  it('runs several adapters on one request with per-adapter scales (deltas add)', async () => {
-    slots.assign(5, [
-      { adapter: a1, scale: 1, name: 'a1' },
-      { adapter: a2, scale: 0.5, name: 'a2*0.5' },
-    ]);
-    const out = await lora.forward({ inputIds: [prompts[3]], extraFeeds: slots.feeds([5]) });
-    const both = await LlamaModel.create(
-      config,
-      mergedWeights(memoryWeights(base), [
-        { adapter: a1, scale: 1 },
-        { adapter: a2, scale: 0.5 },
-      ]),
-      { intraOpNumThreads: 1 },
-    );
-    const expected = (await both.forward({ inputIds: [prompts[3]] })).logits.data as Float32Array;
-    await both.release();
-    expectClose(out.logits.data as Float32Array, expected, TOL, 'a1 + 0.5 a2');
-  });
+    it('runs several adapters on one request with per-adapter scales (deltas add)', async () => {
+      slots.assign(5, [
+        { adapter: a1, scale: 1, name: 'a1' },
+        { adapter: a2, scale: 0.5, name: 'a2*0.5' },
+      ]);
+      const out = await lora.forward({ inputIds: [prompts[3]], extraFeeds: slots.feeds([5]) });
+      const both = await LlamaModel.create(
+        config,
+        mergedWeights(memoryWeights(base), [
+          { adapter: a1, scale: 1 },
+          { adapter: a2, scale: 0.5 },
+        ]),
+        { intraOpNumThreads: 1 },
+      );
+      const expected = (await both.forward({ inputIds: [prompts[3]] })).logits.data as Float32Array;
+      await both.release();
+      expectClose(out.logits.data as Float32Array, expected, TOL, 'a1 + 0.5 a2');
+    });
 
-  it('a slot with scale 0 gives exactly the base logits', async () => {
-    slots.setScale(3, 0);
-    const out = await lora.forward({ inputIds: [prompts[4]], extraFeeds: slots.feeds([3]) });
-    const ref = await baseModel.forward({ inputIds: [prompts[4]] });
-    expect(Array.from(out.logits.data as Float32Array)).toEqual(
-      Array.from(ref.logits.data as Float32Array),
-    );
-    slots.setScale(3, 1);
-  });
+    it('a slot with scale 0 gives exactly the base logits', async () => {
+      slots.setScale(3, 0);
+      const out = await lora.forward({ inputIds: [prompts[4]], extraFeeds: slots.feeds([3]) });
+      const ref = await baseModel.forward({ inputIds: [prompts[4]] });
+      expect(Array.from(out.logits.data as Float32Array)).toEqual(
+        Array.from(ref.logits.data as Float32Array),
+      );
+      slots.setScale(3, 1);
+    });
 
-  it('refuses adapters the graph cannot hold, and leaves the slot unchanged', async () => {
-    const wide = randomAdapter(21, { r: 16, lora_alpha: 16 }, ['q_proj']);
-    expect(() => slots.assign(2, [{ adapter: wide, name: 'wide' }])).toThrow(
-      expect.objectContaining({ code: 'LORA_RANK_EXCEEDS_SLOT' }),
-    );
-    expect(() => slots.assign(0, [{ adapter: a1 }])).toThrow(/reserved/);
-    expect(() => slots.feeds([9])).toThrow(expect.objectContaining({ code: 'LORA_SLOT' }));
-    // Slot 2 still holds a2 after the failed assign.
-    const out = await lora.forward({ inputIds: [prompts[0]], extraFeeds: slots.feeds([2]) });
-    expectClose(
-      out.logits.data as Float32Array,
-      await mergedLogits(1, prompts[0]),
-      TOL,
-      'slot 2 unchanged',
-    );
-  });
-});
+    it('refuses adapters the graph cannot hold, and leaves the slot unchanged', async () => {
+      const wide = randomAdapter(21, { r: 16, lora_alpha: 16 }, ['q_proj']);
+      expect(() => slots.assign(2, [{ adapter: wide, name: 'wide' }])).toThrow(
+        expect.objectContaining({ code: 'LORA_RANK_EXCEEDS_SLOT' }),
+      );
+      expect(() => slots.assign(0, [{ adapter: a1 }])).toThrow(/reserved/);
+      expect(() => slots.feeds([9])).toThrow(expect.objectContaining({ code: 'LORA_SLOT' }));
+      // Slot 2 still holds a2 after the failed assign.
+      const out = await lora.forward({ inputIds: [prompts[0]], extraFeeds: slots.feeds([2]) });
+      expectClose(
+        out.logits.data as Float32Array,
+        await mergedLogits(1, prompts[0]),
+        TOL,
+        'slot 2 unchanged',
+      );
+    });
+  },
+);
 
 describe('LoRA branches beside 4-bit base linears', () => {
   it.each(['int4', 'nf4'] as const)(

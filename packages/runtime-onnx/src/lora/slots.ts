@@ -38,6 +38,12 @@ export class LoraSlots {
     }
     this.plan = plan;
     for (const site of plan.sites.values()) {
+      if (site.layout === 'dense') {
+        // A [in, (slots-1)*R], B [(slots-1)*R, out]: slot s owns columns / rows (s-1)*R ... s*R.
+        this.#stacks.set(site.aInput, tensor('f32', [site.inFeatures, site.aWidth]));
+        this.#stacks.set(site.bInput, tensor('f32', [site.aWidth, site.outFeatures]));
+        continue;
+      }
       if (!this.#stacks.has(site.aInput)) {
         this.#stacks.set(site.aInput, tensor('f32', [plan.slots, site.inFeatures, site.aWidth]));
       }
@@ -123,17 +129,21 @@ export class LoraSlots {
         const outF = site.outFeatures;
         const a = toFloat32Array(m.A); // [r, in]
         const b = toFloat32Array(m.B); // [out, r]
-        // A stack: [slots, in, width]; this module's columns start at aOffset + off.
+        // gather: A [slots, in, width], this module's columns start at aOffset + off in its slot;
+        // dense: A [in, width], this slot's columns start at (slot-1)*R + off.
         const aStack = this.#stacks.get(site.aInput)!.data;
         const width = site.aWidth;
-        const aBase = slot * inF * width + site.aOffset + off;
+        const dense = site.layout === 'dense';
+        const aBase = dense
+          ? (slot - 1) * plan.rank + off
+          : slot * inF * width + site.aOffset + off;
         for (let k = 0; k < r; k++) {
           const src = k * inF;
           for (let i = 0; i < inF; i++) aStack[aBase + i * width + k] = a[src + i];
         }
-        // B stack: [slots, R, out]; rows off..off+r hold s * B^T.
+        // B: [slots, R, out] (gather) or [(slots-1)*R, out] (dense); rows off..off+r of the slot hold s * B^T.
         const bStack = this.#stacks.get(site.bInput)!.data;
-        const bBase = slot * plan.rank * outF + off * outF;
+        const bBase = ((dense ? slot - 1 : slot) * plan.rank + off) * outF;
         for (let o = 0; o < outF; o++) {
           const src = o * r;
           for (let k = 0; k < r; k++) bStack[bBase + k * outF + o] = s * b[src + k];
@@ -187,9 +197,27 @@ export class LoraSlots {
   }
 
   #zero(slot: number): void {
-    for (const t of this.#stacks.values()) {
-      const per = t.data.length / this.plan.slots;
-      t.data.fill(0, slot * per, (slot + 1) * per);
+    const R = this.plan.rank;
+    const done = new Set<string>();
+    for (const site of this.plan.sites.values()) {
+      for (const name of [site.aInput, site.bInput]) {
+        if (done.has(name)) continue;
+        done.add(name);
+        const t = this.#stacks.get(name)!;
+        if (site.layout === 'gather') {
+          const per = t.data.length / this.plan.slots;
+          t.data.fill(0, slot * per, (slot + 1) * per);
+        } else if (name === site.aInput) {
+          // A [in, width]: the slot's R columns of every row.
+          const width = site.aWidth;
+          for (let i = 0; i < site.inFeatures; i++) {
+            t.data.fill(0, i * width + (slot - 1) * R, i * width + slot * R);
+          }
+        } else {
+          // B [width, out]: the slot's R rows.
+          t.data.fill(0, (slot - 1) * R * site.outFeatures, slot * R * site.outFeatures);
+        }
+      }
     }
   }
 
