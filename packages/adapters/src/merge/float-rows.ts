@@ -38,13 +38,15 @@ export class FloatRows {
       case 'f16': {
         const src = data as Uint16Array;
         const table = F16_VALUES();
-        for (let j = 0; j < this.cols; j++) out[j] = table[src[start + j]];
+        const n = this.cols;
+        for (let j = 0; j < n; j++) out[j] = table[src[start + j]];
         return;
       }
       case 'bf16': {
         const src = data as Uint16Array;
         const table = BF16_VALUES();
-        for (let j = 0; j < this.cols; j++) out[j] = table[src[start + j]];
+        const n = this.cols;
+        for (let j = 0; j < n; j++) out[j] = table[src[start + j]];
         return;
       }
     }
@@ -88,7 +90,8 @@ export class FloatRows {
     const f = this.f32;
     const u = this.bits;
     let finite = true;
-    for (let j = 0; j < this.cols; j++) {
+    const n = this.cols;
+    for (let j = 0; j < n; j++) {
       const x = values[j];
       f[j] = x;
       let b = u[j];
@@ -113,7 +116,8 @@ export class FloatRows {
     const f = this.f32;
     const u = this.bits;
     let finite = true;
-    for (let j = 0; j < this.cols; j++) {
+    const n = this.cols;
+    for (let j = 0; j < n; j++) {
       const x = values[j];
       f[j] = x;
       let b = u[j];
