@@ -1,6 +1,8 @@
 import { existsSync } from 'node:fs';
 import {
   buildLlamaModelGraph,
+  createLoraHook,
+  type LoraTargets,
   mergedWeights,
   openLlamaFolder,
   saveModel,
@@ -28,6 +30,10 @@ interface ExportOnnxOptions extends CommonOptions {
   externalData?: boolean;
   adapter?: string[];
   merged?: boolean;
+  loraInputs?: boolean;
+  loraTargets: string;
+  loraRank: number;
+  loraSlots: number;
 }
 
 export interface ExportOnnxReport {
@@ -88,6 +94,27 @@ export function registerExportOnnx(program: Command): void {
       '--merged',
       'bake the --adapter set into the weights: W + scale * s * B A (zero run-time overhead)',
     )
+    .option(
+      '--lora-inputs',
+      'add LoRA branches whose weights are graph inputs (lora.index, lora.scale, lora.*.A, lora.*.B): adapters are fed at run time',
+    )
+    .option(
+      '--lora-targets <list>',
+      'with --lora-inputs: comma-separated module names (suffix match) or all-linear',
+      'q_proj,v_proj',
+    )
+    .option(
+      '--lora-rank <r>',
+      'with --lora-inputs: slot rank (lower ranks are zero-padded)',
+      parsePositiveInt('lora-rank'),
+      16,
+    )
+    .option(
+      '--lora-slots <n>',
+      'with --lora-inputs: adapter slots, slot 0 being "no adapter"',
+      parsePositiveInt('lora-slots'),
+      2,
+    )
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
     .option('--force', 'overwrite the output')
@@ -106,8 +133,14 @@ async function exportOnnx(options: ExportOnnxOptions): Promise<ExportOnnxReport>
   if (!existsSync(options.model)) throw new UsageError(`--model ${options.model} does not exist.`);
   if (options.adapter?.length && !options.merged) {
     throw new UsageError(
-      '--adapter needs --merged (the adapters are baked into the weights); LoRA-input export is not available yet.',
+      '--adapter needs --merged (the adapters are baked into the weights); for adapters fed at run time use --lora-inputs.',
     );
+  }
+  if (options.loraInputs && options.merged) {
+    throw new UsageError('--merged and --lora-inputs exclude each other: choose one.');
+  }
+  if (options.loraInputs && options.loraSlots < 2) {
+    throw new UsageError('--lora-slots must be at least 2 (slot 0 is "no adapter").');
   }
   if (options.merged && !options.adapter?.length)
     throw new UsageError('--merged needs at least one --adapter.');
@@ -124,6 +157,13 @@ async function exportOnnx(options: ExportOnnxOptions): Promise<ExportOnnxReport>
     graph = await buildLlamaModelGraph(config, source, {
       quant: options.quant && { format: options.quant, blockSize: options.blockSize },
       logits: options.logits,
+      linearHook: options.loraInputs
+        ? createLoraHook({
+            targets: parseLoraTargets(options.loraTargets),
+            slots: options.loraSlots,
+            rank: options.loraRank,
+          }).hook
+        : undefined,
     });
   } finally {
     await source.close();
@@ -152,18 +192,35 @@ async function exportOnnx(options: ExportOnnxOptions): Promise<ExportOnnxReport>
   };
 }
 
+function parseLoraTargets(list: string): LoraTargets {
+  const names = list
+    .split(',')
+    .map((t) => t.trim())
+    .filter(Boolean);
+  if (names.length === 0) throw new UsageError('--lora-targets is empty.');
+  return names.length === 1 && names[0] === 'all-linear' ? 'all-linear' : names;
+}
+
 function renderReport(r: ExportOnnxReport): string {
   const shape = (s: (number | string)[]) => `[${s.join(', ')}]`;
   const ioLine = (v: ExportOnnxReport['inputs'][number]) =>
     `  ${v.name} ${v.dtype} ${shape(v.shape)}`;
   const layerIo = (list: ExportOnnxReport['inputs']) => {
     // One line for the per-layer cache tensors instead of 2 x layers.
-    const plain = list.filter((v) => !/^(past_key_values|present)\.\d+\./.test(v.name));
+    const plain = list.filter(
+      (v) => !/^(past_key_values|present)\.\d+\./.test(v.name) && !/^lora\..*\.[AB]$/.test(v.name),
+    );
+    const loraWeights = list.filter((v) => /^lora\..*\.[AB]$/.test(v.name));
     const cache = list.filter((v) => /^(past_key_values|present)\.\d+\./.test(v.name));
     const lines = plain.map(ioLine);
     if (cache.length > 0) {
       const pattern = cache[0].name.replace(/\.\d+\.(key|value)$/, '.{layer}.{key,value}');
       lines.push(`  ${pattern} ${cache[0].dtype} ${shape(cache[0].shape)} (x${cache.length})`);
+    }
+    if (loraWeights.length > 0) {
+      lines.push(
+        `  lora.{module}.{A,B} ${loraWeights[0].dtype} (x${loraWeights.length}; --json lists them)`,
+      );
     }
     return lines;
   };
