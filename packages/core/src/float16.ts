@@ -4,8 +4,12 @@
  * with its sign and the top bits of its payload (a payload that would vanish becomes the quiet
  * bit), so every f16 and bf16 pattern survives a round trip through f32 unchanged.
  *
- * The loops work on Uint32 views of float32 data: integer arithmetic only, about memory speed.
+ * The loops work on Uint32 views of float32 data: integer arithmetic only. They are the reference:
+ * arrays of FLOAT16_WASM_MIN_LENGTH elements or more run through the SIMD WebAssembly kernels of
+ * wasm/float16.wat instead (same bits, tested), and these loops serve where wasm SIMD is missing.
  */
+
+import { bf16ToF32Wasm, f16ToF32Wasm, f32ToBf16Wasm, f32ToF16Wasm } from './wasm/float16-wasm.js';
 
 // Shared scratch for single-value conversions.
 const scratchF32 = new Float32Array(1);
@@ -117,6 +121,7 @@ export function f32ToF16Array(
   src: Float32Array,
   out: Uint16Array = new Uint16Array(src.length),
 ): Uint16Array {
+  if (f32ToF16Wasm(src, out)) return out;
   const bits = i32View(src);
   const n = src.length;
   let i = 0;
@@ -149,6 +154,7 @@ export function f16ToF32Array(
   src: Uint16Array,
   out: Float32Array = new Float32Array(src.length),
 ): Float32Array {
+  if (f16ToF32Wasm(src, out)) return out;
   const bits = i32View(out);
   const n = src.length;
   for (let i = 0; i < n; i++) {
@@ -168,6 +174,7 @@ export function f32ToBf16Array(
   src: Float32Array,
   out: Uint16Array = new Uint16Array(src.length),
 ): Uint16Array {
+  if (f32ToBf16Wasm(src, out)) return out;
   const bits = i32View(src);
   const n = src.length;
   let i = 0;
@@ -197,6 +204,7 @@ export function bf16ToF32Array(
   src: Uint16Array,
   out: Float32Array = new Float32Array(src.length),
 ): Float32Array {
+  if (bf16ToF32Wasm(src, out)) return out;
   const bits = i32View(out);
   const n = src.length;
   for (let i = 0; i < n; i++) bits[i] = src[i] << 16;
