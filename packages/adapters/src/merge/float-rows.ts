@@ -52,6 +52,37 @@ export class FloatRows {
     }
   }
 
+  /** `out = row i of data + add`, decoded to float64 and added in one pass (the merge's inner step). */
+  readAdd(
+    data: AnyTypedArray,
+    dtype: FloatDType,
+    i: number,
+    add: Float64Array,
+    out: Float64Array,
+  ): void {
+    const start = i * this.cols;
+    const n = this.cols;
+    switch (dtype) {
+      case 'f64': {
+        const src = data as Float64Array;
+        for (let j = 0; j < n; j++) out[j] = src[start + j] + add[j];
+        return;
+      }
+      case 'f32': {
+        const src = data as Float32Array;
+        for (let j = 0; j < n; j++) out[j] = src[start + j] + add[j];
+        return;
+      }
+      case 'f16':
+      case 'bf16': {
+        const src = data as Uint16Array;
+        const table = dtype === 'f16' ? F16_VALUES() : BF16_VALUES();
+        for (let j = 0; j < n; j++) out[j] = table[src[start + j]] + add[j];
+        return;
+      }
+    }
+  }
+
   /**
    * Rounds float64 `values` to `dtype` and stores them as row `i` of `data`. Returns false when
    * a stored value is NaN or infinite (also when rounding overflowed, e.g. 70000 in f16).

@@ -62,9 +62,8 @@ export function mergeLowRankDelta(
   const indices: number[] = [];
 
   for (let i = 0; i < nRows; i++) {
-    io.read(weight.data, inDtype, i, w);
     deltaRow(packed, i, d);
-    for (let j = 0; j < cols; j++) w[j] += d[j];
+    io.readAdd(weight.data, inDtype, i, d, w); // w = base row + delta row
     if (!io.write(w, out, outDtype, i) && firstNonFiniteRow < 0) firstNonFiniteRow = i;
     if (capture) {
       // Run the unmerge exactly as it will run later (same delta row), and record where it misses.
