@@ -40,6 +40,8 @@ interface DTypeInfo {
   readonly itemSize: number;
   /** The name safetensors uses in its header. */
   readonly safetensors: string;
+  /** ONNX `TensorProto.DataType` number (also used by `.onnx_adapter` files). */
+  readonly onnx: number;
   /** True for f64/f32/f16/bf16. */
   readonly isFloat: boolean;
   readonly create: (length: number) => AnyTypedArray;
@@ -49,6 +51,7 @@ interface DTypeInfo {
 function info<A extends AnyTypedArray>(
   itemSize: number,
   safetensors: string,
+  onnx: number,
   isFloat: boolean,
   ctor: {
     new (length: number): A;
@@ -58,6 +61,7 @@ function info<A extends AnyTypedArray>(
   return {
     itemSize,
     safetensors,
+    onnx,
     isFloat,
     create: (length) => new ctor(length),
     view: (buffer, byteOffset, length) => new ctor(buffer, byteOffset, length),
@@ -65,19 +69,19 @@ function info<A extends AnyTypedArray>(
 }
 
 export const DTYPES: Readonly<Record<DType, DTypeInfo>> = {
-  f64: info(8, 'F64', true, Float64Array),
-  f32: info(4, 'F32', true, Float32Array),
-  f16: info(2, 'F16', true, Uint16Array),
-  bf16: info(2, 'BF16', true, Uint16Array),
-  i64: info(8, 'I64', false, BigInt64Array),
-  i32: info(4, 'I32', false, Int32Array),
-  i16: info(2, 'I16', false, Int16Array),
-  i8: info(1, 'I8', false, Int8Array),
-  u64: info(8, 'U64', false, BigUint64Array),
-  u32: info(4, 'U32', false, Uint32Array),
-  u16: info(2, 'U16', false, Uint16Array),
-  u8: info(1, 'U8', false, Uint8Array),
-  bool: info(1, 'BOOL', false, Uint8Array),
+  f64: info(8, 'F64', 11, true, Float64Array),
+  f32: info(4, 'F32', 1, true, Float32Array),
+  f16: info(2, 'F16', 10, true, Uint16Array),
+  bf16: info(2, 'BF16', 16, true, Uint16Array),
+  i64: info(8, 'I64', 7, false, BigInt64Array),
+  i32: info(4, 'I32', 6, false, Int32Array),
+  i16: info(2, 'I16', 5, false, Int16Array),
+  i8: info(1, 'I8', 3, false, Int8Array),
+  u64: info(8, 'U64', 13, false, BigUint64Array),
+  u32: info(4, 'U32', 12, false, Uint32Array),
+  u16: info(2, 'U16', 4, false, Uint16Array),
+  u8: info(1, 'U8', 2, false, Uint8Array),
+  bool: info(1, 'BOOL', 9, false, Uint8Array),
 };
 
 const BY_SAFETENSORS_NAME: ReadonlyMap<string, DType> = new Map(
@@ -99,6 +103,20 @@ export function dtypeFromSafetensors(name: string): DType | undefined {
 
 export function dtypeToSafetensors(dtype: DType): string {
   return DTYPES[dtype].safetensors;
+}
+
+const BY_ONNX_NUMBER: ReadonlyMap<number, DType> = new Map(
+  (Object.keys(DTYPES) as DType[]).map((d) => [DTYPES[d].onnx, d]),
+);
+
+/** ONNX `TensorProto.DataType` number of a dtype (FLOAT = 1, FLOAT16 = 10, BFLOAT16 = 16, ...). */
+export function dtypeToOnnx(dtype: DType): number {
+  return DTYPES[dtype].onnx;
+}
+
+/** The dtype of an ONNX `TensorProto.DataType` number, or undefined when it has none here. */
+export function dtypeFromOnnx(dataType: number): DType | undefined {
+  return BY_ONNX_NUMBER.get(dataType);
 }
 
 /** Parses a user-facing dtype name; accepts `float32`, `fp16`, `bfloat16`, `F32`, ... */

@@ -1,6 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import {
   DTYPES,
+  dtypeFromOnnx,
+  dtypeToOnnx,
   type DType,
   type Tensor,
   numel,
@@ -28,27 +30,6 @@ export const ONNX_ADAPTER_IDENTIFIER = 'TORT';
 
 /** The only container version onnxruntime reads so far. */
 export const ONNX_ADAPTER_FORMAT_VERSION = 1;
-
-/** `TensorDataType` values of the schema (ONNX TensorProto numbering) for the dtypes we hold. */
-export const ONNX_DATA_TYPE: Readonly<Record<DType, number>> = {
-  f32: 1,
-  u8: 2,
-  i8: 3,
-  u16: 4,
-  i16: 5,
-  i32: 6,
-  i64: 7,
-  bool: 9,
-  f16: 10,
-  f64: 11,
-  u32: 12,
-  u64: 13,
-  bf16: 16,
-};
-
-const DTYPE_OF_ONNX = new Map<number, DType>(
-  Object.entries(ONNX_DATA_TYPE).map(([dtype, code]) => [code, dtype as DType]),
-);
 
 /** Field slots (vtable indices) of the two tables. */
 const ADAPTER_FIELDS = {
@@ -116,7 +97,7 @@ export function encodeOnnxAdapter(
     builder.startObject(4);
     builder.addFieldOffset(PARAMETER_FIELDS.name, nameOffset, 0);
     builder.addFieldOffset(PARAMETER_FIELDS.dims, dimsOffset, 0);
-    builder.addFieldInt32(PARAMETER_FIELDS.dataType, ONNX_DATA_TYPE[t.dtype], 0);
+    builder.addFieldInt32(PARAMETER_FIELDS.dataType, dtypeToOnnx(t.dtype), 0);
     builder.addFieldOffset(PARAMETER_FIELDS.rawData, rawOffset, 0);
     parameterOffsets.push(builder.endObject());
   }
@@ -170,11 +151,11 @@ export function decodeOnnxAdapter(bytes: Uint8Array, source = 'buffer'): OnnxAda
       shape.push(Number(dim));
     }
     const code = r.int32Field(p, PARAMETER_FIELDS.dataType);
-    const dtype = DTYPE_OF_ONNX.get(code);
+    const dtype = dtypeFromOnnx(code);
     if (dtype === undefined) {
       throw new AdapterError(
         'ONNX_ADAPTER_UNSUPPORTED_TYPE',
-        `${source}: parameter "${name}" has data type ${code}, which this reader does not support (supported: ${[...DTYPE_OF_ONNX.keys()].join(', ')}).`,
+        `${source}: parameter "${name}" has data type ${code}, which this reader does not support (supported: the ONNX numbers of ${Object.keys(DTYPES).join(', ')}).`,
         { file: source, parameter: name, dataType: code },
       );
     }

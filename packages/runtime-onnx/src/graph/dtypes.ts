@@ -1,37 +1,21 @@
-import type { DType } from '@lora/core';
+import { type DType, dtypeFromOnnx, dtypeToOnnx } from '@lora/core';
 import { RuntimeError } from '../errors.js';
 
-/** ONNX `TensorProto.DataType` numbers of the dtypes the graph uses (BFLOAT16 = 16 is newer than onnx-proto's enum). */
-const ONNX_ELEM_TYPE: Readonly<Record<DType, number>> = {
-  f32: 1,
-  u8: 2,
-  i8: 3,
-  u16: 4,
-  i16: 5,
-  i32: 6,
-  i64: 7,
-  bool: 9,
-  f16: 10,
-  f64: 11,
-  u32: 12,
-  u64: 13,
-  bf16: 16,
-};
-
+/** ONNX `TensorProto.DataType` number of a dtype (core's table; BFLOAT16 = 16 is newer than onnx-proto's enum). */
 export function onnxElemType(dtype: DType): number {
-  return ONNX_ELEM_TYPE[dtype];
+  return dtypeToOnnx(dtype);
 }
 
 export function dtypeOfElemType(elemType: number): DType {
-  for (const [dtype, n] of Object.entries(ONNX_ELEM_TYPE))
-    if (n === elemType) return dtype as DType;
-  throw new RuntimeError(
-    'GRAPH_DTYPE',
-    `ONNX element type ${elemType} is not supported by the graph builder.`,
-    {
-      elemType,
-    },
-  );
+  const dtype = dtypeFromOnnx(elemType);
+  if (dtype === undefined) {
+    throw new RuntimeError(
+      'GRAPH_DTYPE',
+      `ONNX element type ${elemType} is not supported by the graph builder.`,
+      { elemType },
+    );
+  }
+  return dtype;
 }
 
 /** onnxruntime-node's name of each dtype it can exchange (bf16 cannot cross the JS boundary). */
