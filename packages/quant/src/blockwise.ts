@@ -9,6 +9,7 @@ import {
 } from './codebooks.js';
 import { type BucketTables, buildBucketTables, quantizeBlocksKernel } from './blockwise-kernel.js';
 import { QuantError } from './errors.js';
+import { quantizeBlocksWasm } from './wasm/blockwise-wasm.js';
 import {
   assertBlockSize,
   assertFinite,
@@ -203,21 +204,24 @@ export function quantizeBlocksInto(
   name = 'tensor',
 ): void {
   const t = BUCKET_TABLES[format];
-  const bad = quantizeBlocksKernel(
-    values,
-    blockSize,
-    firstBlock,
-    endBlock,
-    packed,
-    absmax,
-    t.threshold,
-    t.below,
-    t.above,
-    t.zeroCode,
-    t.posInfCode,
-    t.negInfCode,
-    t.nanCode,
-  );
+  // The SIMD wasm kernel (same bytes) for large ranges; the TypeScript kernel otherwise.
+  const bad =
+    quantizeBlocksWasm(values, format, blockSize, firstBlock, endBlock, packed, absmax) ??
+    quantizeBlocksKernel(
+      values,
+      blockSize,
+      firstBlock,
+      endBlock,
+      packed,
+      absmax,
+      t.threshold,
+      t.below,
+      t.above,
+      t.zeroCode,
+      t.posInfCode,
+      t.negInfCode,
+      t.nanCode,
+    );
   if (bad >= 0)
     assertFinite(values, name, bad * blockSize, Math.min((bad + 1) * blockSize, values.length));
 }

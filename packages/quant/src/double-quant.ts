@@ -23,24 +23,57 @@ export interface DoubleQuantizedAbsmax {
 /**
  * Midpoints between neighbouring dynamic-map codes, rounded to float32. The nearest code of `y`
  * is the number of midpoints strictly below it: a value exactly halfway goes to the LOWER code
- * (the first index, as an argmin over distances would pick).
+ * (the first index, as an argmin over distances would pick). A +Inf sentinel at index 255 makes
+ * the table 256 long, so the search below takes exactly 8 halving steps.
  */
 const DYNAMIC_MIDPOINTS: Float64Array = (() => {
-  const m = new Float64Array(255);
+  const m = new Float64Array(256);
   for (let k = 0; k < 255; k++) m[k] = (DYNAMIC_MAP[k] + DYNAMIC_MAP[k + 1]) / 2;
+  m[255] = Number.POSITIVE_INFINITY;
   return m;
 })();
 
-/** Index of the dynamic-map code nearest to `y` (ties to the lower index), by binary search. */
+/**
+ * Index of the dynamic-map code nearest to `y` (ties to the lower index): the count of midpoints
+ * below `y`, by a binary search without data-dependent branches (each step adds 0 or its width).
+ */
 export function nearestDynamicCode(y: number): number {
-  let lo = 0;
-  let hi = 255; // answer in [lo, hi]: count of midpoints < y
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (y > DYNAMIC_MIDPOINTS[mid]) lo = mid + 1;
-    else hi = mid;
-  }
+  const m = DYNAMIC_MIDPOINTS;
+  let lo = 0; // invariant: m[lo - 1] < y (or lo = 0), and the answer is in [lo, lo + width]
+  lo += y > m[lo + 127] ? 128 : 0;
+  lo += y > m[lo + 63] ? 64 : 0;
+  lo += y > m[lo + 31] ? 32 : 0;
+  lo += y > m[lo + 15] ? 16 : 0;
+  lo += y > m[lo + 7] ? 8 : 0;
+  lo += y > m[lo + 3] ? 4 : 0;
+  lo += y > m[lo + 1] ? 2 : 0;
+  lo += y > m[lo] ? 1 : 0;
   return lo;
+}
+
+let prefixTable: Uint8Array | undefined;
+
+/**
+ * For each top 16 bits of a float32 pattern, the nearest code of the smallest value with those
+ * bits. No such range holds two midpoints (checked on construction), so the code of any float32
+ * `y` is `c + (y > midpoint[c])` with `c = table[bits(y) >>> 16]`: two loads, no search.
+ */
+function dynamicPrefixTable(): Uint8Array {
+  if (prefixTable) return prefixTable;
+  const table = new Uint8Array(65536);
+  const f = new Float32Array(2);
+  const u = new Uint32Array(f.buffer);
+  for (let prefix = 0; prefix < 65536; prefix++) {
+    u[0] = prefix << 16;
+    u[1] = (prefix << 16) | 0xffff;
+    if (!Number.isFinite(f[0]) || !Number.isFinite(f[1])) continue; // y is always finite
+    const low = nearestDynamicCode(Math.min(f[0], f[1]));
+    const high = nearestDynamicCode(Math.max(f[0], f[1]));
+    if (high - low > 1) throw new Error('internal: two dynamic-map midpoints under one prefix');
+    table[prefix] = low;
+  }
+  prefixTable = table;
+  return table;
 }
 
 /**
@@ -75,7 +108,10 @@ export function doubleQuantize(
   }
   const offset = absmaxMean(absmax);
   const centred = new Float32Array(n);
+  const centredBits = new Uint32Array(centred.buffer);
   for (let i = 0; i < n; i++) centred[i] = absmax[i] - offset;
+  const prefix = dynamicPrefixTable();
+  const midpoints = DYNAMIC_MIDPOINTS;
   const blocks = Math.ceil(n / blockSize);
   const absmax2 = new Float32Array(blocks);
   const codes = new Uint8Array(n);
@@ -87,9 +123,11 @@ export function doubleQuantize(
     absmax2[b] = m;
     const inverse = Math.fround(1 / m);
     for (let i = start; i < end; i++) {
-      // 0 * Inf (a block where every absmax equals the offset) is NaN: use the code of 0.
-      const y = m === 0 ? 0 : Math.fround(centred[i] * inverse);
-      codes[i] = nearestDynamicCode(y);
+      // y = f32(centred * inverse), stored in place to read its bits; 0 * Inf (a block where
+      // every absmax equals the offset) would be NaN: use the code of 0.
+      centred[i] = m === 0 ? 0 : centred[i] * inverse;
+      const c = prefix[centredBits[i] >>> 16];
+      codes[i] = c + (centred[i] > midpoints[c] ? 1 : 0);
     }
   }
   return { codes, absmax2, offset, blockSize, codeTable: DYNAMIC_MAP };
