@@ -7,7 +7,9 @@ import { AdapterError } from '../errors.js';
  *
  * coef: [rows, rank], basis: [rank, cols], both row-major float64. A torch Linear (`[out, in]`)
  * gets coef = s·B and basis = A; a Conv1D (fan_in_fan_out, stored `[in, out]`) or an embedding
- * (`[vocab, dim]`) gets the transposed product: coef = A^T and basis = s·B^T. Several adapters
+ * (`[vocab, dim]`) gets the transposed product: coef = s·A^T and basis = B^T. The scale always
+ * goes into coef, so the basis holds the adapter's own values (exact in float32, which the packed
+ * form uses). Several adapters
  * are one LowRankDelta whose ranks are concatenated (see {@link concatLowRank}).
  */
 export interface LowRankDelta {
@@ -46,13 +48,13 @@ export function lowRankFromFactors(
     for (let i = 0; i < coef.length; i++) coef[i] = scale * B[i];
     return { rows: outFeatures, cols: inFeatures, rank: r, coef, basis: Float64Array.from(A) };
   }
-  // coef = A^T [in, r], basis = scale·B^T [r, out]
+  // coef = scale·A^T [in, r], basis = B^T [r, out]
   const coef = new Float64Array(inFeatures * r);
   for (let k = 0; k < r; k++)
-    for (let i = 0; i < inFeatures; i++) coef[i * r + k] = A[k * inFeatures + i];
+    for (let i = 0; i < inFeatures; i++) coef[i * r + k] = scale * A[k * inFeatures + i];
   const basis = new Float64Array(r * outFeatures);
   for (let o = 0; o < outFeatures; o++)
-    for (let k = 0; k < r; k++) basis[k * outFeatures + o] = scale * B[o * r + k];
+    for (let k = 0; k < r; k++) basis[k * outFeatures + o] = B[o * r + k];
   return { rows: inFeatures, cols: outFeatures, rank: r, coef, basis };
 }
 
@@ -103,8 +105,12 @@ export interface PackedLowRank {
   readonly width: 4 | 8 | 16;
   /** [rows, chunks * width] */
   readonly coef: Float64Array;
-  /** [chunks, cols, width] */
-  readonly basisT: Float64Array;
+  /**
+   * [chunks, cols, width] in float32: half the bytes streamed from cache per row (a 4096-wide
+   * rank-16 basis is 256 KiB, inside L2). Exact for f32/f16/bf16 adapters; f64 adapter values
+   * are rounded to float32 here (coef, which carries the scale, stays float64).
+   */
+  readonly basisT: Float32Array;
 }
 
 export function packLowRank(d: LowRankDelta): PackedLowRank {
@@ -114,7 +120,7 @@ export function packLowRank(d: LowRankDelta): PackedLowRank {
   const coef = new Float64Array(d.rows * width);
   for (let i = 0; i < d.rows; i++)
     coef.set(d.coef.subarray(i * d.rank, (i + 1) * d.rank), i * width);
-  const basisT = new Float64Array(chunks * d.cols * P);
+  const basisT = new Float32Array(chunks * d.cols * P);
   for (let k = 0; k < d.rank; k++) {
     const q = Math.floor(k / P);
     const t = k % P;
