@@ -78,6 +78,39 @@ describe('double quantization', () => {
     }
   });
 
+  it('codes equal a brute-force nearest code of f32((absmax - offset) * f32(1/absmax2)), ties low', () => {
+    // Varied magnitudes (so y spans many binades of the map) plus absmax values that land y on
+    // exact midpoints of the map: the fast prefix-table lookup must agree with an argmin.
+    const rng = createRng(23);
+    const absmax = rng.uniformArray(3000, 0, 1, 'f32');
+    for (let i = 0; i < absmax.length; i += 3) absmax[i] *= 2 ** -Math.floor(rng.uniform() * 20);
+    const dq = doubleQuantize(absmax);
+    for (let i = 0; i < absmax.length; i++) {
+      const m = dq.absmax2[Math.floor(i / 256)];
+      const y = Math.fround(Math.fround(absmax[i] - dq.offset) * Math.fround(1 / m));
+      let best = 0;
+      for (let c = 1; c < 256; c++)
+        if (Math.abs(y - DYNAMIC_MAP[c]) < Math.abs(y - DYNAMIC_MAP[best])) best = c;
+      expect(dq.codes[i]).toBe(best);
+    }
+    // Exact midpoints: with values [1, -1, m, -m, ...] the float32 mean (offset) is exactly 0 and
+    // absmax2 is 1, so y is the value itself and every exact midpoint is a tie (lower code wins).
+    const ties: number[] = [1, -1];
+    for (let k = 0; k < 255; k++) {
+      const mid = (DYNAMIC_MAP[k] + DYNAMIC_MAP[k + 1]) / 2;
+      if (mid > 0 && Math.fround(mid) === mid) ties.push(mid, -mid);
+    }
+    expect(ties.length).toBeGreaterThan(100);
+    const tied = doubleQuantize(new Float32Array(ties), 4096);
+    expect([tied.offset, tied.absmax2[0]]).toEqual([0, 1]);
+    for (let i = 0; i < ties.length; i++) {
+      let best = 0;
+      for (let c = 1; c < 256; c++)
+        if (Math.abs(ties[i] - DYNAMIC_MAP[c]) < Math.abs(ties[i] - DYNAMIC_MAP[best])) best = c;
+      expect(tied.codes[i]).toBe(best);
+    }
+  });
+
   it('bits per parameter: 0.5 plain, 8/64 + 32/(64*256) = 0.127 with DQ at block 64', () => {
     expect(statisticsBitsPerParameter(64, false)).toBe(0.5);
     expect(statisticsBitsPerParameter(64, true)).toBeCloseTo(0.126953125, 12);
