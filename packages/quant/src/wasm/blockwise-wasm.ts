@@ -113,7 +113,7 @@ export function quantizeBlocksWasm(
     const count = Math.min(blocksPerChunk * blockSize, last - start);
     // Same-type TypedArray.set copies bytes, so NaN patterns arrive unchanged.
     valuesView.set(values.subarray(start, start + count));
-    valuesView.fill(0, count, (count + 7) & ~7); // padding lanes: 0.0, as the reference pads
+    valuesView.fill(0, count, (count + 15) & ~15); // padding lanes: 0.0, as the reference pads
     const bad = k.quantize_blocks(
       VALUES,
       count,
