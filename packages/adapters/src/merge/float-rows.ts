@@ -24,10 +24,20 @@ export class FloatRows {
     this.bits = new Int32Array(this.f32.buffer);
   }
 
-  /** Row `i` of `data` (a `dtype` tensor with `cols` columns) as float64 values into `out`. */
-  read(data: AnyTypedArray, dtype: FloatDType, i: number, out: Float64Array): void {
-    const start = i * this.cols;
-    const end = start + this.cols;
+  /**
+   * Row `i` of `data` (a `dtype` tensor with `cols` columns) as float64 values into `out`; with
+   * `offset` and `n`, only columns [offset, offset + n) (into out[0..n)).
+   */
+  read(
+    data: AnyTypedArray,
+    dtype: FloatDType,
+    i: number,
+    out: Float64Array,
+    offset = 0,
+    n = this.cols,
+  ): void {
+    const start = i * this.cols + offset;
+    const end = start + n;
     switch (dtype) {
       case 'f64':
         out.set((data as Float64Array).subarray(start, end));
@@ -38,30 +48,32 @@ export class FloatRows {
       case 'f16': {
         const src = data as Uint16Array;
         const table = F16_VALUES();
-        const n = this.cols;
         for (let j = 0; j < n; j++) out[j] = table[src[start + j]];
         return;
       }
       case 'bf16': {
         const src = data as Uint16Array;
         const table = BF16_VALUES();
-        const n = this.cols;
         for (let j = 0; j < n; j++) out[j] = table[src[start + j]];
         return;
       }
     }
   }
 
-  /** `out = row i of data + add`, decoded to float64 and added in one pass (the merge's inner step). */
+  /**
+   * `out = row i of data + add`, decoded to float64 and added in one pass (the merge's inner
+   * step); `offset` / `n` select columns as in {@link read}.
+   */
   readAdd(
     data: AnyTypedArray,
     dtype: FloatDType,
     i: number,
     add: Float64Array,
     out: Float64Array,
+    offset = 0,
+    n = this.cols,
   ): void {
-    const start = i * this.cols;
-    const n = this.cols;
+    const start = i * this.cols + offset;
     switch (dtype) {
       case 'f64': {
         const src = data as Float64Array;
@@ -86,25 +98,33 @@ export class FloatRows {
   /**
    * Rounds float64 `values` to `dtype` and stores them as row `i` of `data`. Returns false when
    * a stored value is NaN or infinite (also when rounding overflowed, e.g. 70000 in f16).
+   * `offset` / `n` select columns as in {@link read}.
    */
-  write(values: Float64Array, data: AnyTypedArray, dtype: FloatDType, i: number): boolean {
-    const start = i * this.cols;
-    const end = start + this.cols;
+  write(
+    values: Float64Array,
+    data: AnyTypedArray,
+    dtype: FloatDType,
+    i: number,
+    offset = 0,
+    n = this.cols,
+  ): boolean {
+    const start = i * this.cols + offset;
+    const end = start + n;
     switch (dtype) {
       case 'f64': {
         const row = (data as Float64Array).subarray(start, end);
-        row.set(values.subarray(0, this.cols));
+        row.set(values.subarray(0, n));
         return allFinite(row);
       }
       case 'f32': {
         const row = (data as Float32Array).subarray(start, end);
-        row.set(values.subarray(0, this.cols));
+        row.set(values.subarray(0, n));
         return allFinite(row);
       }
       case 'f16':
-        return this.writeF16(values, data as Uint16Array, start);
+        return this.writeF16(values, data as Uint16Array, start, n);
       case 'bf16':
-        return this.writeBf16(values, data as Uint16Array, start);
+        return this.writeBf16(values, data as Uint16Array, start, n);
     }
   }
 
@@ -117,11 +137,10 @@ export class FloatRows {
    * mispredicted branch per value. Then the rebias-and-round of normal results (core's
    * `f32BitsToF16Bits` for the rest) and the Inf/NaN check.
    */
-  private writeF16(values: Float64Array, out: Uint16Array, start: number): boolean {
+  private writeF16(values: Float64Array, out: Uint16Array, start: number, n: number): boolean {
     const f = this.f32;
     const u = this.bits;
     let finite = true;
-    const n = this.cols;
     for (let j = 0; j < n; j++) {
       const x = values[j];
       f[j] = x;
@@ -143,11 +162,10 @@ export class FloatRows {
   }
 
   /** float64 -> bf16 bits in one pass (see {@link writeF16}). */
-  private writeBf16(values: Float64Array, out: Uint16Array, start: number): boolean {
+  private writeBf16(values: Float64Array, out: Uint16Array, start: number, n: number): boolean {
     const f = this.f32;
     const u = this.bits;
     let finite = true;
-    const n = this.cols;
     for (let j = 0; j < n; j++) {
       const x = values[j];
       f[j] = x;
