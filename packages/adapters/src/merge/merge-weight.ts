@@ -32,9 +32,9 @@ function checkShape(weight: Tensor, delta: LowRankDelta, what: string): void {
 }
 
 /**
- * `merged = round_out(weight + delta)`, row by row: decode a row, add the row's rank-r update
- * (computed in float64), round once to the output dtype. Memory: the output tensor plus a few
- * rows. With `captureResidual`, also computes `round_in(merged - delta)` for each row and
+ * `merged = round_out(weight + delta)`, in column tiles of each row: decode, add the rank-r
+ * update (computed in float64), round once to the output dtype. Memory: the output tensor plus
+ * a few rows. With `captureResidual`, also computes `round_in(merged - delta)` for each row and
  * records where it differs from the original bits, so {@link unmergeLowRankDelta} can restore
  * the original exactly. Never throws on NaN/Inf: reports `firstNonFiniteRow` so the caller can
  * abort before anything is written.
