@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { compileWat } from '../../scripts/build-wasm.mjs';
 import {
   bf16ToF32Array,
@@ -161,5 +161,29 @@ describe('float16 wasm kernels', () => {
     // Every f16 pattern survives f16 -> f32 -> f16 through the wasm path (NaN payloads included).
     expect(firstMismatch(f32ToF16Array(f16ToF32Array(every)), every)).toBe('none');
     expect(firstMismatch(f32ToBf16Array(bf16ToF32Array(every)), every)).toBe('none');
+  });
+  it('falls back to the TypeScript loops, with the same bits, where WebAssembly is missing', async () => {
+    vi.stubGlobal('WebAssembly', undefined);
+    vi.resetModules();
+    try {
+      const fresh = await import('../float16.js');
+      const wasm = await import('./float16-wasm.js');
+      expect(wasm.float16Wasm()).toBeUndefined();
+      const bits = randomBits(3 * FLOAT16_WASM_MIN_LENGTH + 1, 4242);
+      const src = new Float32Array(bits.buffer);
+      expect(firstMismatch(fresh.f32ToF16Array(src), expectedF16(bits))).toBe('none');
+      expect(firstMismatch(fresh.f32ToBf16Array(src), expectedBf16(bits))).toBe('none');
+      const halves = new Uint16Array(bits.buffer);
+      const back = new Uint32Array(fresh.f16ToF32Array(halves).buffer);
+      expect(
+        firstMismatch(
+          back,
+          Uint32Array.from(halves, (h) => f16BitsToF32Bits(h)),
+        ),
+      ).toBe('none');
+    } finally {
+      vi.unstubAllGlobals();
+      vi.resetModules();
+    }
   });
 });

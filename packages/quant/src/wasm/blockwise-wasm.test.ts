@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { createRng } from '@lora/core';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { compileWat } from '../../scripts/build-wasm.mjs';
 import { quantizeBlocksKernel } from '../blockwise-kernel.js';
 import { BUCKET_TABLES, quantizeBlockwise, quantizeBlockwiseRef } from '../blockwise.js';
@@ -200,5 +200,22 @@ describe('blockwise wasm kernel', () => {
     for (let i = 0; i < x.length; i++) x[i] *= 2 ** Math.round(scale[i]);
     for (const format of FORMATS)
       for (const blockSize of [32, 256]) expectSame(x, format, blockSize);
+  });
+  it('falls back to the TypeScript kernel, with the same bytes, where WebAssembly is missing', async () => {
+    const x = createRng(31).normalArray(3 * BLOCKWISE_WASM_MIN_VALUES + 5, 0, 1, 'f32');
+    const withWasm = quantizeBlockwise(x, { format: 'nf4', blockSize: 64 });
+    vi.stubGlobal('WebAssembly', undefined);
+    vi.resetModules();
+    try {
+      const wasm = await import('./blockwise-wasm.js');
+      const fresh = await import('../blockwise.js');
+      expect(wasm.blockwiseWasm()).toBeUndefined();
+      const without = fresh.quantizeBlockwise(x, { format: 'nf4', blockSize: 64 });
+      expect(firstDifference(without.packed, withWasm.packed)).toBe('none');
+      expect(firstDifference(without.absmax, withWasm.absmax)).toBe('none');
+    } finally {
+      vi.unstubAllGlobals();
+      vi.resetModules();
+    }
   });
 });
