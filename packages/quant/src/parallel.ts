@@ -4,6 +4,13 @@ import { type Blockwise4Bit, BUCKET_TABLES, blockCount, quantizeBlocksInto } fro
 import { quantizeBlocksKernel } from './blockwise-kernel.js';
 import { QuantError } from './errors.js';
 import {
+  BLOCKWISE_WASM_MIN_VALUES,
+  BLOCKWISE_WASM_TABLES,
+  blockwiseWasmBytes,
+  instantiateBlockwiseWasm,
+  quantizeRangeWithWasm,
+} from './wasm/blockwise-wasm.js';
+import {
   assertBlockSize,
   assertFinite,
   type Bnb4Format,
@@ -12,20 +19,32 @@ import {
 } from './formats.js';
 
 /**
- * The worker's program: the kernel's own source text plus a message loop. Workers run exactly the
- * function the main thread runs, so outputs are byte-identical by construction (and tested).
+ * The worker's program: the kernels' own source text plus a message loop. Workers run exactly the
+ * functions the main thread runs (the SIMD wasm kernel for large ranges, where WebAssembly SIMD
+ * exists, else the TypeScript kernel), so outputs are byte-identical by construction (and tested).
  */
 const WORKER_SOURCE = `
 // Runs as CommonJS or as an ES module (the parent may run with --input-type=module): dynamic import works in both.
 const quantizeBlocksKernel = ${quantizeBlocksKernel.toString()};
-import('node:worker_threads').then(({ parentPort }) => {
+const instantiateBlockwiseWasm = ${instantiateBlockwiseWasm.toString()};
+const quantizeRangeWithWasm = ${quantizeRangeWithWasm.toString()};
+import('node:worker_threads').then(({ parentPort, workerData }) => {
+  let wasm;
+  try {
+    wasm = globalThis.WebAssembly && instantiateBlockwiseWasm(globalThis.WebAssembly, workerData.wasmBytes, workerData.wasmTables);
+  } catch {
+    wasm = undefined;
+  }
   parentPort.on('message', (job) => {
     const values = new Float32Array(job.values, job.valuesOffset, job.length);
     const packed = new Uint8Array(job.packed, 0, job.packedLength);
     const absmax = new Float32Array(job.absmax, 0, job.absmaxLength);
     const t = job.tables;
-    const bad = quantizeBlocksKernel(values, job.blockSize, job.firstBlock, job.endBlock, packed, absmax,
-      t.threshold, t.below, t.above, t.zeroCode, t.posInfCode, t.negInfCode, t.nanCode);
+    const span = Math.min(job.endBlock * job.blockSize, job.length) - job.firstBlock * job.blockSize;
+    const bad = wasm && span >= workerData.wasmMinValues
+      ? quantizeRangeWithWasm(wasm, values, job.format === 'fp4', job.blockSize, job.firstBlock, job.endBlock, packed, absmax)
+      : quantizeBlocksKernel(values, job.blockSize, job.firstBlock, job.endBlock, packed, absmax,
+          t.threshold, t.below, t.above, t.zeroCode, t.posInfCode, t.negInfCode, t.nanCode);
     parentPort.postMessage({ id: job.id, bad });
   });
 });
@@ -51,7 +70,14 @@ export class QuantizeWorkerPool {
   constructor(readonly threads: number = availableParallelism()) {
     this.workers = [];
     for (let i = 0; i < Math.max(1, threads); i++) {
-      const w = new Worker(WORKER_SOURCE, { eval: true });
+      const w = new Worker(WORKER_SOURCE, {
+        eval: true,
+        workerData: {
+          wasmBytes: blockwiseWasmBytes(),
+          wasmTables: BLOCKWISE_WASM_TABLES,
+          wasmMinValues: BLOCKWISE_WASM_MIN_VALUES,
+        },
+      });
       w.on('message', (m: { id: number; bad: number }) => {
         const p = this.pending.get(m.id);
         this.pending.delete(m.id);
@@ -135,6 +161,7 @@ export class QuantizeWorkerPool {
             blockSize,
             firstBlock,
             endBlock,
+            format,
             tables,
           });
         }),

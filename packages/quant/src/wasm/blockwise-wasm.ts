@@ -10,13 +10,13 @@ import type { Bnb4Format } from '../formats.js';
 import { BLOCKWISE_WASM_BASE64 } from './blockwise-bytes.js';
 
 /** The parts of the WebAssembly global used here (the repo's TS config has no DOM/wasm lib). */
-interface WasmGlobal {
+export interface WasmGlobal {
   validate(bytes: Uint8Array): boolean;
   Module: new (bytes: Uint8Array) => object;
   Instance: new (module: object, imports: object) => { exports: unknown };
 }
 
-interface BlockwiseExports {
+export interface BlockwiseExports {
   memory: { buffer: ArrayBuffer };
   quantize_blocks(
     values: number,
@@ -31,13 +31,6 @@ interface BlockwiseExports {
 
 /** Values per chunk: 1 MiB of float32, a whole number of blocks for every block size (<= 4096). */
 export const BLOCKWISE_WASM_CHUNK = 1 << 18;
-// Memory layout (2 MiB): values, then packed codes, absmax (blocks of 32 at the smallest), tables.
-const VALUES = 0;
-const PACKED = BLOCKWISE_WASM_CHUNK * 4;
-const ABSMAX = PACKED + BLOCKWISE_WASM_CHUNK / 2;
-const TABLES = ABSMAX + (BLOCKWISE_WASM_CHUNK / 32) * 4;
-const NF4_TABLE = TABLES;
-const FP4_TABLE = TABLES + 128;
 
 /** Below this many values the TypeScript kernel runs (no copies, no setup). */
 export const BLOCKWISE_WASM_MIN_VALUES = 4096;
@@ -49,16 +42,51 @@ export function blockwiseWasmBytes(): Uint8Array {
   return new Uint8Array(Buffer.from(BLOCKWISE_WASM_BASE64, 'base64'));
 }
 
-/** Writes one format's tables (see blockwise.wat) at `at`. */
-function writeTables(memory: ArrayBuffer, at: number, format: Bnb4Format): void {
-  new Float32Array(memory, at, 15).set(NF4_THRESHOLDS);
-  new Float32Array(memory, at + 64, 7).set(FP4_THRESHOLDS);
-  const codes = new Uint8Array(memory, at + 96, 16);
-  for (let index = 0; index < 16; index++) {
-    // NF4: the rank is the code. FP4: index = magnitude level + 8 for negative values.
-    codes[index] =
-      format === 'nf4' ? index : (index & 8 ? FP4_SIGN_BIT : 0) | FP4_MAGNITUDE_CODES[index & 7];
+/** The constant tables the kernel reads (see blockwise.wat), as plain arrays a worker can receive. */
+export interface BlockwiseWasmTables {
+  readonly nf4Thresholds: Float32Array;
+  readonly fp4Thresholds: Float32Array;
+  readonly fp4MagnitudeCodes: Uint8Array;
+  readonly fp4SignBit: number;
+}
+
+export const BLOCKWISE_WASM_TABLES: BlockwiseWasmTables = {
+  nf4Thresholds: NF4_THRESHOLDS,
+  fp4Thresholds: FP4_THRESHOLDS,
+  fp4MagnitudeCodes: FP4_MAGNITUDE_CODES,
+  fp4SignBit: FP4_SIGN_BIT,
+};
+
+/**
+ * Instantiates the kernel from its bytes and writes both formats' tables into its memory.
+ * Self-contained (no imports, no outer variables): worker threads run it from its source text.
+ */
+export function instantiateBlockwiseWasm(
+  wasm: WasmGlobal,
+  bytes: Uint8Array,
+  tables: BlockwiseWasmTables,
+): BlockwiseExports | undefined {
+  if (!wasm.validate(bytes)) return undefined;
+  const exports = new wasm.Instance(new wasm.Module(bytes), {}).exports as BlockwiseExports;
+  const chunk = 1 << 18; // BLOCKWISE_WASM_CHUNK
+  const tablesAt = chunk * 4 + chunk / 2 + (chunk / 32) * 4;
+  for (const [at, format] of [
+    [tablesAt, 'nf4'],
+    [tablesAt + 128, 'fp4'],
+  ] as const) {
+    const memory = exports.memory.buffer;
+    new Float32Array(memory, at, 15).set(tables.nf4Thresholds);
+    new Float32Array(memory, at + 64, 7).set(tables.fp4Thresholds);
+    const codes = new Uint8Array(memory, at + 96, 16);
+    for (let index = 0; index < 16; index++) {
+      // NF4: the rank is the code. FP4: index = magnitude level + 8 for negative values.
+      codes[index] =
+        format === 'nf4'
+          ? index
+          : (index & 8 ? tables.fp4SignBit : 0) | tables.fp4MagnitudeCodes[index & 7];
+    }
   }
+  return exports;
 }
 
 /** The instantiated kernel with its tables written, or undefined without WebAssembly SIMD. */
@@ -67,13 +95,9 @@ export function blockwiseWasm(): BlockwiseExports | undefined {
     kernel = null;
     try {
       const wasm = (globalThis as { WebAssembly?: WasmGlobal }).WebAssembly;
-      const bytes = blockwiseWasmBytes();
-      if (wasm?.validate(bytes)) {
-        const exports = new wasm.Instance(new wasm.Module(bytes), {}).exports as BlockwiseExports;
-        writeTables(exports.memory.buffer, NF4_TABLE, 'nf4');
-        writeTables(exports.memory.buffer, FP4_TABLE, 'fp4');
-        kernel = exports;
-      }
+      if (wasm)
+        kernel =
+          instantiateBlockwiseWasm(wasm, blockwiseWasmBytes(), BLOCKWISE_WASM_TABLES) ?? null;
     } catch {
       kernel = null; // no usable WebAssembly: the TypeScript kernel serves
     }
@@ -102,12 +126,46 @@ export function quantizeBlocksWasm(
   if (last - first < BLOCKWISE_WASM_MIN_VALUES) return undefined;
   const k = blockwiseWasm();
   if (!k) return undefined;
+  return quantizeRangeWithWasm(
+    k,
+    values,
+    format === 'fp4',
+    blockSize,
+    firstBlock,
+    endBlock,
+    packed,
+    absmax,
+  );
+}
+
+/**
+ * The chunk loop over an instantiated kernel: blocks `[firstBlock, endBlock)` of `values` into
+ * `packed` and `absmax`; returns -1 or the first block holding NaN/Inf. Self-contained (no
+ * imports, no outer variables): worker threads run it from its source text.
+ */
+export function quantizeRangeWithWasm(
+  k: BlockwiseExports,
+  values: Float32Array,
+  fp4: boolean,
+  blockSize: number,
+  firstBlock: number,
+  endBlock: number,
+  packed: Uint8Array,
+  absmax: Float32Array,
+): number {
+  // Memory layout (2 MiB): values, then packed codes, absmax (blocks of 32 at the smallest), tables.
+  const chunk = 1 << 18; // BLOCKWISE_WASM_CHUNK
+  const valuesAt = 0;
+  const packedAt = chunk * 4;
+  const absmaxAt = packedAt + chunk / 2;
+  const tablesAt = absmaxAt + (chunk / 32) * 4 + (fp4 ? 128 : 0);
+  const n = values.length;
+  const last = Math.min(endBlock * blockSize, n);
   const memory = k.memory.buffer;
-  const valuesView = new Float32Array(memory, VALUES, BLOCKWISE_WASM_CHUNK);
-  const packedView = new Uint8Array(memory, PACKED, BLOCKWISE_WASM_CHUNK / 2);
-  const absmaxView = new Float32Array(memory, ABSMAX, BLOCKWISE_WASM_CHUNK / 32);
-  const tables = format === 'nf4' ? NF4_TABLE : FP4_TABLE;
-  const blocksPerChunk = BLOCKWISE_WASM_CHUNK / blockSize;
+  const valuesView = new Float32Array(memory, valuesAt, chunk);
+  const packedView = new Uint8Array(memory, packedAt, chunk / 2);
+  const absmaxView = new Float32Array(memory, absmaxAt, chunk / 32);
+  const blocksPerChunk = chunk / blockSize;
   for (let b0 = firstBlock; b0 < endBlock; b0 += blocksPerChunk) {
     const start = b0 * blockSize; // even: block sizes are even
     const count = Math.min(blocksPerChunk * blockSize, last - start);
@@ -115,13 +173,13 @@ export function quantizeBlocksWasm(
     valuesView.set(values.subarray(start, start + count));
     valuesView.fill(0, count, (count + 15) & ~15); // padding lanes: 0.0, as the reference pads
     const bad = k.quantize_blocks(
-      VALUES,
+      valuesAt,
       count,
       blockSize,
-      PACKED,
-      ABSMAX,
-      tables,
-      format === 'fp4' ? 1 : 0,
+      packedAt,
+      absmaxAt,
+      tablesAt,
+      fp4 ? 1 : 0,
     );
     const done = bad < 0 ? Math.ceil(count / blockSize) : bad;
     const doneValues = Math.min(done * blockSize, count);
