@@ -162,7 +162,7 @@ export const mergeBench: BenchSection = {
         );
         if (dtype === 'f16') {
           notes.unshift(
-            `${Object.keys(shapes).length} weights, ${(params / 1e6).toFixed(1)} M parameters; rank ${r} delta computed row by row (16-rank dot products in float64, added to the decoded base row, rounded once to the output dtype), never materialised. Copy = the faster of two read+write runs (before and after the merges), same file API.`,
+            `${Object.keys(shapes).length} weights, ${(params / 1e6).toFixed(1)} M parameters; rank ${r} delta computed in 512-column tiles of each row (16-rank dot products in float64, added to the decoded base row, rounded once to the output dtype), never materialised; single thread. Copy = the faster of two read+write runs (before and after the merges), same file API.`,
           );
         }
       }
