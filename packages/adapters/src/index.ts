@@ -1,6 +1,5 @@
 export * from './adapter.js';
 export * from './errors.js';
-export * from './io/atomic-folder.js';
 export * from './merge/float-rows.js';
 export * from './merge/low-rank-delta.js';
 export * from './merge/merge-weight.js';

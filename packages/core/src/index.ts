@@ -2,6 +2,7 @@ export * from './convert.js';
 export * from './dtype.js';
 export * from './errors.js';
 export * from './float16.js';
+export * from './io/atomic-folder.js';
 export * from './io/atomic-write.js';
 export * from './safetensors/header.js';
 export * from './safetensors/reader.js';

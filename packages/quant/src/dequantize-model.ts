@@ -8,6 +8,7 @@ import {
   toFloat32Array,
   writeBytesAtomic,
   writeSafetensors,
+  writeFolderAtomic,
 } from '@lora/core';
 import {
   BNB4_QUANT_STATE_PREFIX,
@@ -18,7 +19,7 @@ import {
 import { combineErrors, type ErrorStats, measureError } from './error-report.js';
 import { QuantError } from './errors.js';
 import { findOrtWeights, ORT_QUANT_STATE_SUFFIX, readOrtWeight } from './ort-layout.js';
-import { buildFolderAtomically, type TensorReport } from './quantize-model.js';
+import type { TensorReport } from './quantize-model.js';
 import { dequantizeWeightF32, type QuantizedWeight, storedBits } from './quantized-weight.js';
 
 export type DequantizeDType = 'f32' | 'f16' | 'bf16';
@@ -143,60 +144,64 @@ export async function dequantizeModel(
       dequantizeSafetensors(input, output, dtype),
     );
   }
-  return buildFolderAtomically(output, options.force, async (tmp) => {
-    const files = info.isDirectory() ? (await readdir(input)).sort() : [basename(input)];
-    const dir = info.isDirectory() ? input : dirname(input);
-    const shards = files.filter((f) => f.endsWith('.safetensors'));
-    if (shards.length === 0)
-      throw new QuantError('QUANT_INPUT', `${input}: no .safetensors file in this folder.`, {
-        file: input,
-      });
-    const reports: DequantizeReport[] = [];
-    for (const shard of shards) {
-      reports.push(
-        await dequantizeSafetensors(
-          join(dir, shard),
-          join(tmp, info.isDirectory() ? shard : 'model.safetensors'),
-          dtype,
-        ),
-      );
-    }
-    if (info.isDirectory()) {
-      for (const f of files) {
-        if (f.endsWith('.safetensors')) continue;
-        const src = join(input, f);
-        if (!(await stat(src)).isFile()) continue;
-        if (f === 'config.json') {
-          const config = JSON.parse(await readFile(src, 'utf8')) as Record<string, unknown>;
-          delete config.quantization_config;
-          await writeBytesAtomic(join(tmp, f), `${JSON.stringify(config, null, 2)}\n`);
-        } else if (f.endsWith('.safetensors.index.json')) {
-          const index = JSON.parse(await readFile(src, 'utf8')) as {
-            weight_map?: Record<string, string>;
-          };
-          const map: Record<string, string> = {};
-          for (let i = 0; i < shards.length; i++) {
-            const out = await SafetensorsFile.open(join(tmp, shards[i]));
-            for (const n of out.names()) map[n] = shards[i];
-            await out.close();
+  return writeFolderAtomic(
+    output,
+    async (tmp) => {
+      const files = info.isDirectory() ? (await readdir(input)).sort() : [basename(input)];
+      const dir = info.isDirectory() ? input : dirname(input);
+      const shards = files.filter((f) => f.endsWith('.safetensors'));
+      if (shards.length === 0)
+        throw new QuantError('QUANT_INPUT', `${input}: no .safetensors file in this folder.`, {
+          file: input,
+        });
+      const reports: DequantizeReport[] = [];
+      for (const shard of shards) {
+        reports.push(
+          await dequantizeSafetensors(
+            join(dir, shard),
+            join(tmp, info.isDirectory() ? shard : 'model.safetensors'),
+            dtype,
+          ),
+        );
+      }
+      if (info.isDirectory()) {
+        for (const f of files) {
+          if (f.endsWith('.safetensors')) continue;
+          const src = join(input, f);
+          if (!(await stat(src)).isFile()) continue;
+          if (f === 'config.json') {
+            const config = JSON.parse(await readFile(src, 'utf8')) as Record<string, unknown>;
+            delete config.quantization_config;
+            await writeBytesAtomic(join(tmp, f), `${JSON.stringify(config, null, 2)}\n`);
+          } else if (f.endsWith('.safetensors.index.json')) {
+            const index = JSON.parse(await readFile(src, 'utf8')) as {
+              weight_map?: Record<string, string>;
+            };
+            const map: Record<string, string> = {};
+            for (let i = 0; i < shards.length; i++) {
+              const out = await SafetensorsFile.open(join(tmp, shards[i]));
+              for (const n of out.names()) map[n] = shards[i];
+              await out.close();
+            }
+            index.weight_map = map;
+            await writeBytesAtomic(join(tmp, f), `${JSON.stringify(index, null, 2)}\n`);
+          } else {
+            await copyFile(src, join(tmp, f));
           }
-          index.weight_map = map;
-          await writeBytesAtomic(join(tmp, f), `${JSON.stringify(index, null, 2)}\n`);
-        } else {
-          await copyFile(src, join(tmp, f));
         }
       }
-    }
-    const tensors = reports.flatMap((r) => r.tensors);
-    return {
-      dtype,
-      tensors,
-      kept: reports.flatMap((r) => r.kept),
-      total: combineErrors(tensors.map((t) => t.stats)),
-      inputBytes: reports.reduce((s, r) => s + r.inputBytes, 0),
-      outputBytes: reports.reduce((s, r) => s + r.outputBytes, 0),
-    };
-  });
+      const tensors = reports.flatMap((r) => r.tensors);
+      return {
+        dtype,
+        tensors,
+        kept: reports.flatMap((r) => r.kept),
+        total: combineErrors(tensors.map((t) => t.stats)),
+        inputBytes: reports.reduce((s, r) => s + r.inputBytes, 0),
+        outputBytes: reports.reduce((s, r) => s + r.outputBytes, 0),
+      };
+    },
+    { overwrite: options.force },
+  );
 }
 
 async function buildFileAtomicallyGuard<T>(

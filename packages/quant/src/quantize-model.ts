@@ -1,5 +1,4 @@
-import { randomBytes } from 'node:crypto';
-import { copyFile, mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { copyFile, readdir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import {
   type DType,
@@ -10,6 +9,7 @@ import {
   toFloat32Array,
   writeBytesAtomic,
   writeSafetensors,
+  writeFolderAtomic,
 } from '@lora/core';
 import { blockAbsmax } from './blockwise.js';
 import {
@@ -334,62 +334,66 @@ export async function quantizeModel(
     await refuseExisting(output, options.force);
     return quantizeSafetensors(input, output, options);
   }
-  return buildFolderAtomically(output, options.force, async (tmp) => {
-    const files = info.isDirectory() ? (await readdir(input)).sort() : [basename(input)];
-    const dir = info.isDirectory() ? input : dirname(input);
-    const shards = info.isDirectory()
-      ? files.filter((f) => f.endsWith('.safetensors'))
-      : [basename(input)];
-    if (shards.length === 0)
-      throw new QuantError('QUANT_INPUT', `${input}: no .safetensors file in this folder.`, {
-        file: input,
-      });
-    const reports: QuantizeReport[] = [];
-    for (const shard of shards) {
-      const outName = info.isDirectory() ? shard : 'model.safetensors';
-      reports.push(await quantizeSafetensors(join(dir, shard), join(tmp, outName), options));
-    }
-    const tensors = reports.flatMap((r) => r.tensors);
-    const kept = reports.flatMap((r) => r.kept);
-    const skipModules = [...new Set(kept.filter((n) => n.endsWith('.weight')).map(moduleOf))];
-    if (info.isDirectory()) {
-      for (const f of files) {
-        if (f.endsWith('.safetensors')) continue;
-        const src = join(input, f);
-        if (!(await stat(src)).isFile()) continue;
-        if (f === 'config.json') {
-          const config = JSON.parse(await readFile(src, 'utf8')) as Record<string, unknown>;
-          config.quantization_config =
-            resolved.layout === 'bnb' && isBnb4Format(resolved.format)
-              ? bnbQuantizationConfig({
-                  format: resolved.format,
-                  doubleQuant: resolved.doubleQuant,
-                  computeDType: options.computeDType,
-                  skipModules,
-                })
-              : ortQuantizationConfig({
-                  format: resolved.format,
-                  blockSize: resolved.blockSize,
-                  skipModules,
-                });
-          await writeBytesAtomic(join(tmp, f), `${JSON.stringify(config, null, 2)}\n`);
-        } else if (f.endsWith('.safetensors.index.json')) {
-          await writeBytesAtomic(join(tmp, f), await rewriteIndex(src, reports, shards));
-        } else {
-          await copyFile(src, join(tmp, f));
+  return writeFolderAtomic(
+    output,
+    async (tmp) => {
+      const files = info.isDirectory() ? (await readdir(input)).sort() : [basename(input)];
+      const dir = info.isDirectory() ? input : dirname(input);
+      const shards = info.isDirectory()
+        ? files.filter((f) => f.endsWith('.safetensors'))
+        : [basename(input)];
+      if (shards.length === 0)
+        throw new QuantError('QUANT_INPUT', `${input}: no .safetensors file in this folder.`, {
+          file: input,
+        });
+      const reports: QuantizeReport[] = [];
+      for (const shard of shards) {
+        const outName = info.isDirectory() ? shard : 'model.safetensors';
+        reports.push(await quantizeSafetensors(join(dir, shard), join(tmp, outName), options));
+      }
+      const tensors = reports.flatMap((r) => r.tensors);
+      const kept = reports.flatMap((r) => r.kept);
+      const skipModules = [...new Set(kept.filter((n) => n.endsWith('.weight')).map(moduleOf))];
+      if (info.isDirectory()) {
+        for (const f of files) {
+          if (f.endsWith('.safetensors')) continue;
+          const src = join(input, f);
+          if (!(await stat(src)).isFile()) continue;
+          if (f === 'config.json') {
+            const config = JSON.parse(await readFile(src, 'utf8')) as Record<string, unknown>;
+            config.quantization_config =
+              resolved.layout === 'bnb' && isBnb4Format(resolved.format)
+                ? bnbQuantizationConfig({
+                    format: resolved.format,
+                    doubleQuant: resolved.doubleQuant,
+                    computeDType: options.computeDType,
+                    skipModules,
+                  })
+                : ortQuantizationConfig({
+                    format: resolved.format,
+                    blockSize: resolved.blockSize,
+                    skipModules,
+                  });
+            await writeBytesAtomic(join(tmp, f), `${JSON.stringify(config, null, 2)}\n`);
+          } else if (f.endsWith('.safetensors.index.json')) {
+            await writeBytesAtomic(join(tmp, f), await rewriteIndex(src, reports, shards));
+          } else {
+            await copyFile(src, join(tmp, f));
+          }
         }
       }
-    }
-    return {
-      ...resolved,
-      tensors,
-      kept,
-      total: combineErrors(tensors.map((t) => t.stats)),
-      inputBytes: reports.reduce((s, r) => s + r.inputBytes, 0),
-      outputBytes: reports.reduce((s, r) => s + r.outputBytes, 0),
-      outputFiles: reports.flatMap((r) => r.outputFiles.map((p) => join(output, basename(p)))),
-    };
-  });
+      return {
+        ...resolved,
+        tensors,
+        kept,
+        total: combineErrors(tensors.map((t) => t.stats)),
+        inputBytes: reports.reduce((s, r) => s + r.inputBytes, 0),
+        outputBytes: reports.reduce((s, r) => s + r.outputBytes, 0),
+        outputFiles: reports.flatMap((r) => r.outputFiles.map((p) => join(output, basename(p)))),
+      };
+    },
+    { overwrite: options.force },
+  );
 }
 
 /** A sharded model's index: map every output key to the shard that holds it. */
@@ -424,42 +428,4 @@ async function refuseExisting(path: string, force?: boolean): Promise<void> {
       { file: path },
     );
   }
-}
-
-/**
- * Builds a folder in a temporary sibling and renames it into place; on failure the temporary
- * folder is removed and an existing output is left untouched.
- */
-export async function buildFolderAtomically<T>(
-  output: string,
-  force: boolean | undefined,
-  build: (tmp: string) => Promise<T>,
-): Promise<T> {
-  await refuseExisting(output, force);
-  const suffix = `${process.pid}-${randomBytes(4).toString('hex')}`;
-  const tmp = join(dirname(output), `.${basename(output)}.tmp-${suffix}`);
-  await mkdir(dirname(output), { recursive: true });
-  await mkdir(tmp);
-  let result: T;
-  try {
-    result = await build(tmp);
-  } catch (e) {
-    await rm(tmp, { recursive: true, force: true });
-    throw e;
-  }
-  const old = join(dirname(output), `.${basename(output)}.old-${suffix}`);
-  const hadOld = await stat(output).then(
-    () => true,
-    () => false,
-  );
-  if (hadOld) await rename(output, old);
-  try {
-    await rename(tmp, output);
-  } catch (e) {
-    if (hadOld) await rename(old, output);
-    await rm(tmp, { recursive: true, force: true });
-    throw e;
-  }
-  if (hadOld) await rm(old, { recursive: true, force: true });
-  return result;
 }

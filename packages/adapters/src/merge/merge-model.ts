@@ -6,6 +6,7 @@ import {
   type Tensor,
   type TensorToWrite,
   type UnmergeResidual,
+  writeFolderAtomic,
   writeSafetensors,
 } from '@lora/core';
 import {
@@ -22,7 +23,6 @@ import {
 } from '@lora/quant';
 import { AdapterError } from '../errors.js';
 import { checkAdapterTargets, moduleNamesOf } from '../targets.js';
-import { writeFolderAtomic } from '../io/atomic-folder.js';
 import { ModelFiles } from '../model/model-files.js';
 import { mergeTensor } from './compute.js';
 import { type AdapterSource, planMerge, type TensorCatalog, type TensorPlan } from './plan.js';

@@ -3,14 +3,14 @@ import { join } from 'node:path';
 import {
   type DType,
   type FloatDType,
-  tensorBytes,
   type Tensor,
+  tensorBytes,
   writeAll,
   writeFileAtomic,
+  writeFolderAtomic,
 } from '@lora/core';
 import { findBnb4Weights, readBnb4Weight } from '@lora/quant';
 import { AdapterError } from '../errors.js';
-import { unwrapWriteError, writeFolderAtomic } from '../io/atomic-folder.js';
 import { ModelFiles } from '../model/model-files.js';
 import { deltaOfTerms } from './compute.js';
 import { residualPathFor } from './merge-model.js';
@@ -241,9 +241,7 @@ export async function unmergeModel(
         throw new AdapterError('UNMERGE_RESIDUAL_INVALID', `${residualPath}: expected one file.`, {
           path: residualPath,
         });
-      await writeShard(output, residual.shards[0]).catch((e) => {
-        throw unwrapWriteError(e);
-      });
+      await writeShard(output, residual.shards[0]);
     }
     return { merged, output, residual: residualPath, unmerged, restoredWhole, copied };
   } finally {

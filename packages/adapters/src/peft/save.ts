@@ -4,10 +4,10 @@ import {
   loraConfigToJson,
   type TensorToWrite,
   writeBytesAtomic,
+  writeFolderAtomic,
   writeSafetensors,
 } from '@lora/core';
 import type { Adapter } from '../adapter.js';
-import { writeFolderAtomic } from '../io/atomic-folder.js';
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE } from './files.js';
 import { loraKey, savedKey } from './keys.js';
 
