@@ -15,6 +15,7 @@ import {
 } from '@lora/runtime-onnx';
 import * as ort from 'onnxruntime-node';
 import { afterAll, describe, expect, it } from 'vitest';
+import { runExportedDecoder } from '../test-utils/exported-model.js';
 import { runCli } from '../test-utils/run-cli.js';
 
 const stories = fileURLToPath(
@@ -89,36 +90,7 @@ describe.skipIf(!haveStories)('lora export-onnx --lora-inputs', () => {
     await model.release();
 
     const session = await ort.InferenceSession.create(out);
-    const T = tokens.length;
-    const run = async (slot: number) => {
-      const feeds: Record<string, ort.Tensor> = {
-        input_ids: new ort.Tensor('int64', BigInt64Array.from(tokens, BigInt), [1, T]),
-        attention_mask: new ort.Tensor('int64', new BigInt64Array(T).fill(1n), [1, T]),
-        position_ids: new ort.Tensor('int64', BigInt64Array.from(tokens.map((_, i) => BigInt(i))), [
-          1,
-          T,
-        ]),
-      };
-      // The adapter feeds are @lora/core tensors (i64 index, f32 scale and stacks).
-      for (const [name, t] of Object.entries(slots.feeds([slot]))) {
-        feeds[name] = new ort.Tensor(
-          t.dtype === 'i64' ? 'int64' : 'float32',
-          t.data as Float32Array,
-          [...t.shape],
-        );
-      }
-      for (let l = 0; l < config.numLayers; l++) {
-        for (const kind of ['key', 'value']) {
-          feeds[`past_key_values.${l}.${kind}`] = new ort.Tensor('float32', new Float32Array(0), [
-            1,
-            config.numKvHeads,
-            0,
-            config.headDim,
-          ]);
-        }
-      }
-      return (await session.run(feeds)).logits.data as Float32Array;
-    };
+    const run = (slot: number) => runExportedDecoder(session, config, tokens, slots.feeds([slot]));
     const exported = await run(2);
     const exportedBase = await run(0);
     await session.release();

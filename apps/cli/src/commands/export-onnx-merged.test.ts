@@ -15,6 +15,7 @@ import {
 } from '@lora/runtime-onnx';
 import * as ort from 'onnxruntime-node';
 import { afterAll, describe, expect, it } from 'vitest';
+import { runExportedDecoder } from '../test-utils/exported-model.js';
 import { runCli } from '../test-utils/run-cli.js';
 
 const stories = fileURLToPath(
@@ -71,26 +72,7 @@ describe.skipIf(!haveStories)('lora export-onnx --merged', () => {
 
     // The exported file, run from disk.
     const session = await ort.InferenceSession.create(out);
-    const T = tokens.length;
-    const feeds: Record<string, ort.Tensor> = {
-      input_ids: new ort.Tensor('int64', BigInt64Array.from(tokens, BigInt), [1, T]),
-      attention_mask: new ort.Tensor('int64', new BigInt64Array(T).fill(1n), [1, T]),
-      position_ids: new ort.Tensor('int64', BigInt64Array.from(tokens.map((_, i) => BigInt(i))), [
-        1,
-        T,
-      ]),
-    };
-    for (let l = 0; l < config.numLayers; l++) {
-      for (const kind of ['key', 'value']) {
-        feeds[`past_key_values.${l}.${kind}`] = new ort.Tensor('float32', new Float32Array(0), [
-          1,
-          config.numKvHeads,
-          0,
-          config.headDim,
-        ]);
-      }
-    }
-    const exported = (await session.run(feeds)).logits.data as Float32Array;
+    const exported = await runExportedDecoder(session, config, tokens);
     await session.release();
 
     // The unmerged graph: LoRA branches fed at run time, same adapter at scale 0.75.

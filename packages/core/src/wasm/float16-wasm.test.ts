@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it, vi } from 'vitest';
-import { compileWat } from '../../scripts/build-wasm.mjs';
+import { compileWat } from '../../../../scripts/build-wasm.mjs';
 import {
   bf16ToF32Array,
   f16BitsToF32Bits,

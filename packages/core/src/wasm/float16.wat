@@ -2,7 +2,7 @@
 ;; in ../float16.ts (round to nearest even, NaN rules included). Each function converts `n`
 ;; elements from `src` to `dst` inside this module's memory, rounded UP to a whole vector step:
 ;; the caller owns the padding lanes and ignores their results.
-;; Regenerate the embedded bytes with `node scripts/build-wasm.mjs` after editing.
+;; Regenerate the embedded bytes with `pnpm build:wasm` (in this package) after editing.
 (module
   (memory (export "memory") 32) ;; 2 MiB: the caller's input and output chunks
 

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { createRng } from '@lora/core';
 import { describe, expect, it, vi } from 'vitest';
-import { compileWat } from '../../scripts/build-wasm.mjs';
+import { compileWat } from '../../../../scripts/build-wasm.mjs';
 import { quantizeBlocksKernel } from '../blockwise-kernel.js';
 import { BUCKET_TABLES, quantizeBlockwise, quantizeBlockwiseRef } from '../blockwise.js';
 import { FP4_THRESHOLDS, NF4_THRESHOLDS } from '../codebooks.js';

@@ -1,6 +1,6 @@
 ;; NF4 / FP4 blockwise 4-bit quantization with SIMD128: the same bytes as the TypeScript kernel
 ;; in ../blockwise-kernel.ts (tested block by block), which stays the reference and the fallback.
-;; Regenerate the embedded bytes with `node scripts/build-wasm.mjs` after editing.
+;; Regenerate the embedded bytes with `pnpm build:wasm` (in this package) after editing.
 ;;
 ;; Per block: absmax = max |x| (as integer max over the float32 bit patterns with the sign cleared:
 ;; for non-negative floats bit order is numeric order, and NaN/Inf are the patterns >= 0x7f800000);

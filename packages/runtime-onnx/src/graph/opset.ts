@@ -1,4 +1,4 @@
-import type { DType } from '@lora/core';
+import { type DType, numel, strides } from '@lora/core';
 import { RuntimeError } from '../errors.js';
 import { dtypeOfElemType } from './dtypes.js';
 import {
@@ -9,8 +9,6 @@ import {
   mapBroadcast,
   permuteCopy,
   ref,
-  refNumel,
-  refStrides,
 } from './refmath.js';
 import { broadcastShapes, knownSize, normAxis, unknownDim } from './shape.js';
 import type { Attr, Attrs, Dim, RefTensor } from './types.js';
@@ -139,7 +137,7 @@ export function refMatMul(a: RefTensor, b: RefTensor): RefTensor {
   const batchShape = broadcastConcrete([a.shape.slice(0, -2), b.shape.slice(0, -2)]);
   const aBatch = broadcastStrides(a.shape.slice(0, -2), batchShape);
   const bBatch = broadcastStrides(b.shape.slice(0, -2), batchShape);
-  const out = new Float64Array(refNumel(batchShape) * M * N);
+  const out = new Float64Array(numel(batchShape) * M * N);
   forEachBroadcast(batchShape, [aBatch, bBatch], (bi, [ao, bo]) => {
     const aOff = ao * M * K;
     const bOff = bo * K * N;
@@ -156,7 +154,7 @@ export function refMatMul(a: RefTensor, b: RefTensor): RefTensor {
 
 /** x [..., K] times w^T for a weight w given as [N, K] (torch Linear layout), float64. */
 function matmulTransposedWeight(x: RefTensor, w: Float64Array, N: number, K: number): RefTensor {
-  const rows = refNumel(x.shape) / K;
+  const rows = numel(x.shape) / K;
   const out = new Float64Array(rows * N);
   for (let r = 0; r < rows; r++) {
     for (let n = 0; n < N; n++) {
@@ -282,9 +280,8 @@ const reshape: OpDef = {
     const input = need(x, 'data');
     const target = constInts(shapeInput, 'shape').map((d, i) => (d === 0 ? input.shape[i] : d));
     const free = target.indexOf(-1);
-    if (free >= 0)
-      target[free] = refNumel(input.shape) / refNumel(target.filter((_, i) => i !== free));
-    if (refNumel(target) !== input.data.length)
+    if (free >= 0) target[free] = numel(input.shape) / numel(target.filter((_, i) => i !== free));
+    if (numel(target) !== input.data.length)
       throw new Error(`reference Reshape: bad target ${target}`);
     return [{ dtype: input.dtype, shape: target, data: input.data }];
   },
@@ -300,7 +297,7 @@ const transpose: OpDef = {
   reference([x], attrs) {
     const input = need(x, 'data');
     const perm = attrInts(attrs, 'perm') ?? input.shape.map((_, i) => input.shape.length - 1 - i);
-    const st = refStrides(input.shape);
+    const st = strides(input.shape);
     const outShape = perm.map((p) => input.shape[p]);
     return [
       permuteCopy(input, outShape, (idx) => idx.reduce((acc, v, d) => acc + v * st[perm[d]], 0)),
@@ -354,8 +351,8 @@ const concat: OpDef = {
   reference(inputs, attrs) {
     const xs = inputs.map((x) => need(x, 'input'));
     const axis = normAxis(attrInt(attrs, 'axis'), xs[0].shape.length, 'Concat');
-    const outer = refNumel(xs[0].shape.slice(0, axis));
-    const inner = refNumel(xs[0].shape.slice(axis + 1));
+    const outer = numel(xs[0].shape.slice(0, axis));
+    const inner = numel(xs[0].shape.slice(axis + 1));
     const total = xs.reduce((s, x) => s + x.shape[axis], 0);
     const out = new Float64Array(outer * total * inner);
     let offset = 0;
@@ -431,7 +428,7 @@ const slice: OpDef = {
       steps[p.axis] = st;
       outShape[p.axis] = n;
     }
-    const strd = refStrides(input.shape);
+    const strd = strides(input.shape);
     return [
       permuteCopy(input, outShape, (idx) =>
         idx.reduce((acc, v, d) => acc + (starts[d] + v * steps[d]) * strd[d], 0),
@@ -463,9 +460,9 @@ const gather: OpDef = {
     const data = need(x, 'data');
     const idx = need(indices, 'indices');
     const axis = normAxis(attrInt(attrs, 'axis', 0), data.shape.length, 'Gather');
-    const outer = refNumel(data.shape.slice(0, axis));
+    const outer = numel(data.shape.slice(0, axis));
     const dim = data.shape[axis];
-    const inner = refNumel(data.shape.slice(axis + 1));
+    const inner = numel(data.shape.slice(axis + 1));
     const n = idx.data.length;
     const out = new Float64Array(outer * n * inner);
     for (let o = 0; o < outer; o++) {
@@ -556,7 +553,7 @@ const reduceMean: OpDef = {
     );
     const keep = attrInt(attrs, 'keepdims', 1) === 1;
     const keptShape = input.shape.map((d, i) => (axes.includes(i) ? 1 : d));
-    const sums = new Float64Array(refNumel(keptShape));
+    const sums = new Float64Array(numel(keptShape));
     const st = broadcastStrides(keptShape, input.shape);
     forEachBroadcast(input.shape, [st], (i, [o]) => {
       sums[o] += input.data[i];
@@ -577,8 +574,8 @@ const softmax: OpDef = {
     const input = need(x, 'input');
     const axis = normAxis(attrInt(attrs, 'axis', -1), input.shape.length, 'Softmax');
     const dim = input.shape[axis];
-    const inner = refNumel(input.shape.slice(axis + 1));
-    const outer = refNumel(input.shape.slice(0, axis));
+    const inner = numel(input.shape.slice(axis + 1));
+    const outer = numel(input.shape.slice(0, axis));
     const out = new Float64Array(input.data.length);
     for (let o = 0; o < outer; o++) {
       for (let i = 0; i < inner; i++) {

@@ -1,30 +1,14 @@
-import type { DType } from '@lora/core';
+import { type DType, numel, strides } from '@lora/core';
 import type { RefTensor } from './types.js';
 
 /** Plain float64 helpers the reference ops share. Clarity over speed: these only run at test sizes. */
-
-export function refNumel(shape: readonly number[]): number {
-  let n = 1;
-  for (const d of shape) n *= d;
-  return n;
-}
-
-export function refStrides(shape: readonly number[]): number[] {
-  const s = new Array<number>(shape.length);
-  let acc = 1;
-  for (let i = shape.length - 1; i >= 0; i--) {
-    s[i] = acc;
-    acc *= shape[i];
-  }
-  return s;
-}
 
 export function ref(
   dtype: DType,
   shape: readonly number[],
   data?: Float64Array | readonly number[],
 ): RefTensor {
-  const values = data === undefined ? new Float64Array(refNumel(shape)) : Float64Array.from(data);
+  const values = data === undefined ? new Float64Array(numel(shape)) : Float64Array.from(data);
   return { dtype, shape: [...shape], data: values };
 }
 
@@ -47,7 +31,7 @@ export function broadcastConcrete(shapes: readonly (readonly number[])[]): numbe
 
 /** Strides of `shape` seen through a broadcast to `outShape` (0 along broadcast dimensions). */
 export function broadcastStrides(shape: readonly number[], outShape: readonly number[]): number[] {
-  const own = refStrides(shape);
+  const own = strides(shape);
   const out = new Array<number>(outShape.length).fill(0);
   for (let i = 0; i < shape.length; i++) {
     const o = outShape.length - shape.length + i;
@@ -63,7 +47,7 @@ export function forEachBroadcast(
   visit: (outIndex: number, offsets: readonly number[]) => void,
 ): void {
   const rank = outShape.length;
-  const total = refNumel(outShape);
+  const total = numel(outShape);
   const counter = new Array<number>(rank).fill(0);
   const offsets = new Array<number>(inputStrides.length).fill(0);
   for (let flat = 0; flat < total; flat++) {
@@ -85,7 +69,7 @@ export function mapBroadcast(
   fn: (values: readonly number[]) => number,
 ): RefTensor {
   const outShape = broadcastConcrete(inputs.map((t) => t.shape));
-  const out = new Float64Array(refNumel(outShape));
+  const out = new Float64Array(numel(outShape));
   const st = inputs.map((t) => broadcastStrides(t.shape, outShape));
   const vals = new Array<number>(inputs.length);
   forEachBroadcast(outShape, st, (i, offs) => {
@@ -101,7 +85,7 @@ export function permuteCopy(
   outShape: readonly number[],
   sourceOffset: (index: readonly number[]) => number,
 ): RefTensor {
-  const out = new Float64Array(refNumel(outShape));
+  const out = new Float64Array(numel(outShape));
   const counter = new Array<number>(outShape.length).fill(0);
   for (let flat = 0; flat < out.length; flat++) {
     out[flat] = src.data[sourceOffset(counter)];

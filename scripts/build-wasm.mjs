@@ -1,17 +1,11 @@
-// Compiles the package's .wat sources with wabt (a dev dependency) and writes each as a TS module
-// holding the wasm bytes in base64, so builds, tests and users never need wabt.
-// Usage: node scripts/build-wasm.mjs   (from packages/quant)
-import { readFileSync, writeFileSync } from 'node:fs';
+// Compiles a package's WebAssembly text sources (src/wasm/*.wat) with wabt (a root dev
+// dependency) and writes each as a TS module holding the wasm bytes in base64 (src/wasm/<name>-bytes.ts,
+// constant <NAME>_WASM_BASE64), so builds, tests and users never need wabt.
+// Usage, from a package folder: node ../../scripts/build-wasm.mjs   (or: pnpm build:wasm)
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import wabtInit from 'wabt';
-
-const SOURCES = [
-  {
-    wat: 'src/wasm/blockwise.wat',
-    out: 'src/wasm/blockwise-bytes.ts',
-    name: 'BLOCKWISE_WASM_BASE64',
-  },
-];
 
 /** The wasm bytes of a .wat text (SIMD on, no debug names: the output depends only on the text). */
 export async function compileWat(path, text) {
@@ -34,10 +28,12 @@ export function bytesModule(name, watFile, bytes) {
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const root = new URL('../', import.meta.url);
-  for (const { wat, out, name } of SOURCES) {
-    const bytes = await compileWat(wat, readFileSync(new URL(wat, root), 'utf8'));
-    writeFileSync(new URL(out, root), bytesModule(name, wat.replace(/^src\/wasm\//, ''), bytes));
+  const dir = join(process.cwd(), 'src/wasm');
+  for (const wat of readdirSync(dir).filter((f) => f.endsWith('.wat'))) {
+    const stem = wat.replace(/\.wat$/, '');
+    const bytes = await compileWat(wat, readFileSync(join(dir, wat), 'utf8'));
+    const out = join(dir, `${stem}-bytes.ts`);
+    writeFileSync(out, bytesModule(`${stem.toUpperCase()}_WASM_BASE64`, wat, bytes));
     console.log(`${out}: ${bytes.length} bytes`);
   }
 }
