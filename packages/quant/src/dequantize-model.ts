@@ -19,7 +19,7 @@ import {
 import { combineErrors, type ErrorStats, measureError } from './error-report.js';
 import { QuantError } from './errors.js';
 import { findOrtWeights, ORT_QUANT_STATE_SUFFIX, readOrtWeight } from './ort-layout.js';
-import type { TensorReport } from './quantize-model.js';
+import { refuseExisting, type TensorReport } from './quantize-model.js';
 import { dequantizeWeightF32, type QuantizedWeight, storedBits } from './quantized-weight.js';
 
 export type DequantizeDType = 'f32' | 'f16' | 'bf16';
@@ -140,9 +140,8 @@ export async function dequantizeModel(
     throw new QuantError('QUANT_INPUT', `${input}: no such file or folder.`, { file: input });
   });
   if (!info.isDirectory() && output.endsWith('.safetensors')) {
-    return buildFileAtomicallyGuard(output, options.force, () =>
-      dequantizeSafetensors(input, output, dtype),
-    );
+    await refuseExisting(output, options.force);
+    return dequantizeSafetensors(input, output, dtype); // writeSafetensors itself is atomic
   }
   return writeFolderAtomic(
     output,
@@ -202,25 +201,6 @@ export async function dequantizeModel(
     },
     { overwrite: options.force },
   );
-}
-
-async function buildFileAtomicallyGuard<T>(
-  path: string,
-  force: boolean | undefined,
-  build: () => Promise<T>,
-): Promise<T> {
-  const exists = await stat(path).then(
-    () => true,
-    () => false,
-  );
-  if (exists && !force) {
-    throw new QuantError(
-      'QUANT_OUTPUT_EXISTS',
-      `${path} exists. Choose another output or pass --force to overwrite it.`,
-      { file: path },
-    );
-  }
-  return build(); // writeSafetensors itself is atomic
 }
 
 /** The original shape recorded in a quantized weight's JSON state (bitsandbytes or onnxruntime layout). */

@@ -416,7 +416,8 @@ async function rewriteIndex(
   return `${JSON.stringify(index, null, 2)}\n`;
 }
 
-async function refuseExisting(path: string, force?: boolean): Promise<void> {
+/** Refuses an existing single-file output unless `force` (folders go through writeFolderAtomic). */
+export async function refuseExisting(path: string, force?: boolean): Promise<void> {
   const exists = await stat(path).then(
     () => true,
     () => false,
