@@ -146,3 +146,47 @@ describe.skipIf(!havePeft)('lora inspect on real PEFT adapters', () => {
     );
   });
 });
+
+describe.skipIf(!haveStories)('lora inspect on a 4-bit model', () => {
+  it('counts quantized weights by their logical shape and reports their bits per parameter', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'lora-inspect-q-'));
+    try {
+      const out = join(dir, 'nf4');
+      const q = await runCli([
+        'quantize',
+        stories,
+        '-o',
+        out,
+        '--format',
+        'nf4',
+        '--double-quant',
+        '--json',
+      ]);
+      expect(q.code).toBe(0);
+      const r = await runCli(['inspect', out, '--json']);
+      expect(r.code).toBe(0);
+      const j = JSON.parse(r.stdout);
+      // Same parameter count as the f32 model (260,032 per its SOURCE.md): 4-bit weights count as weights.
+      expect(j.params).toBe(260_032);
+      const weights = j.quantized[0].weights;
+      // stories260K: 5 layers x 7 linears are quantized by default (embeddings and norms stay f32).
+      expect(weights.length).toBe(35);
+      const q0 = weights.find(
+        (w: { name: string }) => w.name === 'model.layers.0.self_attn.q_proj.weight',
+      );
+      expect(q0).toMatchObject({
+        format: 'nf4',
+        blockSize: 64,
+        doubleQuant: true,
+        shape: [64, 64],
+        params: 4096,
+      });
+      // Hand count for one 64x64 weight, block 64, double quant: 2048 packed bytes, 64 u8 codes,
+      // 1 f32 nested absmax, 16 + 256 f32 code tables, plus the quant_state JSON bytes.
+      expect(q0.storedBytes).toBeGreaterThan(2048 + 64 + 4 + 16 * 4 + 256 * 4);
+      expect(q0.storedBytes).toBeLessThan(2048 + 64 + 4 + 16 * 4 + 256 * 4 + 400);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -5,6 +5,10 @@ import { type AdapterDescription, describeAdapter } from '@lora/adapters';
 import { type SafetensorsSummary, summarizeSafetensors } from '@lora/core';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
+import {
+  type QuantizedFileSummary,
+  summarizeQuantizedWeights,
+} from '../inspect/quantized-weights.js';
 import { type CommonOptions, emit, formatBytes, table } from '../output.js';
 
 interface InspectOptions extends CommonOptions {
@@ -35,12 +39,15 @@ export function registerInspect(program: Command): void {
 }
 
 export type InspectReport =
-  | { kind: 'safetensors'; file: SafetensorsSummary }
+  | { kind: 'safetensors'; file: SafetensorsSummary; quantized?: QuantizedFileSummary }
   | {
       kind: 'model';
       path: string;
       config: ModelConfigSummary;
       files: SafetensorsSummary[];
+      /** Per file, when it holds bitsandbytes 4-bit weights. */
+      quantized: (QuantizedFileSummary | null)[];
+      /** Parameters by logical shape (4-bit weights counted as the weights they stand for). */
       params: number;
       bytes: number;
     }
@@ -129,12 +136,16 @@ async function inspectModel(dir: string): Promise<Extract<InspectReport, { kind:
   };
   const weightFiles = (await readdir(dir)).filter((n) => n.endsWith('.safetensors')).sort();
   const files = await Promise.all(weightFiles.map((n) => summarizeSafetensors(join(dir, n))));
+  const quantized = await Promise.all(
+    files.map(async (f) => (await summarizeQuantizedWeights(f)) ?? null),
+  );
   return {
     kind: 'model',
     path: dir,
     config,
     files,
-    params: files.reduce((a, f) => a + f.params, 0),
+    quantized,
+    params: files.reduce((a, f, i) => a + (quantized[i]?.params ?? f.params), 0),
     bytes: files.reduce((a, f) => a + f.fileBytes, 0),
   };
 }
@@ -144,6 +155,31 @@ function renderTensors(f: SafetensorsSummary): string {
     ['tensor', 'dtype', 'shape', 'params', 'bytes'],
     f.tensors.map((t) => [t.name, t.dtype, `[${t.shape.join(', ')}]`, t.params, t.bytes]),
   );
+}
+
+function renderQuantized(q: QuantizedFileSummary): string {
+  const w = q.weights;
+  const formats = [
+    ...new Set(
+      w.map((x) => `${x.format}${x.doubleQuant ? ' + double quant' : ''}, block ${x.blockSize}`),
+    ),
+  ];
+  const params = w.reduce((a, x) => a + x.params, 0);
+  const bytes = w.reduce((a, x) => a + x.storedBytes, 0);
+  return [
+    `4-bit weights (bitsandbytes layout): ${w.length}, ${formats.join('; ')}; ${params.toLocaleString('en-US')} parameters in ${formatBytes(bytes)} (${((bytes * 8) / params).toFixed(3)} bits per parameter)`,
+    table(
+      ['weight', 'format', 'shape', 'params', 'stored bytes', 'bits/param'],
+      w.map((x) => [
+        x.name,
+        x.format,
+        `[${x.shape.join(', ')}]`,
+        x.params,
+        x.storedBytes,
+        x.bitsPerParam,
+      ]),
+    ),
+  ].join('\n');
 }
 
 function renderFile(f: SafetensorsSummary, withTensors: boolean): string {
@@ -188,7 +224,10 @@ function renderAdapter(a: AdapterDescription, trainable?: TrainableShare): strin
 }
 
 function renderReport(r: InspectReport, options: InspectOptions): string {
-  if (r.kind === 'safetensors') return renderFile(r.file, true);
+  if (r.kind === 'safetensors') {
+    const text = renderFile(r.file, true);
+    return r.quantized ? `${text}\n\n${renderQuantized(r.quantized)}` : text;
+  }
   if (r.kind === 'adapter') return renderAdapter(r.adapter, r.trainable);
   const c = r.config;
   const shape = [
@@ -207,6 +246,10 @@ function renderReport(r: InspectReport, options: InspectOptions): string {
   ];
   if (c.quantizationConfig)
     lines.push(`quantization_config: ${JSON.stringify(c.quantizationConfig)}`);
-  for (const f of r.files) lines.push('', renderFile(f, Boolean(options.tensors)));
+  r.files.forEach((f, i) => {
+    lines.push('', renderFile(f, Boolean(options.tensors)));
+    const q = r.quantized[i];
+    if (q) lines.push(renderQuantized(q));
+  });
   return lines.join('\n');
 }

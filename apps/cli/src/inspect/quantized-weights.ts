@@ -1,0 +1,73 @@
+import { numel, SafetensorsFile, type SafetensorsSummary } from '@lora/core';
+import { BNB4_QUANT_STATE_PREFIX, bnb4Keys, type Bnb4Format, findBnb4Weights } from '@lora/quant';
+
+/** A bitsandbytes 4-bit weight as `lora inspect` shows it: its logical shape, not its packed bytes. */
+export interface QuantizedWeightSummary {
+  readonly name: string;
+  readonly format: string;
+  readonly blockSize: number;
+  readonly doubleQuant: boolean;
+  /** The original weight's shape and dtype, from its quant_state JSON. */
+  readonly shape: readonly number[];
+  readonly dtype: string;
+  readonly params: number;
+  /** Bytes of every tensor the weight occupies (packed data and statistics). */
+  readonly storedBytes: number;
+  readonly bitsPerParam: number;
+}
+
+export interface QuantizedFileSummary {
+  readonly weights: QuantizedWeightSummary[];
+  /** Parameters counted by logical shape: quantized weights plus every plain tensor. */
+  readonly params: number;
+}
+
+/**
+ * Finds the bitsandbytes 4-bit weights of a safetensors file (a `weight` with a
+ * `.quant_state.bitsandbytes__<format>` sibling) and reads their small JSON states. Undefined
+ * when the file holds none.
+ */
+export async function summarizeQuantizedWeights(
+  file: SafetensorsSummary,
+): Promise<QuantizedFileSummary | undefined> {
+  const names = file.tensors.map((t) => t.name);
+  const weights = findBnb4Weights(names);
+  if (weights.length === 0) return undefined;
+  const byName = new Map(file.tensors.map((t) => [t.name, t]));
+  const covered = new Set<string>();
+  const out: QuantizedWeightSummary[] = [];
+  const f = await SafetensorsFile.open(file.path);
+  try {
+    for (const name of weights) {
+      const stateKey = names.find((n) => n.startsWith(`${name}${BNB4_QUANT_STATE_PREFIX}`))!;
+      const format = stateKey.slice(`${name}${BNB4_QUANT_STATE_PREFIX}`.length);
+      const state = JSON.parse(new TextDecoder().decode(await f.readBytes(stateKey))) as {
+        quant_type?: string;
+        blocksize?: number;
+        shape?: number[];
+        dtype?: string;
+        nested_blocksize?: number;
+      };
+      const keys = bnb4Keys(name, format as Bnb4Format).filter((k) => byName.has(k));
+      for (const k of keys) covered.add(k);
+      const shape = state.shape ?? [];
+      const params = numel(shape);
+      const storedBytes = keys.reduce((a, k) => a + byName.get(k)!.bytes, 0);
+      out.push({
+        name,
+        format: state.quant_type ?? format,
+        blockSize: state.blocksize ?? 0,
+        doubleQuant: state.nested_blocksize !== undefined,
+        shape,
+        dtype: state.dtype ?? 'unknown',
+        params,
+        storedBytes,
+        bitsPerParam: params > 0 ? (storedBytes * 8) / params : 0,
+      });
+    }
+  } finally {
+    await f.close();
+  }
+  const plain = file.tensors.filter((t) => !covered.has(t.name)).reduce((a, t) => a + t.params, 0);
+  return { weights: out, params: plain + out.reduce((a, w) => a + w.params, 0) };
+}
