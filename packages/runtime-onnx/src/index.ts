@@ -2,6 +2,7 @@ export * from './errors.js';
 export * from './generate/index.js';
 export * from './generate/stepper.js';
 export * from './graph/builder.js';
+export * from './graph/describe.js';
 export * from './graph/dtypes.js';
 export * as ops from './graph/ops.js';
 export * from './graph/opset.js';

@@ -185,6 +185,63 @@ describe.skipIf(!haveStories)('lora inspect on a 4-bit model', () => {
       // 1 f32 nested absmax, 16 + 256 f32 code tables, plus the quant_state JSON bytes.
       expect(q0.storedBytes).toBeGreaterThan(2048 + 64 + 4 + 16 * 4 + 256 * 4);
       expect(q0.storedBytes).toBeLessThan(2048 + 64 + 4 + 16 * 4 + 256 * 4 + 400);
+      // The single file says the same.
+      const file = JSON.parse(
+        (await runCli(['inspect', join(out, 'model.safetensors'), '--json'])).stdout,
+      );
+      expect(file.quantized.params).toBe(260_032);
+      expect(file.quantized.weights.length).toBe(35);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe.skipIf(!haveStories)('lora inspect on an ONNX file', () => {
+  it('lists the exported decoder interface and one MatMulNBits per quantized linear', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'lora-inspect-onnx-'));
+    try {
+      const out = join(dir, 'int4.onnx');
+      const e = await runCli([
+        'export-onnx',
+        '--model',
+        stories,
+        '--quant',
+        'int4',
+        '-o',
+        out,
+        '--json',
+      ]);
+      expect(e.code).toBe(0);
+      const r = await runCli(['inspect', out, '--json']);
+      expect(r.code).toBe(0);
+      const { model } = JSON.parse(r.stdout);
+      // The documented interface: ids, mask, positions and a key/value cache per layer (5 layers).
+      const inputs = new Map(
+        model.inputs.map((v: { name: string; dtype: string }) => [v.name, v.dtype]),
+      );
+      expect(inputs.get('input_ids')).toBe('i64');
+      expect(inputs.get('attention_mask')).toBe('i64');
+      expect(inputs.size).toBe(3 + 2 * 5);
+      expect(model.outputs.map((v: { name: string }) => v.name)).toContain('logits');
+      expect(model.outputs.length).toBe(1 + 2 * 5);
+      // 5 layers x 7 linears (q, k, v, o, gate, up, down), each one MatMulNBits node.
+      expect(model.ops['com.microsoft.MatMulNBits']).toBe(35);
+      const human = await runCli(['inspect', out]);
+      expect(human.stdout).toContain('com.microsoft.MatMulNBits 35');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a file that is not ONNX with a clear error', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'lora-inspect-onnx-'));
+    try {
+      const { writeFile } = await import('node:fs/promises');
+      await writeFile(join(dir, 'bad.onnx'), new Uint8Array([0xff, 0xff, 0xff, 0xff, 0x0f]));
+      const r = await runCli(['inspect', join(dir, 'bad.onnx')]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain('not an ONNX model');
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

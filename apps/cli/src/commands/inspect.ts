@@ -3,6 +3,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type AdapterDescription, describeAdapter } from '@lora/adapters';
 import { type SafetensorsSummary, summarizeSafetensors } from '@lora/core';
+import type { OnnxModelSummary } from '@lora/runtime-onnx';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import {
@@ -21,7 +22,7 @@ export function registerInspect(program: Command): void {
     .command('inspect')
     .argument(
       '<path>',
-      'a .safetensors file, a model folder (config.json) or a PEFT adapter folder (adapter_config.json)',
+      'a .safetensors or .onnx file, a model folder (config.json) or a PEFT adapter folder (adapter_config.json)',
     )
     .description(
       'Show tensors, dtypes, shapes, parameter counts, LoRA config and bytes on disk and in memory.',
@@ -51,7 +52,8 @@ export type InspectReport =
       params: number;
       bytes: number;
     }
-  | { kind: 'adapter'; adapter: AdapterDescription; trainable?: TrainableShare };
+  | { kind: 'adapter'; adapter: AdapterDescription; trainable?: TrainableShare }
+  | { kind: 'onnx'; model: OnnxModelSummary };
 
 /** PEFT's print_trainable_parameters figures for an adapter on a given base. */
 interface TrainableShare {
@@ -80,10 +82,17 @@ interface ModelConfigSummary {
 export async function inspectPath(path: string, base?: string): Promise<InspectReport> {
   if (!existsSync(path)) throw new UsageError(`${path} does not exist.`);
   if (statSync(path).isFile()) {
-    if (path.endsWith('.safetensors'))
-      return { kind: 'safetensors', file: await summarizeSafetensors(path) };
+    if (path.endsWith('.safetensors')) {
+      const file = await summarizeSafetensors(path);
+      return { kind: 'safetensors', file, quantized: await summarizeQuantizedWeights(file) };
+    }
+    if (path.endsWith('.onnx')) {
+      // Loaded on demand: the runtime package brings onnxruntime, which other inspections do not need.
+      const { describeOnnxModel } = await import('@lora/runtime-onnx');
+      return { kind: 'onnx', model: await describeOnnxModel(path) };
+    }
     throw new UsageError(
-      `${path}: cannot inspect this kind of file (expected .safetensors, or a folder).`,
+      `${path}: cannot inspect this kind of file (expected .safetensors, .onnx, or a folder).`,
     );
   }
   if (existsSync(join(path, 'adapter_config.json'))) {
@@ -223,7 +232,26 @@ function renderAdapter(a: AdapterDescription, trainable?: TrainableShare): strin
   return lines.join('\n');
 }
 
+function renderOnnx(m: OnnxModelSummary): string {
+  const io = (v: OnnxModelSummary['inputs'][number]) =>
+    `  ${v.name} ${v.dtype} [${v.shape.join(', ')}]`;
+  const ops = Object.entries(m.ops)
+    .sort((a, b) => b[1] - a[1])
+    .map(([op, n]) => `${op} ${n}`)
+    .join(', ');
+  return [
+    `${m.path}: ONNX IR ${m.irVersion}${m.producer ? ` from ${m.producer}` : ''}, opsets ${m.opsets.map((o) => `${o.domain} ${o.version}`).join(', ')}; ${formatBytes(m.fileBytes)} on disk`,
+    `${m.initializers} initializers, ${m.initializerElements.toLocaleString('en-US')} elements (${formatBytes(m.initializerBytes.inline)} inline, ${formatBytes(m.initializerBytes.external)} external)`,
+    `inputs (${m.inputs.length}):`,
+    ...m.inputs.map(io),
+    `outputs (${m.outputs.length}):`,
+    ...m.outputs.map(io),
+    `${m.nodes} nodes: ${ops}`,
+  ].join('\n');
+}
+
 function renderReport(r: InspectReport, options: InspectOptions): string {
+  if (r.kind === 'onnx') return renderOnnx(r.model);
   if (r.kind === 'safetensors') {
     const text = renderFile(r.file, true);
     return r.quantized ? `${text}\n\n${renderQuantized(r.quantized)}` : text;
