@@ -2,11 +2,11 @@ import { existsSync } from 'node:fs';
 import { extractAdapter, savePeftAdapter } from '@lora/adapters';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
+import { startProgress } from '../progress.js';
 import {
   type CommonOptions,
   checkOutput,
   emit,
-  log,
   parseNumber,
   parsePositiveInt,
   table,
@@ -49,13 +49,14 @@ export function registerExtract(program: Command): void {
       for (const p of [options.base, options.tuned])
         if (!existsSync(p)) throw new UsageError(`${p} does not exist.`);
       checkOutput(options.output, options);
+      const progress = startProgress(options, 'extract');
       const result = await extractAdapter(options.base, options.tuned, {
         rank: options.rank,
         alpha: options.alpha,
         fanInFanOut: options.fanInFanOut,
         seed: options.seed,
-        onProgress: (p) => log(options, `[${p.done}/${p.total}] ${p.module}`),
-      });
+        onProgress: (p) => progress.update(p.done, p.total, p.module),
+      }).finally(() => progress.stop());
       await savePeftAdapter(options.output, result.adapter, { overwrite: Boolean(options.force) });
       emit(
         options,

@@ -4,6 +4,7 @@ import { errorRow } from '@lora/quant';
 import { type Command, Option } from 'commander';
 import { type AdapterSpec, collectAdapter, loadAdapters } from '../adapter-spec.js';
 import { UsageError } from '../errors.js';
+import { startProgress } from '../progress.js';
 import { type CommonOptions, checkOutput, emit, formatBytes, log, table } from '../output.js';
 
 interface MergeOptions extends CommonOptions {
@@ -57,12 +58,14 @@ export function registerMerge(program: Command): void {
       const { sources, warnings } = await loadAdapters(options.adapter);
       for (const w of warnings) log(options, `warning: ${w}`);
       log(options, `merging ${sources.length} adapter(s) into ${options.base} ...`);
+      const progress = startProgress(options, 'merge');
       const report = await mergeIntoModel(options.base, sources, options.output, {
         dtype: options.dtype,
         requantize: options.requantize,
         residual: options.residual,
         overwrite: Boolean(options.force),
-      });
+        onProgress: (p) => progress.update(p.done, p.total, p.tensor),
+      }).finally(() => progress.stop());
       for (const w of report.warnings) log(options, `warning: ${w}`);
       const requant = report.requantizationError;
       emit(

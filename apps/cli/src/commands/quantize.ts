@@ -11,12 +11,12 @@ import {
 } from '@lora/quant';
 import { type Command, Option } from 'commander';
 import { UsageError } from '../errors.js';
+import { startProgress } from '../progress.js';
 import {
   type CommonOptions,
   checkOutput,
   emit,
   formatBytes,
-  log,
   parsePositiveInt,
   table,
 } from '../output.js';
@@ -90,6 +90,8 @@ export function registerQuantize(program: Command): void {
           ? new QuantizeWorkerPool(options.threads)
           : undefined;
       let report: QuantizeReport;
+      const progress = startProgress(options, 'quantize');
+      let done = 0;
       try {
         report = await quantizeModel(input, options.output, {
           format,
@@ -101,13 +103,10 @@ export function registerQuantize(program: Command): void {
           computeDType: options.computeDtype,
           pool,
           force: options.force,
-          onTensor: (row) =>
-            log(
-              options,
-              `quantized ${row.name} [${row.shape.join(', ')}]  rmse ${row.stats.rmse.toExponential(3)}`,
-            ),
+          onTensor: (row) => progress.update(++done, undefined, row.name),
         });
       } finally {
+        progress.stop();
         await pool?.close();
       }
       emit(options, quantizeJson(report), () => renderQuantize(report));
