@@ -2,27 +2,18 @@ import {
   type AnyTypedArray,
   bf16ToF32Array,
   f16ToF32Array,
-  f32BitsToBf16Bits,
-  f32BitsToF16Bits,
   type FloatDType,
+  roundF64Into,
+  type TypedArrayOf,
 } from '@lora/core';
 
 /**
  * Row access to float tensors of any storage dtype (f64, f32, f16, bf16): decode a row to
  * float64 values, and encode float64 values to the storage dtype with ONE rounding to nearest
- * even (as core's `roundF64Into`). Scratch buffers are reused,
- * so a whole tensor is processed with no allocation per row.
+ * even (core's `roundF64Into`). No allocation per row.
  */
 export class FloatRows {
-  private readonly f32: Float32Array;
-
-  /** The scratch row's bits, SIGNED so they stay small integers in V8 (a uint32 above 2^31 is a heap double). */
-  private readonly bits: Int32Array;
-
-  constructor(readonly cols: number) {
-    this.f32 = new Float32Array(cols);
-    this.bits = new Int32Array(this.f32.buffer);
-  }
+  constructor(readonly cols: number) {}
 
   /**
    * Row `i` of `data` (a `dtype` tensor with `cols` columns) as float64 values into `out`; with
@@ -96,9 +87,9 @@ export class FloatRows {
   }
 
   /**
-   * Rounds float64 `values` to `dtype` and stores them as row `i` of `data`. Returns false when
-   * a stored value is NaN or infinite (also when rounding overflowed, e.g. 70000 in f16).
-   * `offset` / `n` select columns as in {@link read}.
+   * Rounds float64 `values` to `dtype` once (core's `roundF64Into`) and stores them as row `i`
+   * of `data`. Returns false when a stored value is NaN or infinite (also when rounding
+   * overflowed, e.g. 70000 in f16). `offset` / `n` select columns as in {@link read}.
    */
   write(
     values: Float64Array,
@@ -108,92 +99,9 @@ export class FloatRows {
     offset = 0,
     n = this.cols,
   ): boolean {
-    const start = i * this.cols + offset;
-    const end = start + n;
-    switch (dtype) {
-      case 'f64': {
-        const row = (data as Float64Array).subarray(start, end);
-        row.set(values.subarray(0, n));
-        return allFinite(row);
-      }
-      case 'f32': {
-        const row = (data as Float32Array).subarray(start, end);
-        row.set(values.subarray(0, n));
-        return allFinite(row);
-      }
-      case 'f16':
-        return this.writeF16(values, data as Uint16Array, start, n);
-      case 'bf16':
-        return this.writeBf16(values, data as Uint16Array, start, n);
-    }
+    const src = n === values.length ? values : values.subarray(0, n);
+    return roundF64Into(src, dtype, data as TypedArrayOf[FloatDType], i * this.cols + offset);
   }
-
-  /**
-   * float64 -> f16 bits in one pass, rounded ONCE (as core's `roundF64Into`). The value is
-   * stored as float32 first; rounding twice can only go wrong when that float32 lands exactly on
-   * an f16 midpoint (a midpoint strictly between x and its nearest float32 would itself be a
-   * closer float32), so only then, or for f16 subnormals, is it nudged one step towards x
-   * ("round to odd"). That test is on the bits and almost never true, so the loop does not pay a
-   * mispredicted branch per value. Then the rebias-and-round of normal results (core's
-   * `f32BitsToF16Bits` for the rest) and the Inf/NaN check.
-   */
-  private writeF16(values: Float64Array, out: Uint16Array, start: number, n: number): boolean {
-    const f = this.f32;
-    const u = this.bits;
-    let finite = true;
-    for (let j = 0; j < n; j++) {
-      const x = values[j];
-      f[j] = x;
-      let b = u[j];
-      const abs0 = b & 0x7fffffff;
-      if ((b & 0x1fff) === 0x1000 || abs0 < 0x38800000) {
-        const r = f[j];
-        if (r !== x && (b & 1) === 0 && r - r === 0) b = Math.abs(x) > Math.abs(r) ? b + 1 : b - 1;
-      }
-      const abs = b & 0x7fffffff;
-      const h =
-        abs >= 0x38800000 && abs < 0x47800000
-          ? ((b >>> 16) & 0x8000) | ((abs - 0x38000000 + 0xfff + ((abs >>> 13) & 1)) >>> 13)
-          : f32BitsToF16Bits(b);
-      out[start + j] = h;
-      if ((h & 0x7c00) === 0x7c00) finite = false;
-    }
-    return finite;
-  }
-
-  /** float64 -> bf16 bits in one pass (see {@link writeF16}). */
-  private writeBf16(values: Float64Array, out: Uint16Array, start: number, n: number): boolean {
-    const f = this.f32;
-    const u = this.bits;
-    let finite = true;
-    for (let j = 0; j < n; j++) {
-      const x = values[j];
-      f[j] = x;
-      let b = u[j];
-      if ((b & 0xffff) === 0x8000) {
-        const r = f[j];
-        if (r !== x && r - r === 0) b = Math.abs(x) > Math.abs(r) ? b + 1 : b - 1;
-      }
-      const h =
-        (b & 0x7fffffff) > 0x7f800000
-          ? f32BitsToBf16Bits(b)
-          : (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
-      out[start + j] = h;
-      if ((h & 0x7f80) === 0x7f80) finite = false;
-    }
-    return finite;
-  }
-}
-
-// One add per value is cheaper than a check per value: the sum is finite when every value is
-// (a sum of finite f32 values cannot overflow float64; for f64 rows an overflowing sum falls
-// back to the per-value check).
-function allFinite(row: Float32Array | Float64Array): boolean {
-  let sum = 0;
-  for (let j = 0; j < row.length; j++) sum += row[j];
-  if (Number.isFinite(sum)) return true;
-  for (let j = 0; j < row.length; j++) if (!Number.isFinite(row[j])) return false;
-  return true;
 }
 
 /** The integer view of a float array's bits (same length), for bit-exact comparisons. */

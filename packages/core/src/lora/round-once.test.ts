@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { fromBf16Bits, fromF16Bits, toF16Bits } from '../float16.js';
 import { createRng } from '../random.js';
-import { f64ToBf16Bits, f64ToF16Bits, roundF64Array } from './round-once.js';
+import { f64ToBf16Bits, f64ToF16Bits, roundF64Array, roundF64Into } from './round-once.js';
 
 /**
  * Reference: nearest-even rounding by search over every finite positive value of the 16-bit
@@ -69,6 +69,37 @@ describe('round once from float64', () => {
     // Exact ties still go to even.
     expect(f64ToF16Bits(1 + 2 ** -11)).toBe(0x3c00);
     expect(f64ToF16Bits(1 + 3 * 2 ** -11)).toBe(0x3c02);
+  });
+
+  it('the array path (one pass, midpoint-only nudge) equals the exhaustive reference', () => {
+    const xs = [...samples];
+    for (let i = 0; i < 3000; i++) {
+      // f16 and bf16 midpoints, normal and subnormal, with nudges either way.
+      const h = rng.integer(0x7bff);
+      const mid = (fromF16Bits(h) + fromF16Bits(h + 1)) / 2;
+      const b = rng.integer(0x7f7f);
+      const midB = (fromBf16Bits(b) + fromBf16Bits(b + 1)) / 2;
+      const e = 2 ** -(30 + rng.integer(20));
+      xs.push(mid, mid * (1 + e), mid * (1 - e), -mid, midB, midB * (1 + e), -midB * (1 - e));
+    }
+    const src = Float64Array.from(xs);
+    const f16 = roundF64Array(src, 'f16');
+    const bf16 = roundF64Array(src, 'bf16');
+    for (let i = 0; i < xs.length; i++) {
+      if (f16[i] !== refF16(xs[i])) throw new Error(`f16 x = ${xs[i]}`);
+      if (bf16[i] !== refBf16(xs[i])) throw new Error(`bf16 x = ${xs[i]}`);
+    }
+  });
+
+  it('reports whether every stored value is finite', () => {
+    for (const dtype of ['f16', 'bf16', 'f32', 'f64'] as const) {
+      const ok = roundF64Array(Float64Array.from([1, -2, 0.5]), dtype);
+      expect(roundF64Into(Float64Array.from([1, -2, 0.5]), dtype, ok)).toBe(true);
+      expect(roundF64Into(Float64Array.from([1, Number.NaN]), dtype, ok)).toBe(false);
+    }
+    const out = new Uint16Array(2);
+    expect(roundF64Into(Float64Array.from([1, 70000]), 'f16', out)).toBe(false); // overflows f16
+    expect(roundF64Into(Float64Array.from([1e300]), 'f32', new Float32Array(1))).toBe(false);
   });
 
   it('many values near midpoints', () => {
