@@ -1,6 +1,7 @@
 import {
   DTYPES,
   type FloatDType,
+  residualChecksum,
   type Tensor,
   type TypedArrayOf,
   type UnmergeResidual,
@@ -111,19 +112,8 @@ function takeResidual(
     shape: [...weight.shape],
     indices: idx,
     bits: picked,
-    checksum: checksum16(weight.data),
+    checksum: residualChecksum(weight.data),
   };
-}
-
-/**
- * FNV-1a over the tensor's bytes taken as 16-bit words: the checksum core's `UnmergeResidual`
- * carries, checked after unmerge to catch a wrong adapter or a modified merged model.
- */
-export function checksum16(data: Tensor['data']): number {
-  const words = new Uint16Array(data.buffer, data.byteOffset, data.byteLength >>> 1);
-  let h = 0x811c9dc5;
-  for (let i = 0; i < words.length; i++) h = Math.imul(h ^ words[i], 0x01000193);
-  return h >>> 0;
 }
 
 /**
@@ -154,7 +144,7 @@ export function unmergeLowRankDelta<D extends FloatDType>(
   }
   if (residual) {
     applyResidual(out, baseDtype, residual, name);
-    if (checksum16(out) !== residual.checksum) {
+    if (residualChecksum(out) !== residual.checksum) {
       throw new AdapterError(
         'UNMERGE_MISMATCH',
         `${name}: after unmerge the weight does not match the original (checksum differs). The merged model or the adapter is not the one that was merged; use the same adapter folders, weights and order as for the merge.`,

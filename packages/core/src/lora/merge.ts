@@ -1,5 +1,5 @@
 import { type FloatDType, isFloatDType, toFloat64Array } from '../convert.js';
-import type { DType, TypedArrayOf } from '../dtype.js';
+import type { AnyTypedArray, DType, TypedArrayOf } from '../dtype.js';
 import { CoreError } from '../errors.js';
 import { bf16ToF32Array, f16ToF32Array } from '../float16.js';
 import { type Tensor, numel, tensor } from '../tensor.js';
@@ -106,7 +106,7 @@ export function unmergeWeight<D extends DType>(
   const bits = bitView(out);
   const { indices } = residual;
   for (let i = 0; i < indices.length; i++) bits[indices[i]] = residual.bits[i];
-  if (checksum16(out) !== residual.checksum) {
+  if (residualChecksum(out.data) !== residual.checksum) {
     throw new CoreError(
       'LORA_UNMERGE_MISMATCH',
       `${where}: after unmerge the weight does not match the original (checksum differs). The merged weight or the adapter is not the one that was merged; use the same adapter files and scalings, in the same order.`,
@@ -386,7 +386,7 @@ function mergeRows<D extends DType>(
       shape: [...W.shape],
       indices: Uint32Array.from(missIndices),
       bits,
-      checksum: checksum16(W),
+      checksum: residualChecksum(W.data),
     },
   };
 }
@@ -436,9 +436,12 @@ function bitView(t: Tensor): Uint16Array | Uint32Array | BigUint64Array {
   return t.data as Uint16Array;
 }
 
-/** FNV-1a over the tensor's bytes taken as 16-bit words: fast, enough to catch a wrong input. */
-function checksum16(t: Tensor): number {
-  const words = new Uint16Array(t.data.buffer, t.data.byteOffset, t.data.byteLength >>> 1);
+/**
+ * The checksum an {@link UnmergeResidual} carries: FNV-1a over the tensor data's bytes taken as
+ * 16-bit words. Fast, and enough to catch a wrong adapter or a modified merged model.
+ */
+export function residualChecksum(data: AnyTypedArray): number {
+  const words = new Uint16Array(data.buffer, data.byteOffset, data.byteLength >>> 1);
   let h = 0x811c9dc5;
   for (let i = 0; i < words.length; i++) h = Math.imul(h ^ words[i], 0x01000193);
   return h >>> 0;
