@@ -1,0 +1,7 @@
+import { LoraError } from '@lora/core';
+
+/**
+ * The error type of `@lora/train`. Codes are stable, e.g. `DATA_INVALID` (a malformed JSONL row,
+ * named by file and line), `DATA_EMPTY`, `SETTINGS_INVALID`, `LOSS_NOT_FINITE`, `CHECKPOINT_INVALID`.
+ */
+export class TrainError extends LoraError {}
