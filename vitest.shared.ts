@@ -16,6 +16,7 @@ export function loraVitestConfig(name: string) {
         '@lora/adapters': src('adapters'),
         '@lora/runtime-onnx': src('runtime-onnx'),
         '@lora/train': src('train'),
+        '@lora/serve': src('serve'),
       },
     },
     test: {

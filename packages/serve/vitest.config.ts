@@ -1,0 +1,3 @@
+import { loraVitestConfig } from '../../vitest.shared.ts';
+
+export default loraVitestConfig('@lora/serve');
