@@ -63,6 +63,77 @@ export interface LinearSite {
  */
 export type LinearHook = (g: GraphBuilder, site: LinearSite) => Value | undefined;
 
+/** A linear's weight tensors as graph values (initializers), with the layout facts of its kind. */
+export type LinearValues =
+  | { readonly kind: 'dense'; readonly weightT: Value }
+  | {
+      readonly kind: 'nbits';
+      readonly blockSize: number;
+      readonly accuracyLevel?: 0 | 1 | 4;
+      readonly packed: Value;
+      readonly scales: Value;
+      readonly zeroPoints?: Value;
+    }
+  | {
+      readonly kind: 'bnb4';
+      readonly blockSize: number;
+      readonly quantType: 'nf4' | 'fp4';
+      readonly packed: Value;
+      readonly absmax: Value;
+    };
+
+/** Initializers already made for a weight, per builder: the forward op and an in-graph dequantize share them. */
+const madeInitializers = new WeakMap<GraphBuilder, Map<LinearWeight, LinearValues>>();
+
+/**
+ * The initializers of a linear's weight, created on first use in `g` and returned again on later
+ * calls with the same weight (so a backward pass reads the very bytes the forward op reads).
+ * Names: `<module>.weight_t` (dense, [in, out]), `.weight_q4`/`.weight_scales`/`.weight_zero_points`
+ * (MatMulNBits), `.weight_bnb4`/`.weight_absmax` (MatMulBnb4).
+ */
+export function linearInitializers(
+  g: GraphBuilder,
+  moduleName: string,
+  weight: LinearWeight,
+): LinearValues {
+  let made = madeInitializers.get(g);
+  if (!made) {
+    made = new Map();
+    madeInitializers.set(g, made);
+  }
+  const known = made.get(weight);
+  if (known) return known;
+  let values: LinearValues;
+  switch (weight.kind) {
+    case 'dense':
+      values = { kind: 'dense', weightT: g.initializer(`${moduleName}.weight_t`, weight.weightT) };
+      break;
+    case 'nbits':
+      values = {
+        kind: 'nbits',
+        blockSize: weight.blockSize,
+        accuracyLevel: weight.accuracyLevel,
+        packed: g.initializer(`${moduleName}.weight_q4`, weight.packed),
+        scales: g.initializer(`${moduleName}.weight_scales`, weight.scales),
+        zeroPoints: weight.zeroPoints
+          ? g.initializer(`${moduleName}.weight_zero_points`, weight.zeroPoints)
+          : undefined,
+      };
+      break;
+    case 'bnb4':
+      values = {
+        kind: 'bnb4',
+        blockSize: weight.blockSize,
+        quantType: weight.quantType,
+        packed: g.initializer(`${moduleName}.weight_bnb4`, weight.packed),
+        absmax: g.initializer(`${moduleName}.weight_absmax`, weight.absmax),
+      };
+      break;
+  }
+  made.set(weight, values);
+  return values;
+}
+
 /**
  * The single place every model emits a linear layer: y = x W^T (+ bias), through MatMul,
  * MatMulNBits or MatMulBnb4 depending on the weight, then the hook (given for decoder layers). x: [..., in] -> y: [..., out].
@@ -77,34 +148,22 @@ export function emitLinear(
 ): Value {
   const N = weight.outFeatures;
   const K = weight.inFeatures;
+  const w = linearInitializers(g, moduleName, weight);
   let y: Value;
-  switch (weight.kind) {
+  switch (w.kind) {
     case 'dense':
-      y = op.matmul(
-        g,
-        x,
-        g.initializer(`${moduleName}.weight_t`, weight.weightT),
-        `${moduleName}/MatMul`,
-      );
+      y = op.matmul(g, x, w.weightT, `${moduleName}/MatMul`);
       break;
     case 'nbits': {
-      const inputs = [
-        x,
-        g.initializer(`${moduleName}.weight_q4`, weight.packed),
-        g.initializer(`${moduleName}.weight_scales`, weight.scales),
-        weight.zeroPoints
-          ? g.initializer(`${moduleName}.weight_zero_points`, weight.zeroPoints)
-          : undefined,
-      ];
       [y] = g.node(
         'MatMulNBits',
-        inputs,
+        [x, w.packed, w.scales, w.zeroPoints],
         {
           K: { int: K },
           N: { int: N },
           bits: { int: 4 },
-          block_size: { int: weight.blockSize },
-          ...(weight.accuracyLevel ? { accuracy_level: { int: weight.accuracyLevel } } : {}),
+          block_size: { int: w.blockSize },
+          ...(w.accuracyLevel ? { accuracy_level: { int: w.accuracyLevel } } : {}),
         },
         `${moduleName}/MatMulNBits`,
       );
@@ -113,16 +172,12 @@ export function emitLinear(
     case 'bnb4':
       [y] = g.node(
         'MatMulBnb4',
-        [
-          x,
-          g.initializer(`${moduleName}.weight_bnb4`, weight.packed),
-          g.initializer(`${moduleName}.weight_absmax`, weight.absmax),
-        ],
+        [x, w.packed, w.absmax],
         {
           K: { int: K },
           N: { int: N },
-          block_size: { int: weight.blockSize },
-          quant_type: { int: weight.quantType === 'nf4' ? 1 : 0 },
+          block_size: { int: w.blockSize },
+          quant_type: { int: w.quantType === 'nf4' ? 1 : 0 },
         },
         `${moduleName}/MatMulBnb4`,
       );

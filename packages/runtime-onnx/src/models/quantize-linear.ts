@@ -32,7 +32,8 @@ export interface BaseQuantOptions {
   readonly accuracyLevel?: 0 | 1 | 4;
 }
 
-function nbitsLinear(q: MatMulNBitsWeight, accuracyLevel?: 0 | 1 | 4): LinearWeight {
+/** A linear in onnxruntime's `MatMulNBits` layout (int4, or uint4 with zero points). */
+export function nbitsLinear(q: MatMulNBitsWeight, accuracyLevel?: 0 | 1 | 4): LinearWeight {
   const blocks = Math.ceil(q.K / q.blockSize);
   return {
     accuracyLevel,
@@ -46,7 +47,8 @@ function nbitsLinear(q: MatMulNBitsWeight, accuracyLevel?: 0 | 1 | 4): LinearWei
   };
 }
 
-function bnb4Linear(w: Bnb4Weight): LinearWeight {
+/** A linear for `MatMulBnb4` from a bitsandbytes weight (double-quantized absmax expanded to float32). */
+export function bnb4Linear(w: Bnb4Weight): LinearWeight {
   const init = toMatMulBnb4(w);
   return {
     kind: 'bnb4',

@@ -31,6 +31,16 @@ export interface SessionOptions {
   readonly intraOpNumThreads?: number;
   /** Let idle onnxruntime threads spin (faster on an otherwise idle machine). Default false. */
   readonly allowSpinning?: boolean;
+  /**
+   * onnxruntime's graph optimizer: `level` (default `'all'`), optimizers turned off by name
+   * (e.g. `['ConstantFolding']`, which training graphs need so 4-bit weights stay packed), and a
+   * path where onnxruntime writes the optimized model (for inspection).
+   */
+  readonly optimization?: {
+    readonly level?: 'disabled' | 'basic' | 'extended' | 'all';
+    readonly disabledOptimizers?: readonly string[];
+    readonly optimizedModelFilePath?: string;
+  };
   /** Where `auto` says it fell back to CPU (default: `console.warn`). */
   readonly warn?: (message: string) => void;
   /** For tests: replaces onnxruntime-node at the session boundary. */
@@ -88,11 +98,23 @@ export class ModelSession {
     const plan = providerPlan(options.device ?? 'cpu', factory.listSupportedBackends());
     const warn = options.warn ?? ((m: string) => console.warn(m));
     const base: ort.InferenceSession.SessionOptions = {
-      graphOptimizationLevel: 'all',
+      graphOptimizationLevel: options.optimization?.level ?? 'all',
+      ...(options.optimization?.optimizedModelFilePath
+        ? { optimizedModelFilePath: options.optimization.optimizedModelFilePath }
+        : {}),
       intraOpNumThreads: options.intraOpNumThreads ?? availableParallelism(),
       logSeverityLevel: 3,
       // Idle pool threads sleep instead of spinning: spinning wins on an idle machine, loses badly on a busy one.
-      extra: { session: { intra_op: { allow_spinning: options.allowSpinning ? '1' : '0' } } },
+      extra: {
+        session: { intra_op: { allow_spinning: options.allowSpinning ? '1' : '0' } },
+        ...(options.optimization?.disabledOptimizers?.length
+          ? {
+              optimization: {
+                disable_specified_optimizers: options.optimization.disabledOptimizers.join(','),
+              },
+            }
+          : {}),
+      },
       externalData: model.externalData.map((c) => ({ path: c.path, data: c.data })),
     };
     for (const provider of plan) {
