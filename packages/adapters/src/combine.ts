@@ -71,7 +71,8 @@ type Values = Float64Array;
  *   separately (A_i weighted by sign(w s)·sqrt(|w s|), B_i by sqrt(|w s|)); equal ranks needed;
  *   NOT the sum of the deltas (cross terms), as in PEFT. Pruning: magnitude keeps the top
  *   `density` share by |x|; DARE drops with probability 1 - density (seeded) and rescales by
- *   1/density; TIES elects a sign per entry and averages the agreeing entries.
+ *   1/density; TIES elects a sign per entry on the pruned, unweighted tensors (as PEFT) and
+ *   averages the weighted entries whose sign agrees with it.
  *
  * lora_B biases are summed as Σ w_i s_i b_i (exact for every method). DoRA adapters cannot be
  * combined (their magnitudes do not add). rslora is folded in (the result has use_rslora false).
@@ -345,22 +346,22 @@ function taskArithmetic(
     });
     return out;
   }
-  // TIES: weight, elect a sign per entry, average the entries that agree with it.
-  const weighted = pruned.map((t, i) => t.map((v) => v * weights[i]));
+  // TIES as PEFT: the sign is elected on the pruned, UNWEIGHTED tensors; an entry takes part
+  // when its own (unweighted) sign is the elected one; the agreeing weighted entries are averaged.
   const out = new Float64Array(n);
   const frequency = options.majoritySignMethod === 'frequency';
   for (let j = 0; j < n; j++) {
     let vote = 0;
-    for (const t of weighted) vote += frequency ? Math.sign(t[j]) : t[j];
+    for (const t of pruned) vote += frequency ? Math.sign(t[j]) : t[j];
     const elected = vote >= 0 ? 1 : -1;
     let sum = 0;
     let count = 0;
-    for (const t of weighted) {
+    pruned.forEach((t, i) => {
       if (Math.sign(t[j]) === elected) {
-        sum += t[j];
+        sum += weights[i] * t[j];
         count++;
       }
-    }
+    });
     out[j] = sum / Math.max(count, 1);
   }
   return out;

@@ -216,7 +216,17 @@ export async function mergeIntoModel(
             shape: e.shape,
             data: async () => {
               const t = await model.read(name);
-              const r = outDtype ? mergeTensor(name, t, tplan, outDtype, capture) : { tensor: t };
+              // An adapter's own base weight (PEFT base_layer.weight): merged onto it; the
+              // original is kept whole for the exact unmerge.
+              const newBase = tplan?.kind === 'lora' ? tplan.newBase?.tensor : undefined;
+              const r = !outDtype
+                ? { tensor: t }
+                : newBase
+                  ? {
+                      ...mergeTensor(name, newBase, tplan, outDtype, false),
+                      original: capture ? t : undefined,
+                    }
+                  : mergeTensor(name, t, tplan, outDtype, capture);
               if ('residual' in r && r.residual) residuals.set(name, r.residual);
               if ('original' in r && r.original) originals.set(name, r.original);
               progress(name);
@@ -355,9 +365,10 @@ export async function mergeIntoModel(
     const replaced: string[] = [];
     const biases: string[] = [];
     for (const [tensor, p] of plan.tensors as Map<string, TensorPlan>) {
-      if (p.kind === 'lora')
+      if (p.kind === 'lora') {
         merged.push({ tensor, modules: p.terms.map((t) => t.module), dora: p.dora });
-      else if (p.kind === 'replace') replaced.push(tensor);
+        if (p.newBase) replaced.push(tensor);
+      } else if (p.kind === 'replace') replaced.push(tensor);
       else biases.push(tensor);
     }
     return {

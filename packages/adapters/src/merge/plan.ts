@@ -29,7 +29,16 @@ export interface LoraTerm {
 }
 
 export type TensorPlan =
-  | { readonly kind: 'lora'; readonly terms: readonly LoraTerm[]; readonly dora: boolean }
+  | {
+      readonly kind: 'lora';
+      readonly terms: readonly LoraTerm[];
+      readonly dora: boolean;
+      /**
+       * The adapter's own copy of this base weight (PEFT `save_embedding_layers`: the key
+       * `<module>.base_layer.weight`). PEFT loads it in place of the base's, then merges on top.
+       */
+      readonly newBase?: { readonly source: number; readonly tensor: Tensor };
+    }
   | {
       readonly kind: 'bias';
       readonly terms: readonly { source: number; module: string; bias: Tensor; scale: number }[];
@@ -79,6 +88,7 @@ export function planMerge(catalog: TensorCatalog, sources: readonly AdapterSourc
   sources.forEach((src, s) => {
     const { adapter } = src;
     const weight = src.weight ?? 1;
+    const saved = splitBaseLayer(adapter);
     for (const [module, lora] of adapter.modules) {
       const weightName = resolveTensorName(catalog, `${module}.weight`);
       if (!weightName) {
@@ -134,10 +144,23 @@ export function planMerge(catalog: TensorCatalog, sources: readonly AdapterSourc
         transpose,
       };
       const terms = prev ? [...prev.terms, term] : [term];
+      let newBase = prev?.newBase;
+      const own = saved.newBases.get(module);
+      if (own) {
+        if (newBase || isQuantized(catalog, weightName) || !sameShape(own.shape, actual)) {
+          throw new AdapterError(
+            'MERGE_CONFLICT',
+            `${label(sources, s)}: module ${module}: the adapter saves its own base weight (${module}.base_layer.weight, [${own.shape.join(', ')}]) but ${newBase ? 'another adapter also replaces it' : isQuantized(catalog, weightName) ? `${weightName} is 4-bit` : `${weightName} is [${actual.join(', ')}]`}. Merge a single such adapter into a full-precision base of the same shape. Nothing was written.`,
+            { module, tensor: weightName },
+          );
+        }
+        newBase = { source: s, tensor: own };
+      }
       tensors.set(weightName, {
         kind: 'lora',
         terms,
         dora: (prev?.dora ?? false) || lora.magnitude !== undefined,
+        ...(newBase ? { newBase } : {}),
       });
       if (lora.magnitude && lora.embedding) {
         throw new AdapterError(
@@ -187,7 +210,7 @@ export function planMerge(catalog: TensorCatalog, sources: readonly AdapterSourc
       }
     }
 
-    for (const [param, t] of adapter.modulesToSave) {
+    for (const [param, t] of saved.replaced) {
       const name = resolveTensorName(catalog, param);
       if (!name) {
         missing.push(`${label(sources, s)}: saved module parameter ${param}`);
@@ -223,6 +246,32 @@ export function planMerge(catalog: TensorCatalog, sources: readonly AdapterSourc
     );
   }
   return { tensors, resolved };
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+const BASE_LAYER = /^(.+)\.base_layer\.([^.]+)$/;
+
+/**
+ * Splits an adapter's saved parameters. PEFT saves a LoRA-wrapped layer's own parameters as
+ * `<module>.base_layer.<param>` (`save_embedding_layers`); they stand for the base's
+ * `<module>.<param>`. The weight of a LoRA module becomes the new base its delta is added to;
+ * everything else replaces the base tensor of the same name.
+ */
+function splitBaseLayer(adapter: Adapter): {
+  newBases: Map<string, Tensor>;
+  replaced: Map<string, Tensor>;
+} {
+  const newBases = new Map<string, Tensor>();
+  const replaced = new Map<string, Tensor>();
+  for (const [param, t] of adapter.modulesToSave) {
+    const m = BASE_LAYER.exec(param);
+    if (m && m[2] === 'weight' && adapter.modules.has(m[1])) newBases.set(m[1], t);
+    else replaced.set(m ? `${m[1]}.${m[2]}` : param, t);
+  }
+  return { newBases, replaced };
 }
 
 const QUANT_STATE = '.quant_state.bitsandbytes__';
