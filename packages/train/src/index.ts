@@ -1,1 +1,11 @@
-export {};
+export * from './errors.js';
+export * from './data/example.js';
+export * from './data/jsonl.js';
+export * from './data/dataset.js';
+export * from './data/packing.js';
+export * from './data/order.js';
+export * from './data/micro-batch.js';
+export * from './optim/parameters.js';
+export * from './optim/adamw.js';
+export * from './optim/clip.js';
+export * from './optim/schedule.js';
