@@ -1,41 +1,45 @@
-import { randomBytes } from 'node:crypto';
 import { type FileHandle, open, rename, unlink } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
-import { CoreError, LoraError } from '../errors.js';
+import { dirname } from 'node:path';
+import { isFsError, writeFailed } from './fs-errors.js';
+import { temporaryPath, trackTemporary, untrackTemporary } from './temporaries.js';
+
+export interface WriteFileAtomicOptions {
+  /**
+   * Runs after the content is complete and fsynced, just before the rename: for example to
+   * remove a file that refers to the one being replaced, so the two are never mismatched.
+   */
+  beforeRename?: () => Promise<void>;
+}
 
 /**
- * Writes a file atomically: the content goes to a temporary file in the same folder, which is
- * fsynced and then renamed over the target, and the folder is fsynced. A crash, a full disk or
- * an exception in `write` leaves either the old file or nothing; the temporary file is removed.
+ * Writes a file atomically: the content goes to a temporary file `.NAME.tmp-PID-*` in the same
+ * folder, which is fsynced and then renamed over the target, and the folder is fsynced. A crash,
+ * a full disk or an exception in `write` leaves either the old file or nothing; the temporary
+ * is removed (on a signal or a kill, by the exit hook or the next run). File-system failures
+ * become `FILE_WRITE_FAILED` with one sentence naming the path and the cause.
  */
 export async function writeFileAtomic(
   path: string,
   write: (handle: FileHandle) => Promise<void>,
+  options: WriteFileAtomicOptions = {},
 ): Promise<void> {
-  const tmp = join(
-    dirname(path),
-    `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`,
-  );
+  const tmp = temporaryPath(path);
   let handle: FileHandle | undefined;
   try {
     handle = await open(tmp, 'wx');
+    trackTemporary(tmp);
     await write(handle);
     await handle.sync();
     await handle.close();
     handle = undefined;
+    await options.beforeRename?.();
     await rename(tmp, path);
+    untrackTemporary(tmp);
   } catch (e) {
     await handle?.close().catch(() => {});
     await unlink(tmp).catch(() => {});
-    const err = e as NodeJS.ErrnoException;
-    if (e instanceof LoraError || !err.code) throw e; // errors of ours pass through unchanged
-    const hint = err.code === 'ENOSPC' ? ' The disk is full; free space and try again.' : '';
-    throw new CoreError(
-      'FILE_WRITE_FAILED',
-      `${path}: write failed (${err.code}).${hint} Nothing was written.`,
-      { file: path },
-      { cause: e },
-    );
+    untrackTemporary(tmp);
+    throw isFsError(e) ? writeFailed(path, e) : e; // errors of ours pass through unchanged
   }
   await syncDirectory(dirname(path));
 }
@@ -56,10 +60,11 @@ export async function writeAll(handle: FileHandle, bytes: Uint8Array): Promise<v
   }
 }
 
-async function syncDirectory(dir: string): Promise<void> {
-  // Makes the rename durable; not supported on every platform/filesystem, so best effort.
+/** Fsyncs a file or folder: makes a rename or a copied file durable. Best effort. */
+export async function syncPath(path: string): Promise<void> {
+  // Not supported on every platform/filesystem (folders on some), hence best effort.
   try {
-    const h = await open(dir, 'r');
+    const h = await open(path, 'r');
     try {
       await h.sync();
     } finally {
@@ -68,4 +73,8 @@ async function syncDirectory(dir: string): Promise<void> {
   } catch {
     /* best effort */
   }
+}
+
+async function syncDirectory(dir: string): Promise<void> {
+  await syncPath(dir);
 }

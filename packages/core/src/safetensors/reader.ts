@@ -1,7 +1,9 @@
-import { type FileHandle, open } from 'node:fs/promises';
+import type { BigIntStats } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { DTYPES, type DType } from '../dtype.js';
 import { CoreError } from '../errors.js';
+import { openRegularFile } from '../io/file-kind.js';
 import type { Tensor } from '../tensor.js';
 import {
   parseHeader,
@@ -21,31 +23,26 @@ export class SafetensorsFile {
     readonly fileSize: number,
     readonly header: SafetensorsHeader,
     private handle: FileHandle | undefined,
+    /** Identity of the file when opened: every read checks it still holds. */
+    private readonly opened: BigIntStats,
   ) {}
 
-  /** Opens and validates a file. Throws `CoreError` (codes `SAFETENSORS_*`) on anything wrong. */
+  /**
+   * Opens and validates a file. Throws `CoreError` (codes `SAFETENSORS_*`) on anything wrong,
+   * `FILE_NOT_REGULAR` for a FIFO or device (never blocks on one).
+   */
   static async open(path: string): Promise<SafetensorsFile> {
-    let handle: FileHandle;
+    const handle = await openRegularFile(path);
     try {
-      handle = await open(path, 'r');
-    } catch (e) {
-      const err = e as NodeJS.ErrnoException;
-      throw new CoreError(
-        err.code === 'ENOENT' ? 'FILE_NOT_FOUND' : 'FILE_UNREADABLE',
-        `${path}: cannot open (${err.code ?? err.message}).`,
-        { file: path },
-        { cause: e },
-      );
-    }
-    try {
-      const { size } = await handle.stat();
+      const opened = await handle.stat({ bigint: true });
+      const size = Number(opened.size);
       const prefix = new Uint8Array(8);
       await readExactly(handle, prefix, 0, Math.min(8, size));
       const headerLength = parseHeaderLength(prefix, size, path);
       const headerBytes = new Uint8Array(headerLength);
       await readExactly(handle, headerBytes, 8, headerLength);
       const header = parseHeader(headerBytes, size, path);
-      return new SafetensorsFile(path, size, header, handle);
+      return new SafetensorsFile(path, size, header, handle, opened);
     } catch (e) {
       await handle.close();
       throw e;
@@ -81,25 +78,67 @@ export class SafetensorsFile {
     return e;
   }
 
-  /** Reads one tensor's raw bytes into a fresh, aligned buffer. */
+  /**
+   * Reads one tensor's raw bytes into a fresh, aligned buffer. A single `Uint8Array` holds at
+   * most 4 GiB; larger tensors are read with {@link read}, whose typed view can be longer.
+   */
   async readBytes(name: string): Promise<Uint8Array> {
     const e = this.entry(name);
-    const bytes = new Uint8Array(e.byteLength);
-    await readExactly(
-      this.fileHandle(),
-      bytes,
-      this.header.dataStart + e.dataOffsets[0],
-      e.byteLength,
-    );
-    return bytes;
+    if (e.byteLength > MAX_BYTE_VIEW) {
+      throw new CoreError(
+        'TENSOR_TOO_LARGE_FOR_BYTES',
+        `${this.path}: tensor "${name}" has ${e.byteLength} bytes, more than one Uint8Array can hold (${MAX_BYTE_VIEW}); read it with read(), which returns a typed view of its dtype.`,
+        { file: this.path, tensor: name, byteLength: e.byteLength },
+      );
+    }
+    return new Uint8Array(await this.readBuffer(e));
   }
 
   /** Reads one tensor. Data is little-endian on disk, as on every platform Node.js runs on. */
   async read<D extends DType = DType>(name: string): Promise<Tensor<D>> {
     const e = this.entry(name);
-    const bytes = await this.readBytes(name);
-    const data = DTYPES[e.dtype].view(bytes.buffer, 0, e.byteLength / DTYPES[e.dtype].itemSize);
+    const length = e.byteLength / DTYPES[e.dtype].itemSize;
+    if (length > MAX_BYTE_VIEW) {
+      throw new CoreError(
+        'TENSOR_TOO_LARGE',
+        `${this.path}: tensor "${name}" has ${length} elements; a JavaScript typed array holds at most ${MAX_BYTE_VIEW}.`,
+        { file: this.path, tensor: name, elements: length },
+      );
+    }
+    const data = DTYPES[e.dtype].view(await this.readBuffer(e), 0, length);
     return { dtype: e.dtype, shape: [...e.shape], data } as unknown as Tensor<D>;
+  }
+
+  /**
+   * Reads a tensor's bytes into a fresh ArrayBuffer, in pieces of at most {@link READ_PIECE}
+   * bytes (one read call and one Uint8Array are limited to 2 and 4 GiB; a tensor can be more),
+   * then checks the file was not modified meanwhile.
+   */
+  private async readBuffer(e: SafetensorsEntry): Promise<ArrayBuffer> {
+    const buffer = new ArrayBuffer(e.byteLength);
+    const start = this.header.dataStart + e.dataOffsets[0];
+    for (let at = 0; at < e.byteLength; at += READ_PIECE) {
+      const n = Math.min(READ_PIECE, e.byteLength - at);
+      await readExactly(this.fileHandle(), new Uint8Array(buffer, at, n), start + at, n);
+    }
+    await this.assertUnchanged();
+    return buffer;
+  }
+
+  /**
+   * Refuses to go on when the file was modified since it was opened (size, modification time or
+   * identity differ): data read before and after the change would be mixed silently.
+   */
+  async assertUnchanged(): Promise<void> {
+    const now = await this.fileHandle().stat({ bigint: true });
+    const was = this.opened;
+    if (now.size !== was.size || now.mtimeNs !== was.mtimeNs || now.ino !== was.ino) {
+      throw new CoreError(
+        'FILE_CHANGED',
+        `${this.path} was modified while it was being read (size ${was.size} -> ${now.size} bytes); the result would mix old and new data, so nothing was written. Run again once nothing else writes the file.`,
+        { file: this.path },
+      );
+    }
   }
 
   /** Reads every tensor, in file order. */
@@ -128,6 +167,11 @@ export class SafetensorsFile {
     return this.handle;
   }
 }
+
+/** Largest Uint8Array (and typed array length) V8 allows: 2^32. */
+const MAX_BYTE_VIEW = 2 ** 32;
+/** Bytes per read call: below the 2 GiB limit of one read, large enough to be fast. */
+const READ_PIECE = 1 << 30;
 
 async function readExactly(
   handle: FileHandle,

@@ -1,0 +1,180 @@
+import { existsSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { CoreError } from '../errors.js';
+import { assertRegularInputs, fileKind } from './file-kind.js';
+import { isFsError, writeFailed } from './fs-errors.js';
+import {
+  lockOwner,
+  lockPath,
+  processAlive,
+  removeStaleTemporaries,
+  trackTemporary,
+  untrackTemporary,
+} from './temporaries.js';
+
+/** The real path of `path`, or of its nearest existing ancestor joined with the rest. */
+function realOrPlanned(path: string): string {
+  const abs = resolve(path);
+  let existing = abs;
+  const rest: string[] = [];
+  while (!existsSync(existing)) {
+    const up = dirname(existing);
+    if (up === existing) break;
+    rest.unshift(basename(existing));
+    existing = up;
+  }
+  try {
+    return join(realpathSync(existing), ...rest);
+  } catch {
+    return abs;
+  }
+}
+
+/** True when `inner` is `outer` or lies below it. */
+function within(inner: string, outer: string): boolean {
+  const rel = relative(outer, inner);
+  return rel === '' || (rel !== '..' && !rel.startsWith(`..${sep}`) && !isAbsolute(rel));
+}
+
+/**
+ * Refuses an output that is, lies inside, or contains any input (after resolving symbolic
+ * links), or that contains the current folder: writing it would destroy or change an input.
+ * Checked before anything is read.
+ */
+export function assertOutputSeparate(output: string, inputs: readonly string[]): void {
+  const out = realOrPlanned(output);
+  for (const input of inputs) {
+    const inp = realOrPlanned(input);
+    let how: string | undefined;
+    if (out === inp) how = 'is the input';
+    else if (within(out, inp)) how = 'is inside the input';
+    else if (within(inp, out)) how = 'contains the input';
+    if (how) {
+      throw new CoreError(
+        'OUTPUT_OVERLAPS_INPUT',
+        `The output ${output} ${how} ${input}; writing it would destroy or change that input. Choose an output path outside every input.`,
+        { output, input },
+      );
+    }
+  }
+  const cwd = realOrPlanned(process.cwd());
+  if (within(cwd, out)) {
+    throw new CoreError(
+      'OUTPUT_CONTAINS_CWD',
+      `The output ${output} is the current folder or contains it; it cannot be replaced. Choose a new folder, e.g. ${join(output, 'out')}.`,
+      { output },
+    );
+  }
+}
+
+/** Relative paths of every file below `folder` (folders themselves not listed). */
+export async function listFilesRecursive(folder: string): Promise<string[]> {
+  const entries = await readdir(folder, { recursive: true, withFileTypes: true });
+  return entries
+    .filter((e) => !e.isDirectory())
+    .map((e) =>
+      relative(folder, join(e.parentPath ?? (e as { path?: string }).path ?? folder, e.name)),
+    )
+    .sort();
+}
+
+/**
+ * Refuses to replace an existing folder that holds files the new output does not (replacing it
+ * would delete them): a folder is replaced only when it holds nothing but what this write
+ * produces, i.e. what an earlier run of the same command wrote. Names the files in the way.
+ */
+export async function assertReplaceable(path: string, newFiles: readonly string[]): Promise<void> {
+  const kind = fileKind(path);
+  if (kind === 'missing') return;
+  if (kind !== 'folder') {
+    throw new CoreError(
+      'OUTPUT_NOT_REPLACEABLE',
+      `${path} is a ${kind === 'file' ? 'file' : kind}, but the output is a folder; it was not replaced. Choose another output.`,
+      { path },
+    );
+  }
+  const expected = new Set(newFiles);
+  const foreign = (await listFilesRecursive(path)).filter((f) => !expected.has(f));
+  if (foreign.length > 0) {
+    const shown = foreign.slice(0, 8).join(', ');
+    const more = foreign.length > 8 ? ` and ${foreign.length - 8} more` : '';
+    throw new CoreError(
+      'OUTPUT_NOT_REPLACEABLE',
+      `Replacing ${path} would delete ${foreign.length} file(s) that this output does not contain: ${shown}${more}. Nothing was replaced: move them away or choose another output.`,
+      { path, files: foreign },
+    );
+  }
+}
+
+/**
+ * Claims `output` for this process with a lock file `.NAME.lock` holding the PID, so that a
+ * second process writing the same output fails at once (`OUTPUT_BUSY`) instead of racing.
+ * A lock of a dead process is taken over. Returns the release function (also run on exit).
+ */
+export function claimOutput(output: string): () => void {
+  const lock = lockPath(output);
+  if (!existsSync(dirname(lock))) return () => {}; // a new folder: the final rename detects races
+  for (let attempt = 0; ; attempt++) {
+    try {
+      writeFileSync(lock, `${process.pid}\n`, { flag: 'wx' });
+      break;
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      if (err.code !== 'EEXIST') throw isFsError(err) ? writeFailed(output, err) : err;
+      const owner = lockOwner(lock);
+      if (owner !== undefined && owner !== process.pid && processAlive(owner)) {
+        throw new CoreError(
+          'OUTPUT_BUSY',
+          `${output} is being written by another process (PID ${owner}); wait for it to finish or choose another output.`,
+          { output, pid: owner },
+        );
+      }
+      if (attempt > 0) throw writeFailed(output, err);
+      rmSync(lock, { force: true }); // stale: its process is gone
+    }
+  }
+  trackTemporary(lock);
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    rmSync(lock, { force: true });
+    untrackTemporary(lock);
+  };
+}
+
+export interface GuardOutputOptions {
+  /** Every file or folder the command reads. */
+  readonly inputs: readonly string[];
+  /** Replace an existing output (still only if it holds nothing but what the command writes). */
+  readonly force?: boolean;
+}
+
+/**
+ * Everything a command checks before it reads anything for an output: the output is separate
+ * from every input; the inputs are regular files or folders (no FIFO or device); an existing
+ * output is refused unless `force`; stale temporaries of dead processes next to the output are
+ * removed; and the output is claimed against concurrent writers. Returns the release function.
+ */
+export function guardOutput(output: string, options: GuardOutputOptions): () => void {
+  assertOutputSeparate(output, options.inputs);
+  assertRegularInputs(options.inputs);
+  removeStaleTemporaries([dirname(resolve(output))]);
+  const kind = fileKind(output);
+  if (kind !== 'missing' && !options.force) {
+    throw new CoreError(
+      'OUTPUT_EXISTS',
+      `${output} already exists. Choose another output, or pass --force to replace what an earlier run wrote there.`,
+      { path: output },
+    );
+  }
+  if (kind === 'fifo' || kind === 'socket' || kind === 'device') {
+    throw new CoreError(
+      'OUTPUT_NOT_REPLACEABLE',
+      `${output} is a ${kind}, not a file or folder; it was not replaced. Choose another output.`,
+      { path: output },
+    );
+  }
+  return claimOutput(output);
+}
