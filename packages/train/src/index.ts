@@ -9,3 +9,7 @@ export * from './optim/parameters.js';
 export * from './optim/adamw.js';
 export * from './optim/clip.js';
 export * from './optim/schedule.js';
+export * from './loop/gradient-step.js';
+export * from './loop/report.js';
+export * from './loop/checkpoint.js';
+export * from './loop/train-loop.js';
