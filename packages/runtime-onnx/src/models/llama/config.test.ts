@@ -41,9 +41,38 @@ describe('parseLlamaConfig names what is wrong', () => {
       /"model_type" "gpt2" is not a supported LLaMA-family model/,
     );
     expect(bad({ hidden_act: 'gelu' })).toThrow(/"hidden_act" "gelu" is not supported/);
-    expect(bad({ rope_scaling: { rope_type: 'yarn', factor: 4 } })).toThrow(
-      /"yarn" is not supported/,
+    expect(bad({ rope_scaling: { rope_type: 'dynamic', factor: 4 } })).toThrow(
+      /"rope_scaling.rope_type" "dynamic" is not supported/,
     );
+    expect(bad({ rope_parameters: { rope_type: 'su', rope_theta: 1 } })).toThrow(
+      /"rope_parameters.rope_type" "su" is not supported \(supported: default, linear, llama3, yarn, longrope\)/,
+    );
+    expect(
+      bad({ rope_scaling: { rope_type: 'yarn' }, max_position_embeddings: undefined }),
+    ).toThrow(/"rope_scaling.original_max_position_embeddings" is missing/);
+    expect(bad({ partial_rotary_factor: 0.5 })).toThrow(/"partial_rotary_factor" is 0.5/);
+    expect(
+      bad({ rope_parameters: { full_attention: { rope_type: 'default' }, sliding_attention: {} } }),
+    ).toThrow(/one rope per layer type/);
+  });
+
+  it('config keys that change the math and are not implemented are refused, not ignored', () => {
+    expect(bad({ model_type: 'mistral', sliding_window: 8, max_position_embeddings: 64 })).toThrow(
+      /"sliding_window" is 8 \(below max_position_embeddings 64\)/,
+    );
+    // A window that covers every position changes nothing; Qwen2 uses it only when enabled.
+    expect(
+      bad({ model_type: 'mistral', sliding_window: 64, max_position_embeddings: 64 }),
+    ).not.toThrow();
+    expect(
+      bad({ model_type: 'qwen2', sliding_window: 8, use_sliding_window: false }),
+    ).not.toThrow();
+    expect(bad({ model_type: 'qwen2', sliding_window: 8, use_sliding_window: true })).toThrow(
+      /sliding-window attention is not implemented/,
+    );
+    expect(bad({ attn_logit_softcapping: 50 })).toThrow(/"attn_logit_softcapping" is set \(50\)/);
+    expect(bad({ final_logit_softcapping: 30 })).toThrow(/"final_logit_softcapping"/);
+    expect(bad({ final_logit_softcapping: null })).not.toThrow();
   });
 
   it('defaults: kv heads = heads, head_dim = hidden / heads; Qwen2 has q/k/v bias and no o_proj bias', () => {

@@ -1,15 +1,7 @@
 import { RuntimeError } from '../../errors.js';
+import { parseRope, type Rope, ropeFrequencies } from './rope.js';
 
-/** RoPE frequency scaling as Llama 3.x configs spell it (`rope_type: "llama3"`), or plain linear. */
-export type RopeScaling =
-  | {
-      readonly type: 'llama3';
-      readonly factor: number;
-      readonly lowFreqFactor: number;
-      readonly highFreqFactor: number;
-      readonly originalMaxPositionEmbeddings: number;
-    }
-  | { readonly type: 'linear'; readonly factor: number };
+export type { Rope, RopeScaling } from './rope.js';
 
 /** A LLaMA-family decoder's shape, read from a Hugging Face `config.json`. */
 export interface LlamaConfig {
@@ -24,8 +16,8 @@ export interface LlamaConfig {
   readonly headDim: number;
   readonly vocabSize: number;
   readonly rmsNormEps: number;
-  readonly ropeTheta: number;
-  readonly ropeScaling?: RopeScaling;
+  /** Rotary embedding: base, scaling type and attention scaling (from either config spelling). */
+  readonly rope: Rope;
   /** The output projection reuses `model.embed_tokens.weight` (no `lm_head.weight`). */
   readonly tieWordEmbeddings: boolean;
   /** q/k/v projections have biases (Llama `attention_bias`; always for Qwen2). */
@@ -76,32 +68,50 @@ function positiveNumber(
   return v;
 }
 
-function parseRopeScaling(raw: unknown, source: string): RopeScaling | undefined {
-  if (raw === undefined || raw === null) return undefined;
-  if (typeof raw !== 'object')
-    throw invalid(source, '"rope_scaling"', 'must be an object or null.');
-  const r = raw as Record<string, unknown>;
-  const type = r.rope_type ?? r.type;
-  const factor = positiveNumber(r, 'factor', `${source} rope_scaling`, Number.NaN);
-  if (type === 'llama3') {
-    return {
-      type: 'llama3',
-      factor,
-      lowFreqFactor: positiveNumber(r, 'low_freq_factor', `${source} rope_scaling`, Number.NaN),
-      highFreqFactor: positiveNumber(r, 'high_freq_factor', `${source} rope_scaling`, Number.NaN),
-      originalMaxPositionEmbeddings: positiveInt(
-        r,
-        'original_max_position_embeddings',
-        `${source} rope_scaling`,
-      ),
-    };
+/**
+ * Config keys that change the computation and that this runtime does not implement. Refused
+ * when active, never ignored: a model that runs with them ignored gives wrong logits silently.
+ */
+function refuseUnsupportedMath(
+  c: Record<string, unknown>,
+  modelType: string,
+  maxPositions: number | undefined,
+  source: string,
+): void {
+  for (const key of [
+    'attn_logit_softcapping',
+    'final_logit_softcapping',
+    'query_pre_attn_scalar',
+  ]) {
+    if (c[key] !== undefined && c[key] !== null) {
+      throw invalid(
+        source,
+        `"${key}"`,
+        `is set (${JSON.stringify(c[key])}); this runtime does not implement it (a Gemma-style setting), so it would compute different logits.`,
+      );
+    }
   }
-  if (type === 'linear') return { type: 'linear', factor };
-  throw invalid(
-    source,
-    '"rope_scaling.rope_type"',
-    `${JSON.stringify(type)} is not supported (llama3 and linear are).`,
-  );
+  // Mistral applies `sliding_window` whenever it is set; Qwen2 only with `use_sliding_window`.
+  const window =
+    modelType === 'mistral' || (modelType === 'qwen2' && c.use_sliding_window === true)
+      ? c.sliding_window
+      : undefined;
+  if (typeof window === 'number' && (maxPositions === undefined || window < maxPositions)) {
+    throw invalid(
+      source,
+      '"sliding_window"',
+      `is ${window} (below max_position_embeddings ${maxPositions ?? '(unset)'}): sliding-window attention is not implemented, so sequences longer than ${window} would attend too far. Use a model without a sliding window, or set "sliding_window" to null if you only run sequences of at most ${window} tokens.`,
+    );
+  }
+  if (Array.isArray(c.layer_types) && window !== undefined && window !== null) {
+    const other = c.layer_types.find((t) => t !== 'full_attention');
+    if (other !== undefined)
+      throw invalid(
+        source,
+        '"layer_types"',
+        `contains "${String(other)}"; only full attention layers are implemented.`,
+      );
+  }
 }
 
 /**
@@ -146,6 +156,10 @@ export function parseLlamaConfig(json: unknown, source = 'config.json'): LlamaCo
   const act = c.hidden_act ?? 'silu';
   if (act !== 'silu')
     throw invalid(source, '"hidden_act"', `"${String(act)}" is not supported (only silu).`);
+  const maxPositionEmbeddings =
+    typeof c.max_position_embeddings === 'number' ? c.max_position_embeddings : undefined;
+  refuseUnsupportedMath(c, modelType, maxPositionEmbeddings, source);
+  const rope = parseRope(c, headDim, maxPositionEmbeddings, source);
   const isQwen2 = modelType === 'qwen2';
   const attentionBias = c.attention_bias === true;
   return {
@@ -158,14 +172,12 @@ export function parseLlamaConfig(json: unknown, source = 'config.json'): LlamaCo
     headDim,
     vocabSize: positiveInt(c, 'vocab_size', source),
     rmsNormEps: positiveNumber(c, 'rms_norm_eps', source, 1e-6),
-    ropeTheta: positiveNumber(c, 'rope_theta', source, 10000),
-    ropeScaling: parseRopeScaling(c.rope_scaling, source),
+    rope,
     tieWordEmbeddings: c.tie_word_embeddings === true,
     qkvBias: isQwen2 || attentionBias,
     outputBias: !isQwen2 && attentionBias,
     mlpBias: c.mlp_bias === true,
-    maxPositionEmbeddings:
-      typeof c.max_position_embeddings === 'number' ? c.max_position_embeddings : undefined,
+    maxPositionEmbeddings,
     bosTokenId: typeof c.bos_token_id === 'number' ? c.bos_token_id : undefined,
     eosTokenId:
       typeof c.eos_token_id === 'number' || Array.isArray(c.eos_token_id)
@@ -176,27 +188,11 @@ export function parseLlamaConfig(json: unknown, source = 'config.json'): LlamaCo
 
 /**
  * RoPE inverse frequencies `1 / theta^(2i / headDim)` for i < headDim / 2 (HF's rotate-half
- * pairing: i with i + headDim/2), with Llama 3 or linear scaling applied. float64.
+ * pairing: i with i + headDim/2) with the config's scaling applied, float64. `long`: longrope's
+ * long-context factors.
  */
-export function ropeInverseFrequencies(config: LlamaConfig): Float64Array {
-  const half = config.headDim / 2;
-  const inv = new Float64Array(half);
-  for (let i = 0; i < half; i++) inv[i] = 1 / config.ropeTheta ** ((2 * i) / config.headDim);
-  const s = config.ropeScaling;
-  if (!s) return inv;
-  if (s.type === 'linear') return inv.map((f) => f / s.factor);
-  // Llama 3: long wavelengths are slowed by `factor`, short ones kept, the band between blended.
-  const lowFreqWavelen = s.originalMaxPositionEmbeddings / s.lowFreqFactor;
-  const highFreqWavelen = s.originalMaxPositionEmbeddings / s.highFreqFactor;
-  return inv.map((f) => {
-    const wavelen = (2 * Math.PI) / f;
-    if (wavelen < highFreqWavelen) return f;
-    if (wavelen > lowFreqWavelen) return f / s.factor;
-    const smooth =
-      (s.originalMaxPositionEmbeddings / wavelen - s.lowFreqFactor) /
-      (s.highFreqFactor - s.lowFreqFactor);
-    return (1 - smooth) * (f / s.factor) + smooth * f;
-  });
+export function ropeInverseFrequencies(config: LlamaConfig, long = false): Float64Array {
+  return ropeFrequencies(config.rope, config.headDim, long);
 }
 
 /** Every linear layer of a decoder layer, in HF module order. */

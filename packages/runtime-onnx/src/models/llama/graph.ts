@@ -103,14 +103,30 @@ export function buildLlamaGraph(
   }
 
   // Rotary tables from the position ids: angles [B, T, D/2] -> cos, sin [B, 1, T, D].
-  const invFreq = g.initializer(
-    'rope.inv_freq',
-    tensor('f32', [headDim / 2], Float32Array.from(ropeInverseFrequencies(config))),
-  );
-  const angles = op.mul(g, op.unsqueeze(g, op.cast(g, positionIds, 'f32'), [-1]), invFreq);
+  const freqs = (name: string, long: boolean) =>
+    g.initializer(
+      name,
+      tensor('f32', [headDim / 2], Float32Array.from(ropeInverseFrequencies(config, long))),
+    );
+  const positions = op.cast(g, positionIds, 'f32');
+  let invFreq = freqs('rope.inv_freq', false);
+  const scaling = config.rope.scaling;
+  if (scaling?.type === 'longrope') {
+    // As transformers: long factors when this call's largest position id + 1 exceeds the original context.
+    const fits = op.lessOrEqual(
+      g,
+      op.reduceMax(g, positions, [0, 1], false),
+      g.scalar(scaling.originalMaxPositionEmbeddings - 1),
+    );
+    invFreq = op.where(g, fits, invFreq, freqs('rope.inv_freq_long', true));
+  }
+  const angles = op.mul(g, op.unsqueeze(g, positions, [-1]), invFreq);
   const fullAngles = op.concat(g, [angles, angles], -1);
-  const cos = op.unsqueeze(g, op.cos(g, fullAngles), [1]);
-  const sin = op.unsqueeze(g, op.sin(g, fullAngles), [1]);
+  // yarn / longrope scale cos and sin (transformers' attention_scaling).
+  const scaled = (x: Value) =>
+    config.rope.attentionScaling === 1 ? x : op.mul(g, x, g.scalar(config.rope.attentionScaling));
+  const cos = op.unsqueeze(g, scaled(op.cos(g, fullAngles)), [1]);
+  const sin = op.unsqueeze(g, scaled(op.sin(g, fullAngles)), [1]);
 
   // Additive attention bias [B, 1, T, S]: query i (absolute index S - T + i) sees key j <= its index
   // whose mask is 1. With left padding, positions and absolute indices agree on real tokens.

@@ -76,7 +76,12 @@ export function referenceForward(
     return y;
   };
   const positions = options.positions ?? tokens.map((_, i) => i);
-  const invFreq = ropeInverseFrequencies(config);
+  const scaling = config.rope.scaling;
+  const long =
+    scaling?.type === 'longrope' &&
+    Math.max(...positions) + 1 > scaling.originalMaxPositionEmbeddings;
+  const invFreq = ropeInverseFrequencies(config, long);
+  const mscale = config.rope.attentionScaling;
   const half = D / 2;
   // In place on a [T, heads * D] projection: out_i = x_i cos - x_{i+half} sin, out_{i+half} = x_{i+half} cos + x_i sin.
   const rope = (x: Float64Array, heads: number) => {
@@ -85,8 +90,8 @@ export function referenceForward(
         const base = t * heads * D + h * D;
         for (let i = 0; i < half; i++) {
           const angle = positions[t] * invFreq[i];
-          const c = Math.cos(angle);
-          const s = Math.sin(angle);
+          const c = Math.cos(angle) * mscale;
+          const s = Math.sin(angle) * mscale;
           const a = x[base + i];
           const b = x[base + i + half];
           x[base + i] = a * c - b * s;
