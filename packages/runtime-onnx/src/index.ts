@@ -20,3 +20,4 @@ export * from './models/llama/reference.js';
 export * from './models/quantize-linear.js';
 export * from './models/weights.js';
 export * from './lora/index.js';
+export * from './graph/gradients.js';

@@ -1,7 +1,24 @@
 import { type DType, type Tensor, tensor } from '@lora/core';
 import { RuntimeError } from '../errors.js';
-import { type InferInput, OPS } from './opset.js';
+import { type InferInput, OPS, type VjpRule } from './opset.js';
 import type { Attrs, Dim, Graph, GraphNode, RefTensor, Value } from './types.js';
+
+/**
+ * A stretch of nodes whose backward pass is ONE rule instead of one rule per node (a composite
+ * such as RMSNorm or attention, see `composites/`). {@link gradients} treats it as a single node
+ * with `inputs` and `outputs`, calling `vjp` with `saved` (forward values the rule reuses).
+ */
+export interface GradientRegion {
+  readonly name: string;
+  /** The region's differentiable inputs, in the order `vjp` returns their gradients. */
+  readonly inputs: readonly Value[];
+  readonly outputs: readonly Value[];
+  readonly saved: readonly Value[];
+  readonly vjp: VjpRule;
+  /** Half-open range of node indices the region's forward nodes occupy. */
+  readonly firstNode: number;
+  readonly endNode: number;
+}
 
 /** Initializers up to this many elements are remembered as values, so shape inference can read them. */
 const SMALL_CONSTANT = 64;
@@ -20,6 +37,9 @@ export class GraphBuilder {
   private readonly nodes: GraphNode[] = [];
   private readonly values = new Map<string, Value>();
   private readonly counters = new Map<string, number>();
+  /** Outputs of `Shape` nodes: their values as known at build time (symbols included). */
+  private readonly shapeValues = new Map<string, readonly Dim[]>();
+  private readonly regionList: GradientRegion[] = [];
 
   constructor(name = 'graph') {
     this.name = name;
@@ -79,19 +99,20 @@ export class GraphBuilder {
   /** A small auto-named constant: int64 by default (shapes, axes, indices), or float32. */
   constant(
     values: readonly number[],
-    dtype: 'i64' | 'f32' = 'i64',
+    dtype: 'i64' | 'f32' | 'f64' = 'i64',
     shape: readonly number[] = [values.length],
   ): Value {
     const data =
-      dtype === 'i64' ? BigInt64Array.from(values, (v) => BigInt(v)) : Float32Array.from(values);
-    return this.initializer(
-      this.uniqueName(dtype === 'i64' ? 'const_i64' : 'const_f32'),
-      tensor(dtype, shape, data),
-    );
+      dtype === 'i64'
+        ? BigInt64Array.from(values, (v) => BigInt(v))
+        : dtype === 'f32'
+          ? Float32Array.from(values)
+          : Float64Array.from(values);
+    return this.initializer(this.uniqueName(`const_${dtype}`), tensor(dtype, shape, data));
   }
 
-  /** A float32 scalar constant (shape `[]`), broadcastable against anything. */
-  scalar(value: number, dtype: 'f32' | 'i64' = 'f32'): Value {
+  /** A scalar constant (shape `[]`, float32 by default), broadcastable against anything. */
+  scalar(value: number, dtype: 'f32' | 'f64' | 'i64' = 'f32'): Value {
     return this.constant([value], dtype, []);
   }
 
@@ -125,7 +146,12 @@ export class GraphBuilder {
           },
         );
       }
-      return { dtype: known.dtype, shape: known.shape, constant: this.smallConstants.get(v.name) };
+      return {
+        dtype: known.dtype,
+        shape: known.shape,
+        constant: this.smallConstants.get(v.name),
+        shapeValue: this.shapeValues.get(v.name),
+      };
     });
     const inferred = def.infer(inferInputs, attrs, where);
     const outputs = inferred.map((o, i) =>
@@ -134,6 +160,9 @@ export class GraphBuilder {
         ...o,
       }),
     );
+    if (op === 'Shape' && inferInputs[0] && attrs.start === undefined && attrs.end === undefined) {
+      this.shapeValues.set(outputs[0].name, inferInputs[0].shape);
+    }
     this.nodes.push({
       op,
       domain: def.domain,
@@ -143,6 +172,57 @@ export class GraphBuilder {
       attrs,
     });
     return outputs;
+  }
+
+  /**
+   * Builds a region of nodes with one backward rule: runs `body` (which emits the forward nodes
+   * through this builder) and records the nodes it added, with the `inputs` the rule
+   * differentiates, the `outputs`, and the `saved` values the rule reuses. Without
+   * {@link gradients} the region is just its nodes: forward graphs are unchanged.
+   *
+   * `gradients` falls back to the per-node rules when the region cannot be treated as one node
+   * (an inner value that depends on the differentiated values is used outside the region, or an
+   * inner node reads such a value that is not among `inputs`), so a region is never wrong, only
+   * sometimes not used.
+   */
+  region(
+    name: string,
+    inputs: readonly Value[],
+    body: () => { readonly outputs: readonly Value[]; readonly saved?: readonly Value[] },
+    vjp: VjpRule,
+  ): Value[] {
+    const firstNode = this.nodes.length;
+    const { outputs, saved = [] } = body();
+    this.regionList.push({
+      name,
+      inputs: [...inputs],
+      outputs: [...outputs],
+      saved: [...saved],
+      vjp,
+      firstNode,
+      endNode: this.nodes.length,
+    });
+    return [...outputs];
+  }
+
+  /** The nodes emitted so far, in topological order (what {@link gradients} walks). */
+  get graphNodes(): readonly GraphNode[] {
+    return this.nodes;
+  }
+
+  /** The regions recorded so far (see {@link GraphBuilder.region}). */
+  get regions(): readonly GradientRegion[] {
+    return this.regionList;
+  }
+
+  /** The values of a small constant (initializers up to 64 elements), else undefined. */
+  constantValue(value: Value): RefTensor | undefined {
+    return this.smallConstants.get(value.name);
+  }
+
+  /** A value of this graph by name (inputs, initializers, node outputs). */
+  valueOf(name: string): Value | undefined {
+    return this.values.get(name);
   }
 
   private readonly nodeNames = new Set<string>();

@@ -84,3 +84,92 @@ export const reduceMean = (g: GraphBuilder, x: Value, axes: readonly number[], k
 
 export const softmax = (g: GraphBuilder, x: Value, axis = -1) =>
   one(g.node('Softmax', [x], { axis: { int: axis } }));
+
+// ---------- ops added for reverse mode (backward graphs use them too) ----------
+
+export const equal = (g: GraphBuilder, a: Value, b: Value) => one(g.node('Equal', [a, b]));
+export const exp = (g: GraphBuilder, x: Value) => one(g.node('Exp', [x]));
+export const log = (g: GraphBuilder, x: Value) => one(g.node('Log', [x]));
+
+/** Picks `x` where `condition` is true, else `y` (all three broadcast). */
+export const where = (g: GraphBuilder, condition: Value, x: Value, y: Value) =>
+  one(g.node('Where', [condition, x, y]));
+
+/** Sum over `axes` (all axes when empty). */
+export const reduceSum = (g: GraphBuilder, x: Value, axes: readonly number[], keepdims = true) =>
+  one(
+    g.node('ReduceSum', [x, axes.length > 0 ? g.constant(axes) : undefined], {
+      keepdims: { int: keepdims ? 1 : 0 },
+    }),
+  );
+
+export const reduceMax = (g: GraphBuilder, x: Value, axes: readonly number[], keepdims = true) =>
+  one(g.node('ReduceMax', [x], { axes: { ints: axes }, keepdims: { int: keepdims ? 1 : 0 } }));
+
+/** Broadcasts `x` to `shape` (an int64 vector value, NumPy rules in both directions). */
+export const expand = (g: GraphBuilder, x: Value, shape: Value) =>
+  one(g.node('Expand', [x, shape]));
+
+export const squeeze = (g: GraphBuilder, x: Value, axes: readonly number[]) =>
+  one(g.node('Squeeze', [x, g.constant(axes)]));
+
+/** Zero padding: `pads` = [begin of each axis..., end of each axis...]. */
+export const pad = (g: GraphBuilder, x: Value, pads: readonly number[]) =>
+  one(g.node('Pad', [x, g.constant(pads)]));
+
+export const logSoftmax = (g: GraphBuilder, x: Value, axis = -1) =>
+  one(g.node('LogSoftmax', [x], { axis: { int: axis } }));
+
+/**
+ * `com.microsoft.FusedMatMul`: alpha * op(a) x op(b), op = transpose of the last two dims when the
+ * flag is set. `x·Wᵀ` through `transB` keeps one copy of an initializer W (a `Transpose(W)` node
+ * would be constant-folded into a second copy).
+ */
+export const fusedMatMul = (
+  g: GraphBuilder,
+  a: Value,
+  b: Value,
+  { transA = false, transB = false, alpha = 1 } = {},
+  name?: string,
+) =>
+  one(
+    g.node(
+      'FusedMatMul',
+      [a, b],
+      { transA: { int: transA ? 1 : 0 }, transB: { int: transB ? 1 : 0 }, alpha: { float: alpha } },
+      name,
+    ),
+  );
+
+/** out[i][j] = data[i][indices[i][j]] along `axis` (same rank, output shaped like `indices`). */
+export const gatherElements = (g: GraphBuilder, data: Value, indices: Value, axis: number) =>
+  one(g.node('GatherElements', [data, indices], { axis: { int: axis } }));
+
+/** Writes (or with `'add'`, adds) `updates` into a copy of `data` at `indices` along `axis`. */
+export const scatterElements = (
+  g: GraphBuilder,
+  data: Value,
+  indices: Value,
+  updates: Value,
+  axis: number,
+  reduction: 'none' | 'add' = 'none',
+) =>
+  one(
+    g.node('ScatterElements', [data, indices, updates], {
+      axis: { int: axis },
+      reduction: { string: reduction },
+    }),
+  );
+
+/** Slices of `data` addressed by the last axis of `indices` ([..., q] picks data[i0..iq-1, ...]). */
+export const gatherND = (g: GraphBuilder, data: Value, indices: Value) =>
+  one(g.node('GatherND', [data, indices]));
+
+/** Writes (or adds) `updates` into a copy of `data` at the slices `indices` address. */
+export const scatterND = (
+  g: GraphBuilder,
+  data: Value,
+  indices: Value,
+  updates: Value,
+  reduction: 'none' | 'add' = 'none',
+) => one(g.node('ScatterND', [data, indices, updates], { reduction: { string: reduction } }));

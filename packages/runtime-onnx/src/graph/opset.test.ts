@@ -147,6 +147,122 @@ describe('op set: onnxruntime matches the float64 reference, one line per case',
     });
   });
 
+  it('Equal, Exp, Log, Where', async () => {
+    await checkParity((g) => op.equal(g, g.input('a', 'i64', [4, 1]), g.input('b', 'i64', [3])), {
+      a: i64([4, 1], [0, 1, 2, 3]),
+      b: i64([3], [1, 3, 5]),
+    });
+    await checkParity((g) => op.exp(g, g.input('x', 'f32', [3, 5])), { x: r([3, 5], 3) });
+    await checkParity((g) => op.log(g, g.input('x', 'f32', [5])), {
+      x: f32([5], [0.01, 0.5, 1, 2, 1000]),
+    });
+    await checkParity(
+      (g) => {
+        const c = op.lessOrEqual(g, g.input('c', 'f32', [3, 1]), g.scalar(0));
+        return op.where(g, c, g.input('x', 'f32', [2, 3, 4]), g.input('y', 'f32', [4]));
+      },
+      { c: r([3, 1]), x: r([2, 3, 4]), y: r([4]) },
+    );
+  });
+
+  it('ReduceSum (axes input, all axes), ReduceMax, LogSoftmax', async () => {
+    const x = r([2, 3, 4], 3);
+    await checkParity((g) => op.reduceSum(g, g.input('x', 'f32', [2, 3, 4]), [0, -1]), { x });
+    await checkParity((g) => op.reduceSum(g, g.input('x', 'f32', [2, 3, 4]), [1], false), { x });
+    await checkParity((g) => op.reduceSum(g, g.input('x', 'f32', [2, 3, 4]), [], false), { x });
+    await checkParity((g) => op.reduceMax(g, g.input('x', 'f32', [2, 3, 4]), [1]), { x });
+    await checkParity((g) => op.reduceMax(g, g.input('x', 'f32', [2, 3, 4]), [0, 2], false), {
+      x,
+    });
+    await checkParity((g) => op.logSoftmax(g, g.input('x', 'f32', [2, 3, 5]), -1), {
+      x: r([2, 3, 5], 4),
+    });
+    await checkParity((g) => op.logSoftmax(g, g.input('x', 'f32', [2, 3, 5]), 1), {
+      x: r([2, 3, 5], 4),
+    });
+  });
+
+  it('Expand (constant and Shape-node shapes), Squeeze, Pad', async () => {
+    await checkParity((g) => op.expand(g, g.input('x', 'f32', [3, 1]), g.constant([2, 3, 4])), {
+      x: r([3, 1]),
+    });
+    await checkParity(
+      (g) => {
+        const like = g.input('like', 'f32', ['b', 3, 4]);
+        const e = op.expand(g, g.input('x', 'f32', [1, 4]), op.shapeOf(g, like));
+        return op.add(g, e, like);
+      },
+      { x: r([1, 4]), like: r([2, 3, 4]) },
+    );
+    await checkParity((g) => op.squeeze(g, g.input('x', 'f32', [1, 3, 1, 2]), [0, -2]), {
+      x: r([1, 3, 1, 2]),
+    });
+    await checkParity((g) => op.pad(g, g.input('x', 'f32', [2, 3]), [1, 0, 2, 3]), {
+      x: r([2, 3]),
+    });
+  });
+
+  it('FusedMatMul with every transpose flag, alpha and batch broadcasting', async () => {
+    for (const [transA, transB] of [
+      [false, false],
+      [false, true],
+      [true, false],
+      [true, true],
+    ]) {
+      const aShape = transA ? [2, 3, 4, 5] : [2, 3, 5, 4];
+      const bShape = transB ? [6, 4] : [4, 6];
+      await checkParity(
+        (g) =>
+          op.fusedMatMul(g, g.input('a', 'f32', aShape), g.input('b', 'f32', bShape), {
+            transA,
+            transB,
+            alpha: 0.5,
+          }),
+        { a: r(aShape), b: r(bShape) },
+      );
+    }
+  });
+
+  it('GatherElements, ScatterElements (none, add with repeats), GatherND, ScatterND add', async () => {
+    await checkParity(
+      (g) => op.gatherElements(g, g.input('x', 'f32', [3, 4]), g.input('i', 'i64', [3, 2]), 1),
+      { x: r([3, 4]), i: i64([3, 2], [0, 3, -1, 1, 2, 2]) },
+    );
+    for (const reduction of ['none', 'add'] as const) {
+      await checkParity(
+        (g) =>
+          op.scatterElements(
+            g,
+            g.input('x', 'f32', [3, 4]),
+            g.input('i', 'i64', [2, 4]),
+            g.input('u', 'f32', [2, 4]),
+            0,
+            reduction,
+          ),
+        {
+          x: r([3, 4]),
+          i: i64([2, 4], [0, 2, 1, 1, 2, 0, 0, 2]),
+          u: r([2, 4]),
+        },
+      );
+    }
+    await checkParity(
+      (g) => op.gatherND(g, g.input('x', 'f32', [5, 3]), g.input('i', 'i64', [2, 2, 1])),
+      { x: r([5, 3]), i: i64([2, 2, 1], [4, 0, 4, 2]) },
+    );
+    await checkParity(
+      (g) =>
+        op.scatterND(
+          g,
+          g.input('x', 'f32', [5, 3]),
+          g.input('i', 'i64', [2, 2, 1]),
+          g.input('u', 'f32', [2, 2, 3]),
+          'add',
+        ),
+      { x: r([5, 3]), i: i64([2, 2, 1], [4, 0, 4, 2]), u: r([2, 2, 3]) },
+    );
+  });
+
   it('every op in the set has a parity case above or in the 4-bit tests', () => {
     const covered = new Set([
       ...[
@@ -174,6 +290,9 @@ describe('op set: onnxruntime matches the float64 reference, one line per case',
         'Slice',
       ],
       ...['Shape', 'Range', 'ReduceMean', 'Softmax', 'MatMulNBits', 'MatMulBnb4'],
+      ...['Equal', 'Exp', 'Log', 'Where', 'ReduceSum', 'ReduceMax', 'LogSoftmax', 'Expand'],
+      ...['Squeeze', 'Pad', 'FusedMatMul', 'GatherElements', 'ScatterElements', 'GatherND'],
+      ...['ScatterND'],
     ]);
     expect(Object.keys(OPS).sort()).toEqual([...covered].sort());
   });
