@@ -137,6 +137,13 @@ describe('weights that do not fit the config are named before any session is bui
     );
   });
 
+  it('more layers in the weights than num_hidden_layers', async () => {
+    const w = randomLlamaWeights(tinyConfig({ num_hidden_layers: 3 }));
+    expect(() => validateLlamaWeights(config, memoryWeights(w))).toThrow(
+      /the weights hold 3 layers .* "num_hidden_layers": 2; running it would drop layers/,
+    );
+  });
+
   it('integer weights', () => {
     const w = randomLlamaWeights(config) as Map<string, ReturnType<typeof tensor>>;
     w.set('model.norm.weight', tensor('i32', [32]));

@@ -27,6 +27,19 @@ const FLOAT_DTYPES = new Set(['f32', 'f16', 'bf16', 'f64']);
  * float dtype, before anything is read: the error names the tensor and both shapes.
  */
 export function validateLlamaWeights(config: LlamaConfig, source: WeightSource): void {
+  // Layers beyond num_hidden_layers would be silently dropped: a truncated model, wrong logits.
+  let layers = 0;
+  for (const name of source.names()) {
+    const m = /^model\.layers\.(\d+)\./.exec(name);
+    if (m) layers = Math.max(layers, Number(m[1]) + 1);
+  }
+  if (layers > config.numLayers) {
+    throw new RuntimeError(
+      'WEIGHT_EXTRA_LAYERS',
+      `${source.description}: the weights hold ${layers} layers (model.layers.0 to model.layers.${layers - 1}) but config.json says "num_hidden_layers": ${config.numLayers}; running it would drop layers. Fix num_hidden_layers or use the config that came with these weights.`,
+      { layers, numLayers: config.numLayers },
+    );
+  }
   const missing: string[] = [];
   for (const { name, shape } of llamaWeightSpec(config)) {
     // Tensors stored 4-bit (`lora quantize` output) are checked against their quant state when read.
