@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import {
   isFloatDType,
+  LORA_CONFIG_DEFAULTS,
   type LoraConfig,
   loraRank,
   parseLoraConfig,
@@ -38,13 +39,36 @@ export async function readAdapterConfig(
     );
   }
   const { config, unknownKeys, warnings } = parseLoraConfig(json, configPath);
-  const out = [...warnings];
+  const out = [...warnings, ...missingFieldWarnings(json as Record<string, unknown>, configPath)];
   if (unknownKeys.length > 0) {
     out.push(
       `${configPath}: unknown config key(s) ${unknownKeys.map((k) => `"${k}"`).join(', ')} kept as they are (PEFT drops unknown keys when it loads).`,
     );
   }
   return { config, warnings: out };
+}
+
+/**
+ * Fields PEFT fills with defaults when absent: said out loud, since a missing `r` or `lora_alpha`
+ * changes the scaling (a rank that disagrees with the tensors is refused when they are read).
+ */
+function missingFieldWarnings(raw: Record<string, unknown>, configPath: string): string[] {
+  const out: string[] = [];
+  for (const [field, value] of [
+    ['r', LORA_CONFIG_DEFAULTS.r],
+    ['lora_alpha', LORA_CONFIG_DEFAULTS.lora_alpha],
+  ] as const) {
+    if (raw[field] === undefined)
+      out.push(
+        `${configPath}: "${field}" is missing; PEFT's default ${field} = ${value} applies (scaling lora_alpha / r). Add it to adapter_config.json if the adapter was trained with another value.`,
+      );
+  }
+  if (raw.target_modules === undefined || raw.target_modules === null) {
+    out.push(
+      `${configPath}: "target_modules" is missing; PEFT then picks its defaults for the model type (q_proj and v_proj for LLaMA-family models) and refuses unknown models. Here the modules present in the weights file are used.`,
+    );
+  }
+  return out;
 }
 
 interface PartialModule {

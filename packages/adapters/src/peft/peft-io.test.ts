@@ -135,6 +135,29 @@ describe('loadPeftAdapter / savePeftAdapter', () => {
     ).toBe(true);
   });
 
+  it('a config without r, lora_alpha or target_modules: PEFT defaults named in warnings; a rank that disagrees with r = 8 refused', async () => {
+    const tensors = (r: number) =>
+      new Map([
+        ['base_model.model.m.q.lora_A.weight', tensor('f32', [r, 3])],
+        ['base_model.model.m.q.lora_B.weight', tensor('f32', [2, r])],
+      ]);
+    const ok = await folder({ peft_type: 'LORA' }, tensors(8));
+    const { adapter, warnings } = await loadPeftAdapter(ok);
+    expect(adapter.config.r).toBe(8);
+    expect(warnings.join('\n')).toMatch(/"r" is missing; PEFT's default r = 8 applies/);
+    expect(warnings.join('\n')).toMatch(/"lora_alpha" is missing; PEFT's default lora_alpha = 8/);
+    expect(warnings.join('\n')).toMatch(
+      /"target_modules" is missing; PEFT then picks its defaults/,
+    );
+    const bad = await folder(
+      { peft_type: 'LORA', lora_alpha: 16, target_modules: ['q'] },
+      tensors(4),
+    );
+    await expect(loadPeftAdapter(bad)).rejects.toThrow(
+      /rank 4 in its tensors but the config says r = 8/,
+    );
+  });
+
   it('clear errors: rank disagreement, missing B, not a LoRA config, pickled weights only', async () => {
     const rank = await folder(
       { peft_type: 'LORA', r: 4, target_modules: ['q'] },
