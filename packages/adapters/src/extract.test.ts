@@ -144,4 +144,20 @@ describe('extractAdapter', () => {
     )!;
     expect(maxAbsDiff(merged, T)).toBeLessThan(1e-5);
   });
+
+  it('a rank above the rank a changed layer can have is refused, not padded with zeros', async () => {
+    const W = randomTensor(7, [12, 40]);
+    const p = await pair(
+      new Map([['l.fc.weight', W]]),
+      new Map([['l.fc.weight', plusLowRank(W, 2, 50)]]),
+    );
+    await expect(extractAdapter(p.base, p.tuned, { rank: 1000 })).rejects.toMatchObject({
+      code: 'EXTRACT_RANK_TOO_LARGE',
+      message: expect.stringMatching(
+        /rank 1000 is above the largest rank of l.fc.weight \(\[12, 40\]: at most 12\)/,
+      ),
+    });
+    const full = await extractAdapter(p.base, p.tuned, { rank: 12 });
+    expect(full.adapter.modules.get('l.fc')!.A.shape).toEqual([12, 40]);
+  });
 });

@@ -132,7 +132,15 @@ export async function extractAdapter(
       const embedding = EMBEDDING_NAME.test(name);
       const transposed = embedding || fanInFanOut; // stored layout is (B·A)^T
       const [rows, cols] = shape;
-      const k = Math.min(rank, rows, cols);
+      if (rank > Math.min(rows, cols)) {
+        // Rows of zeros beyond the layer's own rank would only inflate the adapter.
+        throw new AdapterError(
+          'EXTRACT_RANK_TOO_LARGE',
+          `rank ${rank} is above the largest rank of ${name} ([${rows}, ${cols}]: at most ${Math.min(rows, cols)}). Choose --rank ${Math.min(rows, cols)} or less. Nothing was written.`,
+          { tensor: name, rank, maxRank: Math.min(rows, cols) },
+        );
+      }
+      const k = rank;
       const exact =
         Math.min(rows, cols) <= (options.exactUpTo ?? 256) || k === Math.min(rows, cols);
       const D = tensor('f32', [rows, cols], diff);
@@ -165,7 +173,7 @@ export async function extractAdapter(
       // D [rows, cols] ~ U_k S_k V_k^T. Torch layout [out, in]: B·A = D / scaling (or D^T / scaling).
       const outF = transposed ? cols : rows;
       const inF = transposed ? rows : cols;
-      const A = new Float32Array(rank * inF); // padded with zero rows if k < rank
+      const A = new Float32Array(rank * inF);
       const B = new Float32Array(outF * rank);
       for (let t = 0; t < k; t++) {
         const root = Math.sqrt(s[t] / scaling);
