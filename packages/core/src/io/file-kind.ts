@@ -91,7 +91,14 @@ export async function openRegularFile(path: string): Promise<FileHandle> {
  * refuses anything that would leave it: absolute paths and `..` segments. The check is on the
  * name as written, so symbolic links inside the folder (as in the Hugging Face cache) still work.
  */
-export function resolveInsideFolder(folder: string, name: string, listedIn: string): string {
+export function resolveInsideFolder(folder: string, name: unknown, listedIn: string): string {
+  if (typeof name !== 'string') {
+    throw new CoreError(
+      'PATH_OUTSIDE_FOLDER',
+      `${listedIn} names ${JSON.stringify(name)} where a file name is expected; the file is corrupt.`,
+      { folder, listedIn },
+    );
+  }
   const rel = normalize(name);
   if (
     name.length === 0 ||

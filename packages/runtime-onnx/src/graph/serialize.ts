@@ -1,3 +1,4 @@
+import { rm } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { type Tensor, tensorBytes, writeAll, writeFileAtomic } from '@lora/core';
 import onnxProto, { type onnx as Onnx } from 'onnx-proto';
@@ -142,7 +143,8 @@ export interface SavedModel {
 /**
  * Writes a graph as an `.onnx` file (atomically), with large initializers in a side file
  * `<name>.data` next to it when asked or when the model would pass protobuf's 2 GB limit. The
- * side file is written first, so a model file never points at missing data.
+ * side file is written first and an existing model file is removed just before the new side file
+ * takes its place, so a model file never points at missing or foreign data.
  */
 export async function saveModel(
   graph: Graph,
@@ -172,14 +174,21 @@ export async function saveModel(
     placed.push({ t, offset });
     offset += t.data.byteLength;
   }
-  await writeFileAtomic(dataPath, async (fh) => {
-    let at = 0;
-    for (const p of placed) {
-      if (p.offset > at) await writeAll(fh, new Uint8Array(p.offset - at));
-      await writeAll(fh, tensorBytes(p.t));
-      at = p.offset + p.t.data.byteLength;
-    }
-  });
+  // An existing model file is removed just before the new data replaces its data: a crash at
+  // any moment leaves the old pair, no model, or the new pair, never a model with foreign data.
+  const removeOldModel = () => rm(path, { force: true });
+  await writeFileAtomic(
+    dataPath,
+    async (fh) => {
+      let at = 0;
+      for (const p of placed) {
+        if (p.offset > at) await writeAll(fh, new Uint8Array(p.offset - at));
+        await writeAll(fh, tensorBytes(p.t));
+        at = p.offset + p.t.data.byteLength;
+      }
+    },
+    { beforeRename: removeOldModel },
+  );
   const bytes = modelProto(graph, inits);
   await writeFileAtomic(path, async (fh) => writeAll(fh, bytes));
   return { modelPath: path, dataPath, bytes: bytes.length + offset };

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { type DType, SafetensorsFile, type Tensor } from '@lora/core';
+import { type DType, resolveInsideFolder, SafetensorsFile, type Tensor } from '@lora/core';
 import { RuntimeError } from '../errors.js';
 
 /** Where a model's tensors come from: a folder of safetensors files, or tensors in memory. */
@@ -63,7 +63,8 @@ export async function folderWeights(dir: string): Promise<WeightSource> {
         file: indexPath,
       });
     }
-    for (const [name, file] of Object.entries(index.weight_map)) fileOf.set(name, join(dir, file));
+    for (const [name, file] of Object.entries(index.weight_map))
+      fileOf.set(name, resolveInsideFolder(dir, file, indexPath));
   } else if (!existsSync(single)) {
     throw new RuntimeError(
       'WEIGHTS_NOT_FOUND',

@@ -1,3 +1,5 @@
+// Must stay the first import: it sets the environment onnxruntime-node reads when it loads.
+import './ort-env.js';
 import { availableParallelism } from 'node:os';
 import { type DType, type Tensor, tensor } from '@lora/core';
 import * as ort from 'onnxruntime-node';
