@@ -121,7 +121,7 @@ export async function checkGradients(
   build: (g: GraphBuilder) => Value | readonly Value[],
   feeds: Readonly<Record<string, Tensor>>,
   options: GradientCheckOptions = {},
-): Promise<{ fdError: number; ortError: number }> {
+): Promise<{ fdError: number; ortError: number; ops: readonly string[] }> {
   const rand = seededRandom(options.seed ?? 1);
   const g = new GraphBuilder('gradcheck');
   const built = build(g);
@@ -161,7 +161,7 @@ export async function checkGradients(
     options.directions ?? 3,
   );
   const ortError = await checkOnnxruntime(full, feeds, want, options.ort);
-  return { fdError, ortError };
+  return { fdError, ortError, ops: forward.nodes.map((n) => n.op) };
 }
 
 function checkDirectional(
