@@ -1,8 +1,11 @@
-import { isLoraError } from '@lora/core';
+import { isLoraError, removeStaleTemporaries } from '@lora/core';
 import { Command, CommanderError } from 'commander';
 import { commands } from './commands/index.js';
 import { UsageError } from './errors.js';
+import { releaseOutputs } from './output.js';
 import { VERSION } from './version.js';
+
+export { installSignalCleanup } from './signals.js';
 
 /**
  * Runs the `lora` command line with the given arguments and returns the exit code:
@@ -22,12 +25,20 @@ export async function run(argv: readonly string[]): Promise<number> {
       writeErr: (s) => process.stderr.write(s),
     });
   for (const register of commands) register(program);
+  for (const command of program.commands) {
+    if (!command.options.some((o) => o.long === '--verbose'))
+      command.option('--verbose', 'on errors, also print the stack trace');
+  }
   const verbose = argv.includes('--verbose');
   try {
+    // Temporaries of earlier runs that were killed (SIGKILL, power loss) are removed first.
+    removeStaleTemporaries();
     await program.parseAsync(argv, { from: 'user' });
     return 0;
   } catch (e) {
     return reportError(e, verbose);
+  } finally {
+    releaseOutputs();
   }
 }
 

@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { guardOutput } from '@lora/core';
 import { UsageError } from './errors.js';
 
 /** Options every command accepts. */
@@ -33,11 +33,27 @@ export function useColor(): boolean {
   return Boolean(process.stdout.isTTY) && !process.env.NO_COLOR;
 }
 
-/** Refuses to overwrite an existing output unless --force. */
-export function checkOutput(path: string, options: CommonOptions): void {
-  if (existsSync(path) && !options.force) {
-    throw new UsageError(`${path} exists. Choose another output or pass --force to overwrite it.`);
-  }
+const claimed: Array<() => void> = [];
+
+/**
+ * Checks an output before anything is read (core's `guardOutput`): it must not be, lie inside
+ * or contain any of `inputs` (nor the current folder); inputs must be regular files or folders;
+ * an existing output needs --force (and is then replaced only if it holds nothing but what the
+ * command writes); stale temporaries of killed runs next to it are removed; and the output is
+ * claimed so that a concurrent `lora` writing the same path fails at once. The claim ends with
+ * the command ({@link releaseOutputs}).
+ */
+export function checkOutput(
+  path: string,
+  options: CommonOptions,
+  inputs: readonly string[] = [],
+): void {
+  claimed.push(guardOutput(path, { inputs, force: options.force }));
+}
+
+/** Ends the claims {@link checkOutput} made (run when a command finishes, however it ends). */
+export function releaseOutputs(): void {
+  for (const release of claimed.splice(0)) release();
 }
 
 /** Formats a table of rows with aligned columns (numbers right-aligned). */

@@ -70,7 +70,11 @@ export function registerCombine(program: Command): void {
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
     .action(async (options: CombineOptions) => {
-      checkOutput(options.output, options);
+      checkOutput(
+        options.output,
+        options,
+        options.adapter.map((a) => a.dir),
+      );
       if (options.density !== undefined && !(options.density > 0 && options.density <= 1))
         throw new UsageError(`--density must be in (0, 1], got ${options.density}.`);
       if (options.svdClamp !== undefined && !(options.svdClamp > 0 && options.svdClamp <= 1))

@@ -32,7 +32,7 @@ export function registerDequantize(program: Command): void {
     .option('--force', 'overwrite the output')
     .action(async (input: string, options: DequantizeOptions) => {
       if (!existsSync(input)) throw new UsageError(`${input} does not exist.`);
-      checkOutput(options.output, options);
+      checkOutput(options.output, options, [input]);
       const r = await dequantizeModel(input, options.output, {
         dtype: options.dtype,
         force: options.force,

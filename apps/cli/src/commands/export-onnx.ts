@@ -12,6 +12,7 @@ import { type Command, Option } from 'commander';
 import { UsageError } from '../errors.js';
 // --adapter / --merged (helper E): adapters baked into the exported weights.
 import { loadAdapterSet } from './generate-adapters.js';
+import { parseAdapterSpec } from '../adapter-spec.js';
 import {
   type CommonOptions,
   checkOutput,
@@ -144,8 +145,9 @@ async function exportOnnx(options: ExportOnnxOptions): Promise<ExportOnnxReport>
   }
   if (options.merged && !options.adapter?.length)
     throw new UsageError('--merged needs at least one --adapter.');
-  checkOutput(options.output, options);
-  checkOutput(`${options.output}.data`, options);
+  const inputs = [options.model, ...(options.adapter ?? []).map((a) => parseAdapterSpec(a).dir)];
+  checkOutput(options.output, options, inputs);
+  checkOutput(`${options.output}.data`, options, inputs);
   log(options, `reading ${options.model}`);
   const opened = await openLlamaFolder(options.model);
   const { config } = opened;

@@ -48,7 +48,7 @@ export function registerExtract(program: Command): void {
     .action(async (options: ExtractOptions) => {
       for (const p of [options.base, options.tuned])
         if (!existsSync(p)) throw new UsageError(`${p} does not exist.`);
-      checkOutput(options.output, options);
+      checkOutput(options.output, options, [options.base, options.tuned]);
       const progress = startProgress(options, 'extract');
       const result = await extractAdapter(options.base, options.tuned, {
         rank: options.rank,

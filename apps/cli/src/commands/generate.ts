@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { type CommonOptions, emit, log, parseNumber, parsePositiveInt } from '../output.js';
+import { readPrompt } from '../prompt-input.js';
 // LoRA flags (--adapter, --batch, --merged) live in generate-adapters.ts (helper E).
 import {
   type AdapterOptions,
@@ -28,6 +29,7 @@ type QuantFormat = (typeof QUANT_FORMATS)[number];
 export interface GenerateCommandOptions extends CommonOptions, AdapterOptions {
   model?: string;
   prompt?: string;
+  promptFile?: string;
   maxTokens: number;
   temperature: number;
   topK?: number;
@@ -49,7 +51,8 @@ export function registerGenerate(program: Command): void {
       '--model <dir>',
       'model folder: config.json, model.safetensors, tokenizer.json (or byte-level without one)',
     )
-    .option('--prompt <text>', 'the prompt')
+    .option('--prompt <text>', 'the prompt ("-": read it from standard input)')
+    .option('--prompt-file <path>', 'read the prompt from a file ("-": standard input)')
     .option('--max-tokens <n>', 'most tokens to generate', parsePositiveInt('max-tokens'), 64)
     .option(
       '--temperature <t>',
@@ -87,8 +90,11 @@ export function registerGenerate(program: Command): void {
     .action(async (options: GenerateCommandOptions) => {
       if (!options.model)
         throw new UsageError('--model <dir> is required: the model folder to generate with.');
+      options.prompt = await readPrompt(options);
       if (options.prompt === undefined && !options.batch)
-        throw new UsageError('--prompt <text> (or --batch <file.jsonl>) is required.');
+        throw new UsageError(
+          '--prompt <text>, --prompt-file <path> or --batch <file.jsonl> is required.',
+        );
       if (options.merged && !options.adapter?.length)
         throw new UsageError('--merged needs at least one --adapter to merge.');
       await runGenerate(options);

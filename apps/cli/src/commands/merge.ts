@@ -54,7 +54,7 @@ export function registerMerge(program: Command): void {
     .option('--quiet', 'no progress on stderr')
     .action(async (options: MergeOptions) => {
       if (!existsSync(options.base)) throw new UsageError(`--base ${options.base} does not exist.`);
-      checkOutput(options.output, options);
+      checkOutput(options.output, options, [options.base, ...options.adapter.map((a) => a.dir)]);
       const { sources, warnings } = await loadAdapters(options.adapter);
       for (const w of warnings) log(options, `warning: ${w}`);
       log(options, `merging ${sources.length} adapter(s) into ${options.base} ...`);

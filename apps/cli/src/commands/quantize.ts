@@ -81,7 +81,7 @@ export function registerQuantize(program: Command): void {
     .option('--force', 'overwrite the output')
     .action(async (input: string, options: QuantizeOptions) => {
       if (!existsSync(input)) throw new UsageError(`${input} does not exist.`);
-      checkOutput(options.output, options);
+      checkOutput(options.output, options, [input]);
       const format = parseQuantFormat(options.format);
       const include = compileRegex('include', options.include);
       const exclude = compileRegex('exclude', options.exclude);

@@ -32,7 +32,11 @@ export function registerUnmerge(program: Command): void {
     .action(async (options: UnmergeOptions) => {
       if (!existsSync(options.merged))
         throw new UsageError(`--merged ${options.merged} does not exist.`);
-      checkOutput(options.output, options);
+      checkOutput(options.output, options, [
+        options.merged,
+        ...options.adapter.map((a) => a.dir),
+        ...(options.residual ? [options.residual] : []),
+      ]);
       const { sources, warnings } = await loadAdapters(options.adapter);
       for (const w of warnings) log(options, `warning: ${w}`);
       const report = await unmergeModel(options.merged, sources, options.output, {
