@@ -21,3 +21,6 @@ export * from './models/quantize-linear.js';
 export * from './models/weights.js';
 export * from './lora/index.js';
 export * from './graph/gradients.js';
+export * from './models/dequantize-graph.js';
+export * from './models/llama/training-graph.js';
+export * from './training/index.js';

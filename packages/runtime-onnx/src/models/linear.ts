@@ -41,6 +41,18 @@ export type LinearWeight =
       readonly absmax: Tensor<'f32'>;
     };
 
+/**
+ * A linear whose weight is a graph value in torch layout `[out, in]` (for example a graph input
+ * when the weight itself is trained): y = x W^T through `FusedMatMul(transB = 1)`, one copy of W.
+ */
+export interface ValueLinear {
+  readonly kind: 'value';
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  /** [out, in] */
+  readonly weight: Value;
+}
+
 /** Where a linear sits in the graph, as a {@link LinearHook} sees it. */
 export interface LinearSite {
   /** HF module name, e.g. `model.layers.0.self_attn.q_proj`. */
@@ -136,21 +148,24 @@ export function linearInitializers(
 
 /**
  * The single place every model emits a linear layer: y = x W^T (+ bias), through MatMul,
- * MatMulNBits or MatMulBnb4 depending on the weight, then the hook (given for decoder layers). x: [..., in] -> y: [..., out].
+ * MatMulNBits or MatMulBnb4 depending on the weight (FusedMatMul for a weight given as a value), then the hook (given for decoder layers). x: [..., in] -> y: [..., out].
  */
 export function emitLinear(
   g: GraphBuilder,
   moduleName: string,
   x: Value,
-  weight: LinearWeight,
-  bias?: Tensor<'f32'>,
+  weight: LinearWeight | ValueLinear,
+  bias?: Tensor<'f32'> | Value,
   hook?: { readonly fn: LinearHook; readonly layer: number },
 ): Value {
   const N = weight.outFeatures;
   const K = weight.inFeatures;
-  const w = linearInitializers(g, moduleName, weight);
+  const w = weight.kind === 'value' ? weight : linearInitializers(g, moduleName, weight);
   let y: Value;
   switch (w.kind) {
+    case 'value':
+      y = op.fusedMatMul(g, x, w.weight, { transB: true }, `${moduleName}/FusedMatMul`);
+      break;
     case 'dense':
       y = op.matmul(g, x, w.weightT, `${moduleName}/MatMul`);
       break;
@@ -183,7 +198,10 @@ export function emitLinear(
       );
       break;
   }
-  if (bias) y = op.add(g, y, g.initializer(`${moduleName}.bias`, bias), `${moduleName}/Add`);
+  if (bias) {
+    const b = 'data' in bias ? g.initializer(`${moduleName}.bias`, bias) : bias;
+    y = op.add(g, y, b, `${moduleName}/Add`);
+  }
   return (
     hook?.fn(g, { module: moduleName, layer: hook.layer, x, y, inFeatures: K, outFeatures: N }) ?? y
   );
