@@ -11,6 +11,7 @@ import { type BucketTables, buildBucketTables, quantizeBlocksKernel } from './bl
 import { QuantError } from './errors.js';
 import { quantizeBlocksWasm } from './wasm/blockwise-wasm.js';
 import {
+  assertArrayType,
   assertBlockSize,
   assertFinite,
   type Bnb4Format,
@@ -55,6 +56,8 @@ export function blockCount(length: number, blockSize: number): number {
 
 /** Throws QUANT_SHAPE unless the arrays have the sizes the layout requires. */
 export function assertBlockwiseLayout(q: Blockwise4Bit): void {
+  assertArrayType(q.packed, 'Uint8Array', 'packed', 'dequantizeBlockwise');
+  assertArrayType(q.absmax, 'Float32Array', 'absmax', 'dequantizeBlockwise');
   const wantPacked = Math.ceil(q.length / 2);
   const wantAbsmax = blockCount(q.length, q.blockSize);
   if (q.packed.length !== wantPacked || q.absmax.length !== wantAbsmax) {
@@ -174,6 +177,7 @@ export const BUCKET_TABLES: Readonly<Record<Bnb4Format, BucketTables>> = {
  * size bitsandbytes does not allow.
  */
 export function quantizeBlockwise(values: Float32Array, options: BlockwiseOptions): Blockwise4Bit {
+  assertArrayType(values, 'Float32Array', 'values', 'quantizeBlockwise');
   const { format } = options;
   if (!isBnb4Format(format)) {
     throw new QuantError('QUANT_FORMAT', `quantizeBlockwise takes nf4 or fp4, got ${format}.`, {
@@ -228,6 +232,7 @@ export function quantizeBlocksInto(
 
 /** The absmax of each block (what quantization would store), refusing NaN/Inf. */
 export function blockAbsmax(values: Float32Array, blockSize: number, name?: string): Float32Array {
+  assertArrayType(values, 'Float32Array', 'values', 'blockAbsmax');
   const n = values.length;
   const absmax = new Float32Array(blockCount(n, blockSize));
   for (let b = 0; b < absmax.length; b++) {
@@ -254,6 +259,7 @@ export function dequantizeBlockwise(
   out: Float32Array = new Float32Array(q.length),
 ): Float32Array {
   assertBlockwiseLayout(q);
+  assertArrayType(out, 'Float32Array', 'out', 'dequantizeBlockwise');
   dequantizeBlocksInto(q, 0, q.absmax.length, out);
   return out;
 }

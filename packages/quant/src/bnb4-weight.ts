@@ -1,7 +1,7 @@
 import { type Blockwise4Bit, dequantizeBlockwise, quantizeBlockwise } from './blockwise.js';
 import { type DoubleQuantizedAbsmax, dequantizeAbsmax, doubleQuantize } from './double-quant.js';
 import { QuantError } from './errors.js';
-import type { Bnb4Format } from './formats.js';
+import { assertArrayType, type Bnb4Format } from './formats.js';
 
 /** Float dtypes a weight can come from (recorded so it can be restored). */
 export type WeightDType = 'f32' | 'f16' | 'bf16';
@@ -46,6 +46,7 @@ export function quantizeBnb4(
   shape: readonly number[],
   options: Bnb4Options,
 ): Bnb4Weight {
+  assertArrayType(values, 'Float32Array', 'values', 'quantizeBnb4');
   if (numelOf(shape) !== values.length) {
     throw new QuantError(
       'QUANT_SHAPE',

@@ -79,3 +79,31 @@ export function assertFinite(
     }
   }
 }
+
+type TypedArrayName = 'Float32Array' | 'Uint8Array';
+
+/**
+ * Refuses an array whose element type is not the declared one. A `Uint16Array` of raw f16/bf16
+ * bits passed as values would otherwise be quantized as if its integers were the numbers.
+ * Checked by tag, so arrays from another realm (worker threads) pass.
+ */
+export function assertArrayType(
+  value: unknown,
+  expected: TypedArrayName,
+  what: string,
+  fn: string,
+): void {
+  const tag = Object.prototype.toString.call(value).slice(8, -1);
+  if (tag === expected) return;
+  const hint =
+    tag === 'Uint16Array'
+      ? ' (raw f16/bf16 bits? convert them first, e.g. with toFloat32Array from @lora/core)'
+      : tag === 'Float64Array' || tag === 'Array'
+        ? ' (copy it with Float32Array.from first)'
+        : '';
+  throw new QuantError(
+    'QUANT_INPUT_TYPE',
+    `${fn}: ${what} must be a ${expected}, got ${tag}${hint}.`,
+    { function: fn, expected, actual: tag },
+  );
+}

@@ -1,5 +1,6 @@
 import { QuantError } from './errors.js';
 import {
+  assertArrayType,
   assertBlockSize,
   assertFinite,
   isNBitsFormat,
@@ -48,6 +49,9 @@ export function blocksPerRow(K: number, blockSize: number): number {
 
 /** Throws QUANT_SHAPE unless the arrays have the sizes the layout requires. */
 export function assertNBitsLayout(w: MatMulNBitsWeight): void {
+  assertArrayType(w.B, 'Uint8Array', 'B', 'MatMulNBits weight');
+  assertArrayType(w.scales, 'Float32Array', 'scales', 'MatMulNBits weight');
+  if (w.zeroPoints) assertArrayType(w.zeroPoints, 'Uint8Array', 'zeroPoints', 'MatMulNBits weight');
   const nb = blocksPerRow(w.K, w.blockSize);
   const wantB = w.N * nb * (w.blockSize / 2);
   const wantScales = w.N * nb;
@@ -89,6 +93,7 @@ export function quantizeMatMulNBits(
   K: number,
   options: NBitsOptions,
 ): MatMulNBitsWeight {
+  assertArrayType(weight, 'Float32Array', 'weight', 'quantizeMatMulNBits');
   const { format } = options;
   if (!isNBitsFormat(format))
     throw new QuantError(
@@ -200,6 +205,7 @@ export function dequantizeMatMulNBits(
   out: Float32Array = new Float32Array(w.N * w.K),
 ): Float32Array {
   assertNBitsLayout(w);
+  assertArrayType(out, 'Float32Array', 'out', 'dequantizeMatMulNBits');
   const { N, K, blockSize, B, scales } = w;
   const nb = blocksPerRow(K, blockSize);
   const bytesPerBlock = blockSize / 2;
