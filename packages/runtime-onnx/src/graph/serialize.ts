@@ -117,6 +117,27 @@ export function serializeGraph(graph: Graph): SerializedModel {
   return { model: modelProto(graph, inits), externalData: chunks };
 }
 
+/** Where an initializer's bytes already are: a file beside the model, at a byte offset. */
+export interface ExternalPlacement {
+  readonly location: string;
+  readonly offset: number;
+}
+
+/**
+ * The ModelProto bytes of a graph whose large initializers were already written to a file
+ * beside the model: `place` gives each one's location and offset (undefined keeps it inline).
+ * No weight bytes pass through the protobuf.
+ */
+export function serializeGraphPlaced(
+  graph: Graph,
+  place: (name: string, t: Tensor) => ExternalPlacement | undefined,
+): Uint8Array {
+  return modelProto(
+    graph,
+    [...graph.initializers].map(([name, t]) => tensorProto(name, t, place(name, t))),
+  );
+}
+
 /** Serializes a graph with every initializer inline (fine below 2 GB; simplest to hand around). */
 export function serializeGraphInline(graph: Graph): Uint8Array {
   return modelProto(
