@@ -8,6 +8,7 @@ import type {
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { assertRegularInputs } from '@lora/core';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { type CommonOptions, emit, log, parseNumber, parsePositiveInt } from '../output.js';
@@ -90,6 +91,7 @@ export function registerGenerate(program: Command): void {
     .action(async (options: GenerateCommandOptions) => {
       if (!options.model)
         throw new UsageError('--model <dir> is required: the model folder to generate with.');
+      assertRegularInputs([options.model]);
       options.prompt = await readPrompt(options);
       if (options.prompt === undefined && !options.batch)
         throw new UsageError(

@@ -2,7 +2,7 @@ import { existsSync, statSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type AdapterDescription, describeAdapter } from '@lora/adapters';
-import { type SafetensorsSummary, summarizeSafetensors } from '@lora/core';
+import { assertRegularInputs, type SafetensorsSummary, summarizeSafetensors } from '@lora/core';
 import type { OnnxModelSummary } from '@lora/runtime-onnx';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
@@ -81,6 +81,7 @@ interface ModelConfigSummary {
 /** Works out what `path` is and summarises it. */
 export async function inspectPath(path: string, base?: string): Promise<InspectReport> {
   if (!existsSync(path)) throw new UsageError(`${path} does not exist.`);
+  assertRegularInputs([path, ...(base ? [base] : [])]);
   if (statSync(path).isFile()) {
     if (path.endsWith('.safetensors')) {
       const file = await summarizeSafetensors(path);
