@@ -142,6 +142,75 @@ describe('quantizeModel', () => {
   });
 });
 
+describe('quantizeModel refuses inputs whose output would be useless, writing nothing', () => {
+  it('an already 4-bit folder (bnb and ort layouts), an adapter folder or file, a model with nothing to quantize', async () => {
+    const model = join(root, 'refuse-model');
+    await mkdir(model);
+    await writeSafetensors(
+      join(model, 'model.safetensors'),
+      new Map([
+        ['model.layers.0.mlp.up_proj.weight', w([8, 64])],
+        ['model.embed_tokens.weight', w([10, 8])],
+      ]),
+    );
+    await writeFile(join(model, 'config.json'), JSON.stringify({ model_type: 'llama' }));
+    const cases: [string, string, RegExp][] = [];
+    for (const layout of ['bnb', 'ort'] as const) {
+      const q = join(root, `refuse-${layout}`);
+      await quantizeModel(model, q, { format: 'nf4', layout });
+      // Without the config's quantization_config, the tensors still say it: both are checked.
+      const bare = join(root, `refuse-${layout}-bare`);
+      await mkdir(bare);
+      await writeFile(
+        join(bare, 'model.safetensors'),
+        await readFile(join(q, 'model.safetensors')),
+      );
+      cases.push([q, 'QUANT_ALREADY_QUANTIZED', /config.json has a quantization_config/]);
+      cases.push([
+        bare,
+        'QUANT_ALREADY_QUANTIZED',
+        /already holds 4-bit weights \(e.g. "model.layers.0.mlp.up_proj.weight"\)/,
+      ]);
+    }
+    const adapter = join(root, 'refuse-adapter');
+    await mkdir(adapter);
+    const lora = new Map([
+      ['base_model.model.model.layers.0.mlp.up_proj.lora_A.weight', w([4, 64])],
+      ['base_model.model.model.layers.0.mlp.up_proj.lora_B.weight', w([8, 4])],
+    ]);
+    await writeSafetensors(join(adapter, 'adapter_model.safetensors'), lora);
+    await writeFile(join(adapter, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA' }));
+    cases.push([
+      adapter,
+      'QUANT_ADAPTER_INPUT',
+      /is a LoRA adapter folder \(adapter_config.json\)/,
+    ]);
+    cases.push([
+      join(adapter, 'adapter_model.safetensors'),
+      'QUANT_ADAPTER_INPUT',
+      /is a LoRA adapter \("base_model.model.model.layers.0.mlp.up_proj.lora_A.weight"\)/,
+    ]);
+    const nothing = join(root, 'refuse-nothing');
+    await mkdir(nothing);
+    await writeSafetensors(
+      join(nothing, 'model.safetensors'),
+      new Map([['model.embed_tokens.weight', w([10, 8])]]),
+    );
+    cases.push([nothing, 'QUANT_NOTHING', /no tensor was selected for quantization/]);
+    cases.push([join(nothing, 'model.safetensors'), 'QUANT_NOTHING', /no tensor was selected/]);
+    for (const [input, code, message] of cases) {
+      for (const out of [join(root, 'refused-out'), join(root, 'refused-out.safetensors')]) {
+        await expect(quantizeModel(input, out, { format: 'nf4' }), input).rejects.toMatchObject({
+          code,
+          message: expect.stringMatching(message),
+        });
+        expect(existsSync(out), out).toBe(false);
+      }
+    }
+    expect((await readdir(root)).some((n) => n.startsWith('refused-out'))).toBe(false);
+  });
+});
+
 describe('dequantizeWeight', () => {
   it('f16 and bf16 are the float32 dequantization rounded to nearest even', () => {
     const v = createRng(62).normalArray(300, 0, 1, 'f32');

@@ -16,6 +16,7 @@ import {
   type Bnb4StateDescriptor,
   bnb4StateDictEntries,
   bnb4StateDictSpecs,
+  findBnb4Weights,
 } from './bnb4-state-dict.js';
 import { type Bnb4Weight, fromBlockwise, type WeightDType } from './bnb4-weight.js';
 import { absmaxMean, DOUBLE_QUANT_BLOCK_SIZE } from './double-quant.js';
@@ -23,7 +24,7 @@ import { combineErrors, type ErrorStats } from './error-report.js';
 import { QuantError } from './errors.js';
 import { assertBlockSize, defaultBlockSize, isBnb4Format, type QuantFormat } from './formats.js';
 import { blocksPerRow } from './nbits.js';
-import { matMulBnb4Entries, matMulNBitsEntries } from './ort-layout.js';
+import { findOrtWeights, matMulBnb4Entries, matMulNBitsEntries } from './ort-layout.js';
 import type { QuantizeWorkerPool } from './parallel.js';
 import { bnbQuantizationConfig, ortQuantizationConfig } from './quantization-config.js';
 import {
@@ -142,25 +143,7 @@ export async function quantizeSafetensors(
   const { format, blockSize, doubleQuant, layout } = resolveQuantizeOptions(options);
   const file = await SafetensorsFile.open(inPath);
   try {
-    const selected = new Set<string>();
-    for (const e of file.header.entries) {
-      const wanted =
-        isDefaultQuantTarget(e.name, e.dtype, e.shape) || Boolean(options.include?.test(e.name));
-      if (!wanted || options.exclude?.test(e.name)) continue;
-      if (!isFloatDType(e.dtype)) {
-        throw new QuantError(
-          'QUANT_DTYPE',
-          `${inPath}: tensor "${e.name}" is ${e.dtype}; only float tensors (f32, f16, bf16, f64) can be quantized. Narrow --include.`,
-          {
-            file: inPath,
-            tensor: e.name,
-            dtype: e.dtype,
-          },
-        );
-      }
-      if (e.shape.length === 0 || e.byteLength === 0) continue;
-      selected.add(e.name);
-    }
+    const selected = selectTensors(inPath, file, options);
 
     const readF32 = async (name: string): Promise<Float32Array> => {
       const t = await file.read(name);
@@ -332,6 +315,12 @@ export async function quantizeModel(
   });
   if (!info.isDirectory() && output.endsWith('.safetensors')) {
     await refuseExisting(output, options.force);
+    const file = await SafetensorsFile.open(input);
+    try {
+      if (selectTensors(input, file, options).size === 0) throw nothingToQuantize(input);
+    } finally {
+      await file.close();
+    }
     return quantizeSafetensors(input, output, options);
   }
   return writeFolderAtomic(
@@ -342,6 +331,7 @@ export async function quantizeModel(
       const shards = info.isDirectory()
         ? files.filter((f) => f.endsWith('.safetensors'))
         : [basename(input)];
+      if (info.isDirectory()) await refuseNonModelFolder(input, files);
       if (shards.length === 0)
         throw new QuantError('QUANT_INPUT', `${input}: no .safetensors file in this folder.`, {
           file: input,
@@ -352,6 +342,7 @@ export async function quantizeModel(
         reports.push(await quantizeSafetensors(join(dir, shard), join(tmp, outName), options));
       }
       const tensors = reports.flatMap((r) => r.tensors);
+      if (tensors.length === 0) throw nothingToQuantize(input);
       const kept = reports.flatMap((r) => r.kept);
       const skipModules = [...new Set(kept.filter((n) => n.endsWith('.weight')).map(moduleOf))];
       if (info.isDirectory()) {
@@ -394,6 +385,94 @@ export async function quantizeModel(
     },
     { overwrite: options.force },
   );
+}
+
+/**
+ * The tensors of a file that quantization replaces (default targets plus --include, minus
+ * --exclude), after refusing files that are already 4-bit or are LoRA adapters.
+ */
+function selectTensors(
+  inPath: string,
+  file: SafetensorsFile,
+  options: Pick<QuantizeModelOptions, 'include' | 'exclude'>,
+): Set<string> {
+  refuseNonModel(inPath, file.names());
+  const selected = new Set<string>();
+  for (const e of file.header.entries) {
+    const wanted =
+      isDefaultQuantTarget(e.name, e.dtype, e.shape) || Boolean(options.include?.test(e.name));
+    if (!wanted || options.exclude?.test(e.name)) continue;
+    if (!isFloatDType(e.dtype)) {
+      throw new QuantError(
+        'QUANT_DTYPE',
+        `${inPath}: tensor "${e.name}" is ${e.dtype}; only float tensors (f32, f16, bf16, f64) can be quantized. Narrow --include.`,
+        {
+          file: inPath,
+          tensor: e.name,
+          dtype: e.dtype,
+        },
+      );
+    }
+    if (e.shape.length === 0 || e.byteLength === 0) continue;
+    selected.add(e.name);
+  }
+  return selected;
+}
+
+/**
+ * Refuses inputs whose quantization would be useless: weights that are already 4-bit (they would
+ * only be copied), and LoRA adapters (quantize the base model instead; QLoRA keeps the adapter in
+ * full precision).
+ */
+function refuseNonModel(path: string, names: readonly string[]): void {
+  const quantized = [...findBnb4Weights(names), ...findOrtWeights(names)];
+  if (quantized.length > 0) {
+    throw new QuantError(
+      'QUANT_ALREADY_QUANTIZED',
+      `${path} already holds 4-bit weights (e.g. "${quantized[0]}"); quantizing it again would only copy them. Quantize the original full-precision model, or run \`lora dequantize\` first to change the format.`,
+      { file: path, tensor: quantized[0] },
+    );
+  }
+  const lora = names.find((n) => /\.lora_(A|B|embedding_A|embedding_B)(\.|$)/.test(n));
+  if (lora !== undefined) {
+    throw new QuantError(
+      'QUANT_ADAPTER_INPUT',
+      `${path} is a LoRA adapter ("${lora}"), not a model. Quantize the base model and load the adapter on top of it (QLoRA keeps adapters in full precision), or merge the adapter first (\`lora merge\`).`,
+      { file: path, tensor: lora },
+    );
+  }
+}
+
+function nothingToQuantize(input: string): QuantError {
+  return new QuantError(
+    'QUANT_NOTHING',
+    `${input}: no tensor was selected for quantization (2-D float *.weight tensors other than embeddings, norms and the output head, adjusted by --include / --exclude). Nothing was written.`,
+    { file: input },
+  );
+}
+
+/** Folder-level refusals, before anything is written: adapter folders and quantized configs. */
+async function refuseNonModelFolder(dir: string, files: readonly string[]): Promise<void> {
+  if (files.includes('adapter_config.json')) {
+    throw new QuantError(
+      'QUANT_ADAPTER_INPUT',
+      `${dir} is a LoRA adapter folder (adapter_config.json), not a model. Quantize the base model and load the adapter on top of it, or merge the adapter first (\`lora merge\`).`,
+      { file: dir },
+    );
+  }
+  if (files.includes('config.json')) {
+    const config = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')) as Record<
+      string,
+      unknown
+    >;
+    if (config.quantization_config !== undefined && config.quantization_config !== null) {
+      throw new QuantError(
+        'QUANT_ALREADY_QUANTIZED',
+        `${dir}: config.json has a quantization_config; the model is already quantized. Quantize the original full-precision model, or run \`lora dequantize\` first.`,
+        { file: dir },
+      );
+    }
+  }
 }
 
 /** A sharded model's index: map every output key to the shard that holds it. */
