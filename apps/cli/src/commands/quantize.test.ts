@@ -265,6 +265,17 @@ describe('lora quantize', async () => {
     expect(existsSync(join(root, 'ints-out.safetensors'))).toBe(false);
   });
 
+  it('re-quantizing a 4-bit folder exits 2 with what to do instead, writing nothing', async () => {
+    const model = await makeModel('requant');
+    const once = join(root, 'requant-nf4');
+    expect((await runCli(['quantize', model, '-o', once, '--quiet'])).code).toBe(0);
+    const out = join(root, 'requant-twice');
+    const r = await runCli(['quantize', once, '-o', out, '--format', 'int4']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/already quantized.*lora dequantize/);
+    expect(existsSync(out)).toBe(false);
+  });
+
   it.skipIf(!haveStories)(
     'quantizes the bundled tiny LLaMA (file input to a .safetensors output)',
     async () => {
