@@ -21,6 +21,8 @@ export * from './models/quantize-linear.js';
 export * from './models/weights.js';
 export * from './lora/index.js';
 export * from './graph/gradients.js';
+export * from './graph/composites/index.js';
+export * from './graph/vjp-helpers.js';
 export * from './models/dequantize-graph.js';
 export * from './models/llama/training-graph.js';
 export * from './training/index.js';

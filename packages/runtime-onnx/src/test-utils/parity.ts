@@ -121,7 +121,14 @@ export async function checkGradients(
   build: (g: GraphBuilder) => Value | readonly Value[],
   feeds: Readonly<Record<string, Tensor>>,
   options: GradientCheckOptions = {},
-): Promise<{ fdError: number; ortError: number; ops: readonly string[] }> {
+): Promise<{
+  fdError: number;
+  ortError: number;
+  /** Op types of the forward graph. */
+  ops: readonly string[];
+  /** How many nodes `gradients` added. */
+  gradientNodes: number;
+}> {
   const rand = seededRandom(options.seed ?? 1);
   const g = new GraphBuilder('gradcheck');
   const built = build(g);
@@ -146,7 +153,9 @@ export async function checkGradients(
     if (!v) throw new Error(`checkGradients: no value "${name}"`);
     return v;
   });
+  const before = g.graphNodes.length;
   const grads = gradients(g, loss, wrt, options.gradients);
+  const gradientNodes = g.graphNodes.length - before;
   for (const [i, d] of grads.entries()) g.output(d, `grad.${wrtNames[i]}`);
   const full = g.build();
 
@@ -161,7 +170,7 @@ export async function checkGradients(
     options.directions ?? 3,
   );
   const ortError = await checkOnnxruntime(full, feeds, want, options.ort);
-  return { fdError, ortError, ops: forward.nodes.map((n) => n.op) };
+  return { fdError, ortError, ops: forward.nodes.map((n) => n.op), gradientNodes };
 }
 
 function checkDirectional(
