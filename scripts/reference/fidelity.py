@@ -13,6 +13,10 @@ It rewrites these small committed files:
   `embed_tokens` + `q_proj` saved with `save_embedding_layers=True` (so it stores
   `...embed_tokens.base_layer.weight`, here changed from the base's as after training or resizing),
   and `merged.safetensors`: PEFT's `merge_and_unload()` of base + adapter.
+- packages/adapters/src/testdata/peft-modules-to-save/: a tiny LLaMA base and a PEFT adapter with
+  `modules_to_save=["lm_head"]`. This folder and peft-embedding/ hold `trainable.json`: PEFT's
+  `get_nb_trainable_parameters()` (what `print_trainable_parameters` prints) for the adapter
+  loaded trainable on its base.
 - packages/runtime-onnx/src/models/llama/testdata/rope/: one tiny random LLaMA (`model.safetensors`),
   a config per rope type and spelling (`<type>-legacy.json`: top-level `rope_theta` / `rope_scaling`;
   `<type>-v5.json`: transformers 5's `rope_parameters`), and `logits.json` with transformers
@@ -120,9 +124,40 @@ def embedding_reference():
     fresh_base = LlamaForCausalLM.from_pretrained(os.path.join(out, "base"))
     merged = PeftModel.from_pretrained(fresh_base, os.path.join(out, "adapter")).merge_and_unload()
     sd = merged.state_dict()
+    trainable_json(os.path.join(out, "base"), os.path.join(out, "adapter"), out)
     keep = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"]
     save_file({k: sd[k].contiguous() for k in keep}, os.path.join(out, "merged.safetensors"))
     # Keep the folder small: the adapter README and the base generation config are not needed.
+    for junk in ["adapter/README.md", "base/generation_config.json"]:
+        p = os.path.join(out, junk)
+        if os.path.exists(p):
+            os.remove(p)
+
+
+def trainable_json(base_dir, adapter_dir, out):
+    """PEFT's print_trainable_parameters figures for an adapter loaded trainable on its base."""
+    base = LlamaForCausalLM.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
+    trainable, total = model.get_nb_trainable_parameters()
+    base_params = sum(p.numel() for p in LlamaForCausalLM.from_pretrained(base_dir).parameters())
+    json.dump(
+        {"trainable_params": trainable, "all_params": total, "base_params": base_params},
+        open(os.path.join(out, "trainable.json"), "w"),
+        indent=1,
+    )
+
+
+def modules_to_save_reference():
+    out = fresh(os.path.join(ADAPTERS, "peft-modules-to-save"))
+    torch.manual_seed(4)
+    base = LlamaForCausalLM(tiny_llama_config())
+    base.save_pretrained(os.path.join(out, "base"))
+    model = get_peft_model(
+        base,
+        LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"]),
+    )
+    model.save_pretrained(os.path.join(out, "adapter"))
+    trainable_json(os.path.join(out, "base"), os.path.join(out, "adapter"), out)
     for junk in ["adapter/README.md", "base/generation_config.json"]:
         p = os.path.join(out, junk)
         if os.path.exists(p):
@@ -271,5 +306,6 @@ def rope_reference():
 if __name__ == "__main__":
     ties_reference()
     embedding_reference()
+    modules_to_save_reference()
     rope_reference()
     print("reference files written", file=sys.stderr)

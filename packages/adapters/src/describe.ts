@@ -9,8 +9,12 @@ export interface AdapterTensorInfo {
   readonly name: string;
   readonly dtype: string;
   readonly shape: readonly number[];
-  /** `lora` for LoRA tensors (A, B, bias, magnitude, embedding), `saved` for full modules. */
-  readonly role: 'lora' | 'saved';
+  /**
+   * `lora` for LoRA tensors (A, B, bias, magnitude, embedding), `saved` for full modules,
+   * `base` for a LoRA layer's own base weight (`<module>.base_layer.weight`, PEFT's
+   * `save_embedding_layers`): it replaces the base's and is not trained.
+   */
+  readonly role: 'lora' | 'saved' | 'base';
 }
 
 /** What `lora inspect` shows for a PEFT adapter folder. */
@@ -36,6 +40,8 @@ export interface AdapterDescription {
   readonly loraParameterCount: number;
   /** Parameters of saved full modules (modules_to_save, heads). */
   readonly savedParameterCount: number;
+  /** Parameters of saved base-layer weights (`base_layer.weight`), which replace the base's. */
+  readonly baseLayerParameterCount: number;
   /** Distinct dtypes of the tensors, e.g. ["f32"]. */
   readonly dtypes: string[];
   readonly bytesOnDisk: {
@@ -59,12 +65,15 @@ export async function describeAdapter(dir: string): Promise<AdapterDescription> 
   const modules = new Set<string>();
   let loraParameterCount = 0;
   let savedParameterCount = 0;
+  let baseLayerParameterCount = 0;
   const dtypes = new Set<string>();
   for (const e of header.entries) {
     const parsed = parseAdapterKey(stripPeftPrefix(e.name).name);
-    const role = parsed && parsed.type === 'lora' ? 'lora' : 'saved';
+    const role =
+      parsed?.type === 'lora' ? 'lora' : /\.base_layer\.[^.]+$/.test(e.name) ? 'base' : 'saved';
     if (parsed?.type === 'lora') modules.add(parsed.module);
     if (role === 'lora') loraParameterCount += numel(e.shape);
+    else if (role === 'base') baseLayerParameterCount += numel(e.shape);
     else savedParameterCount += numel(e.shape);
     dtypes.add(e.dtype);
     tensors.push({ name: e.name, dtype: e.dtype, shape: [...e.shape], role });
@@ -93,8 +102,23 @@ export async function describeAdapter(dir: string): Promise<AdapterDescription> 
     tensors,
     loraParameterCount,
     savedParameterCount,
+    baseLayerParameterCount,
     dtypes: [...dtypes].sort(),
     bytesOnDisk: { config: configBytes, weights: weightsBytes, total: configBytes + weightsBytes },
     warnings,
   };
+}
+
+/**
+ * What PEFT's `print_trainable_parameters` prints for this adapter loaded trainable on a base of
+ * `baseParams` parameters: LoRA tensors and saved modules are trainable; a saved module is a
+ * trainable COPY next to the frozen original, so it counts twice in "all params"; a saved
+ * `base_layer.weight` stands for a base weight already counted, and is frozen.
+ */
+export function peftParameterCounts(
+  adapter: Pick<AdapterDescription, 'loraParameterCount' | 'savedParameterCount'>,
+  baseParams: number,
+): { trainableParams: number; allParams: number } {
+  const trainableParams = adapter.loraParameterCount + adapter.savedParameterCount;
+  return { trainableParams, allParams: baseParams + trainableParams };
 }

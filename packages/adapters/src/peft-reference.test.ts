@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { readSafetensors, type Tensor, toFloat64Array } from '@lora/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { combineAdapters } from './combine.js';
+import { describeAdapter, peftParameterCounts } from './describe.js';
 import { mergeIntoModel } from './merge/merge-model.js';
 import { unmergeModel } from './merge/unmerge-model.js';
 import { loadPeftAdapter } from './peft/load.js';
@@ -86,5 +87,25 @@ describe('PEFT save_embedding_layers: base_layer.weight is the new base embeddin
     const restored = await readFile(join(back, 'model.safetensors'));
     const original = await readFile(join(root, 'base', 'model.safetensors'));
     expect(Buffer.compare(restored, original)).toBe(0);
+  });
+});
+
+describe('PEFT print_trainable_parameters figures (reference values from PEFT)', () => {
+  it.each(['peft-modules-to-save', 'peft-embedding'])('%s', async (name) => {
+    const dir = join(DATA, name);
+    const want = JSON.parse(await readFile(join(dir, 'trainable.json'), 'utf8')) as {
+      trainable_params: number;
+      all_params: number;
+      base_params: number;
+    };
+    const { tensors } = await readSafetensors(join(dir, 'base', 'model.safetensors'));
+    let baseParams = 0;
+    for (const t of tensors.values()) baseParams += t.data.length;
+    expect(baseParams).toBe(want.base_params);
+    const described = await describeAdapter(join(dir, 'adapter'));
+    expect(peftParameterCounts(described, baseParams)).toEqual({
+      trainableParams: want.trainable_params,
+      allParams: want.all_params,
+    });
   });
 });
