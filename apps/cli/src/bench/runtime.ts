@@ -17,7 +17,7 @@ import {
 import type { BenchSection } from './types.js';
 
 /** A full GC between models, so "RSS after load" is the model's memory, not garbage awaiting collection. */
-function collectGarbage(): void {
+export function collectGarbage(): void {
   setFlagsFromString('--expose-gc');
   const gc = runInNewContext('gc') as (() => void) | undefined;
   gc?.();
@@ -39,7 +39,7 @@ const pool = (() => {
  * Random weights produced when read (never all held at once): linears U(-1/sqrt(in), 1/sqrt(in)),
  * norms 1, embeddings U(-1, 1).
  */
-function randomWeightSource(config: LlamaConfig): WeightSource {
+export function randomWeightSource(config: LlamaConfig): WeightSource {
   const spec = new Map(llamaWeightSpec(config).map((s) => [s.name, s.shape]));
   return {
     description: 'random weights',
@@ -74,7 +74,7 @@ function randomWeightSource(config: LlamaConfig): WeightSource {
 }
 
 /** Multiply-adds x2 of one forward over T new tokens with S keys: every linear, plus QK^T and PV. */
-function forwardFlops(config: LlamaConfig, T: number, S: number): number {
+export function forwardFlops(config: LlamaConfig, T: number, S: number): number {
   let linearParams = config.vocabSize * config.hiddenSize;
   for (const linear of LLAMA_LINEARS) {
     const [out, inF] = llamaLinearShape(config, linear);
@@ -99,7 +99,7 @@ function median(values: number[]): number {
 }
 
 /** A bare [M, K] x [K, N] float32 MatMul session with the weight as an initializer, like the model's linears. */
-async function bareMatMul(K: number, N: number, M: number) {
+export async function bareMatMul(K: number, N: number, M: number) {
   const g = new GraphBuilder('bare-matmul');
   const w = f32(
     [K, N],
@@ -115,7 +115,7 @@ async function bareMatMul(K: number, N: number, M: number) {
 }
 
 /** Peak RSS of the process so far, in bytes. */
-const peakRss = () => process.resourceUsage().maxRSS * 1024;
+export const peakRss = () => process.resourceUsage().maxRSS * 1024;
 
 export const runtimeBench: BenchSection = {
   name: 'runtime',
