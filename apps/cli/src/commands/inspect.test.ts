@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -246,4 +246,136 @@ describe.skipIf(!haveStories)('lora inspect on an ONNX file', () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+});
+
+// Tiny models and adapters saved by the real PEFT (scripts/reference/fidelity.py).
+const peftData = fileURLToPath(
+  new URL('../../../../packages/adapters/src/testdata/', import.meta.url),
+);
+
+describe('lora inspect counts what PEFT and the weights say', () => {
+  it('--base: trainable and all params equal PEFT print_trainable_parameters (modules_to_save, base_layer)', async () => {
+    for (const name of ['peft-modules-to-save', 'peft-embedding']) {
+      const dir = join(peftData, name);
+      const want = JSON.parse(await readFile(join(dir, 'trainable.json'), 'utf8'));
+      const res = await runCli([
+        'inspect',
+        join(dir, 'adapter'),
+        '--base',
+        join(dir, 'base'),
+        '--json',
+      ]);
+      expect(res.code, res.stderr).toBe(0);
+      const { trainable } = JSON.parse(res.stdout);
+      expect(trainable, name).toMatchObject({
+        trainableParams: want.trainable_params,
+        allParams: want.all_params,
+      });
+    }
+  });
+
+  it('a merged folder: the unmerge residual is reported apart, not counted as parameters', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'lora-inspect-merged-'));
+    try {
+      const root = join(peftData, 'peft-embedding');
+      const out = join(dir, 'merged');
+      const m = await runCli([
+        'merge',
+        '--base',
+        join(root, 'base'),
+        '--adapter',
+        join(root, 'adapter'),
+        '-o',
+        out,
+        '--quiet',
+      ]);
+      expect(m.code, m.stderr).toBe(0);
+      expect(existsSync(join(out, 'unmerge-residual.safetensors'))).toBe(true);
+      const base = JSON.parse((await runCli(['inspect', join(root, 'base'), '--json'])).stdout);
+      const merged = JSON.parse((await runCli(['inspect', out, '--json'])).stdout);
+      expect(merged.params).toBe(base.params);
+      expect(merged.files.map((f: { path: string }) => f.path)).toEqual([
+        join(out, 'model.safetensors'),
+      ]);
+      expect(merged.residualBytes).toBeGreaterThan(0);
+      expect((await runCli(['inspect', out])).stdout).toMatch(
+        /unmerge-residual.safetensors: .* not counted as weights/,
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a sharded folder is read through its index (a stray consolidated file is not counted); a missing shard exits 2', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'lora-inspect-shards-'));
+    try {
+      await writeFile(join(dir, 'config.json'), JSON.stringify({ model_type: 'llama' }));
+      await writeSafetensors(
+        join(dir, 'model-00001-of-00002.safetensors'),
+        new Map([['a.weight', tensor('f32', [3, 4])]]),
+      );
+      await writeSafetensors(
+        join(dir, 'model-00002-of-00002.safetensors'),
+        new Map([['b.weight', tensor('f32', [5])]]),
+      );
+      // Mistral-style repositories ship the same weights once more in another layout.
+      await writeSafetensors(
+        join(dir, 'consolidated.safetensors'),
+        new Map([
+          ['a', tensor('f32', [3, 4])],
+          ['b', tensor('f32', [5])],
+        ]),
+      );
+      await writeFile(
+        join(dir, 'model.safetensors.index.json'),
+        JSON.stringify({
+          metadata: { total_size: 68 },
+          weight_map: {
+            'a.weight': 'model-00001-of-00002.safetensors',
+            'b.weight': 'model-00002-of-00002.safetensors',
+          },
+        }),
+      );
+      const r = await runCli(['inspect', dir, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout).params).toBe(17);
+      await rm(join(dir, 'model-00002-of-00002.safetensors'));
+      const missing = await runCli(['inspect', dir]);
+      expect(missing.code).toBe(2);
+      expect(missing.stderr).toMatch(
+        /lists shard\(s\) that are not in the folder: model-00002-of-00002.safetensors/,
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it.skipIf(!haveStories)(
+    'a 4-bit onnxruntime-layout folder counts weights by their logical shape',
+    async () => {
+      const dir = await mkdtemp(join(tmpdir(), 'lora-inspect-ort-'));
+      try {
+        const out = join(dir, 'int4');
+        const q = await runCli(['quantize', stories, '-o', out, '--format', 'int4', '--quiet']);
+        expect(q.code, q.stderr).toBe(0);
+        const j = JSON.parse((await runCli(['inspect', out, '--json'])).stdout);
+        // 260,032 parameters per the fixture's SOURCE.md, as for the f32 model.
+        expect(j.params).toBe(260_032);
+        const q0 = j.quantized[0].weights.find(
+          (w: { name: string }) => w.name === 'model.layers.0.self_attn.q_proj.weight',
+        );
+        expect(q0).toMatchObject({
+          layout: 'MatMulNBits',
+          format: 'int4',
+          shape: [64, 64],
+          params: 4096,
+        });
+        // 64x64 int4, block 32: 2048 packed bytes + 128 f32 scales, plus the state JSON.
+        expect(q0.storedBytes).toBeGreaterThan(2048 + 128 * 4);
+        expect(q0.storedBytes).toBeLessThan(2048 + 128 * 4 + 400);
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });

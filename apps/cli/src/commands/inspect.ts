@@ -1,7 +1,12 @@
 import { existsSync, statSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { type AdapterDescription, describeAdapter } from '@lora/adapters';
+import {
+  type AdapterDescription,
+  describeAdapter,
+  peftParameterCounts,
+  RESIDUAL_FILE,
+} from '@lora/adapters';
 import { assertRegularInputs, type SafetensorsSummary, summarizeSafetensors } from '@lora/core';
 import type { OnnxModelSummary } from '@lora/runtime-onnx';
 import type { Command } from 'commander';
@@ -51,6 +56,8 @@ export type InspectReport =
       /** Parameters by logical shape (4-bit weights counted as the weights they stand for). */
       params: number;
       bytes: number;
+      /** Bytes of a merge's unmerge residual in the folder (not model weights). */
+      residualBytes?: number;
     }
   | { kind: 'adapter'; adapter: AdapterDescription; trainable?: TrainableShare }
   | { kind: 'onnx'; model: OnnxModelSummary };
@@ -101,8 +108,7 @@ export async function inspectPath(path: string, base?: string): Promise<InspectR
     if (!base) return { kind: 'adapter', adapter };
     const model = await inspectModel(base);
     if (model.kind !== 'model') throw new UsageError(`--base ${base} is not a model folder.`);
-    const trainableParams = adapter.loraParameterCount + adapter.savedParameterCount;
-    const allParams = model.params + adapter.loraParameterCount;
+    const { trainableParams, allParams } = peftParameterCounts(adapter, model.params);
     const trainablePercent = (100 * trainableParams) / allParams;
     const fmt = (n: number) => n.toLocaleString('en-US');
     return {
@@ -144,8 +150,10 @@ async function inspectModel(dir: string): Promise<Extract<InspectReport, { kind:
     torchDtype: (raw.torch_dtype ?? raw.dtype) as string | undefined,
     quantizationConfig: raw.quantization_config,
   };
-  const weightFiles = (await readdir(dir)).filter((n) => n.endsWith('.safetensors')).sort();
+  const weightFiles = await modelWeightFiles(dir);
   const files = await Promise.all(weightFiles.map((n) => summarizeSafetensors(join(dir, n))));
+  const residualPath = join(dir, RESIDUAL_FILE);
+  const residual = existsSync(residualPath) ? statSync(residualPath).size : undefined;
   const quantized = await Promise.all(
     files.map(async (f) => (await summarizeQuantizedWeights(f)) ?? null),
   );
@@ -157,7 +165,37 @@ async function inspectModel(dir: string): Promise<Extract<InspectReport, { kind:
     quantized,
     params: files.reduce((a, f, i) => a + (quantized[i]?.params ?? f.params), 0),
     bytes: files.reduce((a, f) => a + f.fileBytes, 0),
+    ...(residual !== undefined ? { residualBytes: residual } : {}),
   };
+}
+
+/**
+ * The safetensors files that hold the model's weights: the shards its index lists (every one
+ * must exist), or else every `.safetensors` file except a merge's unmerge residual.
+ */
+async function modelWeightFiles(dir: string): Promise<string[]> {
+  const names = await readdir(dir);
+  const index = names.find((n) => n.endsWith('.safetensors.index.json'));
+  if (!index) return names.filter((n) => n.endsWith('.safetensors') && n !== RESIDUAL_FILE).sort();
+  let weightMap: unknown;
+  try {
+    weightMap = (JSON.parse(await readFile(join(dir, index), 'utf8')) as { weight_map?: unknown })
+      .weight_map;
+  } catch (e) {
+    throw new UsageError(`${join(dir, index)}: not valid JSON (${(e as Error).message}).`);
+  }
+  if (typeof weightMap !== 'object' || weightMap === null || Array.isArray(weightMap))
+    throw new UsageError(`${join(dir, index)}: no "weight_map" object; the index is not usable.`);
+  const shards = [
+    ...new Set(Object.values(weightMap as Record<string, unknown>).map(String)),
+  ].sort();
+  const missing = shards.filter((f) => !names.includes(f));
+  if (missing.length > 0) {
+    throw new UsageError(
+      `${join(dir, index)} lists shard(s) that are not in the folder: ${missing.join(', ')}. The download is incomplete.`,
+    );
+  }
+  return shards;
 }
 
 function renderTensors(f: SafetensorsSummary): string {
@@ -174,14 +212,16 @@ function renderQuantized(q: QuantizedFileSummary): string {
       w.map((x) => `${x.format}${x.doubleQuant ? ' + double quant' : ''}, block ${x.blockSize}`),
     ),
   ];
+  const layouts = [...new Set(w.map((x) => x.layout))];
   const params = w.reduce((a, x) => a + x.params, 0);
   const bytes = w.reduce((a, x) => a + x.storedBytes, 0);
   return [
-    `4-bit weights (bitsandbytes layout): ${w.length}, ${formats.join('; ')}; ${params.toLocaleString('en-US')} parameters in ${formatBytes(bytes)} (${((bytes * 8) / params).toFixed(3)} bits per parameter)`,
+    `4-bit weights (${layouts.join(', ')} layout): ${w.length}, ${formats.join('; ')}; ${params.toLocaleString('en-US')} parameters in ${formatBytes(bytes)} (${((bytes * 8) / params).toFixed(3)} bits per parameter)`,
     table(
-      ['weight', 'format', 'shape', 'params', 'stored bytes', 'bits/param'],
+      ['weight', 'layout', 'format', 'shape', 'params', 'stored bytes', 'bits/param'],
       w.map((x) => [
         x.name,
+        x.layout,
         x.format,
         `[${x.shape.join(', ')}]`,
         x.params,
@@ -275,6 +315,10 @@ function renderReport(r: InspectReport, options: InspectOptions): string {
   ];
   if (c.quantizationConfig)
     lines.push(`quantization_config: ${JSON.stringify(c.quantizationConfig)}`);
+  if (r.residualBytes !== undefined)
+    lines.push(
+      `${RESIDUAL_FILE}: ${formatBytes(r.residualBytes)} (what \`lora unmerge\` needs; not counted as weights)`,
+    );
   r.files.forEach((f, i) => {
     lines.push('', renderFile(f, Boolean(options.tensors)));
     const q = r.quantized[i];

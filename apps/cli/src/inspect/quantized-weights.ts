@@ -1,9 +1,19 @@
 import { numel, SafetensorsFile, type SafetensorsSummary } from '@lora/core';
-import { BNB4_QUANT_STATE_PREFIX, bnb4Keys, type Bnb4Format, findBnb4Weights } from '@lora/quant';
+import {
+  BNB4_QUANT_STATE_PREFIX,
+  bnb4Keys,
+  type Bnb4Format,
+  findBnb4Weights,
+  findOrtWeights,
+  ORT_QUANT_STATE_SUFFIX,
+  type OrtQuantState,
+} from '@lora/quant';
 
-/** A bitsandbytes 4-bit weight as `lora inspect` shows it: its logical shape, not its packed bytes. */
+/** A 4-bit weight as `lora inspect` shows it: its logical shape, not its packed bytes. */
 export interface QuantizedWeightSummary {
   readonly name: string;
+  /** `bitsandbytes` state dict, or the onnxruntime layout (`MatMulNBits` / `MatMulBnb4`). */
+  readonly layout: 'bitsandbytes' | 'MatMulNBits' | 'MatMulBnb4';
   readonly format: string;
   readonly blockSize: number;
   readonly doubleQuant: boolean;
@@ -23,16 +33,18 @@ export interface QuantizedFileSummary {
 }
 
 /**
- * Finds the bitsandbytes 4-bit weights of a safetensors file (a `weight` with a
- * `.quant_state.bitsandbytes__<format>` sibling) and reads their small JSON states. Undefined
- * when the file holds none.
+ * Finds the 4-bit weights of a safetensors file, bitsandbytes (a `weight` with a
+ * `.quant_state.bitsandbytes__<format>` sibling) or onnxruntime layout (a
+ * `.quant_state.lora_ort` sibling), and reads their small JSON states. Undefined when the file
+ * holds none.
  */
 export async function summarizeQuantizedWeights(
   file: SafetensorsSummary,
 ): Promise<QuantizedFileSummary | undefined> {
   const names = file.tensors.map((t) => t.name);
   const weights = findBnb4Weights(names);
-  if (weights.length === 0) return undefined;
+  const ortWeights = findOrtWeights(names);
+  if (weights.length === 0 && ortWeights.length === 0) return undefined;
   const byName = new Map(file.tensors.map((t) => [t.name, t]));
   const covered = new Set<string>();
   const out: QuantizedWeightSummary[] = [];
@@ -55,11 +67,35 @@ export async function summarizeQuantizedWeights(
       const storedBytes = keys.reduce((a, k) => a + byName.get(k)!.bytes, 0);
       out.push({
         name,
+        layout: 'bitsandbytes',
         format: state.quant_type ?? format,
         blockSize: state.blocksize ?? 0,
         doubleQuant: state.nested_blocksize !== undefined,
         shape,
         dtype: state.dtype ?? 'unknown',
+        params,
+        storedBytes,
+        bitsPerParam: params > 0 ? (storedBytes * 8) / params : 0,
+      });
+    }
+    for (const name of ortWeights) {
+      const stateKey = `${name}${ORT_QUANT_STATE_SUFFIX}`;
+      const state = JSON.parse(
+        new TextDecoder().decode(await f.readBytes(stateKey)),
+      ) as OrtQuantState;
+      const keys = [name, `${name}.scales`, `${name}.zero_points`, `${name}.absmax`, stateKey];
+      const present = keys.filter((k) => byName.has(k));
+      for (const k of present) covered.add(k);
+      const params = numel(state.shape);
+      const storedBytes = present.reduce((a, k) => a + byName.get(k)!.bytes, 0);
+      out.push({
+        name,
+        layout: state.op,
+        format: state.format,
+        blockSize: state.block_size,
+        doubleQuant: false,
+        shape: state.shape,
+        dtype: state.dtype,
         params,
         storedBytes,
         bitsPerParam: params > 0 ? (storedBytes * 8) / params : 0,
