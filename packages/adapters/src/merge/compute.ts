@@ -1,42 +1,34 @@
 import {
   castFloat,
+  concatLowRank,
   DTYPES,
+  deltaRow,
   type FloatDType,
   isFloatDType,
+  type LowRankDelta,
+  lowRankDelta,
+  mergeLowRank,
+  packLowRank,
+  roundF64Into,
   type Tensor,
+  type TypedArrayOf,
   toFloat64Array,
   type UnmergeResidual,
+  zeroLowRankDelta,
 } from '@lora/core';
 import { AdapterError } from '../errors.js';
-import { FloatRows } from './float-rows.js';
-import {
-  concatLowRank,
-  deltaRow,
-  type LowRankDelta,
-  lowRankFromFactors,
-  packLowRank,
-} from './low-rank-delta.js';
-import { mergeLowRankDelta } from './merge-weight.js';
 import type { LoraTerm, TensorPlan } from './plan.js';
 
-/** The summed low-rank delta of LoRA terms on one weight of shape [rows, cols] (stored layout). */
+/** The summed ΔW (core's definition) of LoRA terms on one weight of shape [rows, cols] (stored layout). */
 export function deltaOfTerms(terms: readonly LoraTerm[], rows: number, cols: number): LowRankDelta {
-  if (terms.length === 0)
-    return { rows, cols, rank: 0, coef: new Float64Array(0), basis: new Float64Array(0) };
+  if (terms.length === 0) return zeroLowRankDelta(rows, cols);
   return concatLowRank(
-    terms.map((t) => {
-      const [r, inF] = t.lora.A.shape;
-      const outF = t.lora.B.shape[0];
-      return lowRankFromFactors(
-        toFloat64Array(t.lora.A),
-        toFloat64Array(t.lora.B),
-        r,
-        inF,
-        outF,
-        t.scale,
-        t.transpose,
-      );
-    }),
+    terms.map((t) =>
+      lowRankDelta(
+        { A: t.lora.A, B: t.lora.B, scaling: t.scale, fanInFanOut: t.transpose },
+        t.module,
+      ),
+    ),
   );
 }
 
@@ -85,7 +77,7 @@ export function mergeTensor(
     const rows = base.shape.length === 1 ? 1 : base.shape[0];
     const cols = base.data.length / rows;
     const flat = { dtype: base.dtype, shape: [rows, cols], data: base.data } as Tensor;
-    const r = mergeLowRankDelta(flat, deltaOfTerms([], rows, cols), outDtype, {
+    const r = mergeLowRank(flat, deltaOfTerms([], rows, cols), outDtype, {
       captureResidual: capture,
       name,
     });
@@ -108,7 +100,7 @@ export function mergeTensor(
         for (let i = 0; i < v.length; i++) v[i] += term.scale * b[i];
       }
       const out = DTYPES[outDtype].create(v.length);
-      if (!new FloatRows(v.length).write(v, out, outDtype, 0)) throw notFinite(name, 0);
+      if (!roundF64Into(v, outDtype, out as TypedArrayOf[FloatDType])) throw notFinite(name, 0);
       return {
         tensor: { dtype: outDtype, shape: [...base.shape], data: out } as Tensor,
         original: capture ? base : undefined,
@@ -121,7 +113,7 @@ export function mergeTensor(
           tensor: mergeDora(name, base, plan.terms, outDtype),
           original: capture ? base : undefined,
         };
-      const r = mergeLowRankDelta(base, deltaOfTerms(plan.terms, rows, cols), outDtype, {
+      const r = mergeLowRank(base, deltaOfTerms(plan.terms, rows, cols), outDtype, {
         captureResidual: capture,
         name,
       });
@@ -174,10 +166,10 @@ function mergeDora(
       for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) V[i * cols + j] *= ss[j];
     }
   }
-  const out = DTYPES[outDtype].create(rows * cols);
-  const io = new FloatRows(cols);
+  const out = DTYPES[outDtype].create(rows * cols) as TypedArrayOf[FloatDType];
   for (let i = 0; i < rows; i++) {
-    if (!io.write(V.subarray(i * cols, (i + 1) * cols), out, outDtype, i)) throw notFinite(name, i);
+    if (!roundF64Into(V.subarray(i * cols, (i + 1) * cols), outDtype, out, i * cols))
+      throw notFinite(name, i);
   }
   return { dtype: outDtype, shape: [rows, cols], data: out } as Tensor;
 }

@@ -2,9 +2,12 @@ import { copyFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   type DType,
-  type FloatDType,
+  isLoraError,
+  type LowRankDelta,
   type Tensor,
   tensorBytes,
+  type UnmergeResidual,
+  unmergeLowRank,
   writeAll,
   writeFileAtomic,
   writeFolderAtomic,
@@ -14,7 +17,6 @@ import { AdapterError } from '../errors.js';
 import { ModelFiles } from '../model/model-files.js';
 import { deltaOfTerms } from './compute.js';
 import { residualPathFor } from './merge-model.js';
-import { unmergeLowRankDelta } from './merge-weight.js';
 import { type AdapterSource, planMerge, type TensorCatalog } from './plan.js';
 import {
   adapterFingerprint,
@@ -173,7 +175,7 @@ export async function unmergeModel(
         const p = plan.tensors.get(e.name);
         const delta = deltaOfTerms(p?.kind === 'lora' ? p.terms : [], rows, cols);
         const flat = { dtype: t.dtype, shape: [rows, cols], data: t.data } as Tensor;
-        const back = unmergeLowRankDelta(flat, delta, rec.dtype as FloatDType, rec, e.name);
+        const back = unmergeOne(flat, delta, rec, e.name);
         unmerged++;
         return tensorBytes(back);
       }
@@ -246,5 +248,25 @@ export async function unmergeModel(
     return { merged, output, residual: residualPath, unmerged, restoredWhole, copied };
   } finally {
     await model.close();
+  }
+}
+
+/** Core's exact unmerge, its mismatch reported in this package's terms. */
+function unmergeOne(
+  merged: Tensor,
+  delta: LowRankDelta,
+  residual: UnmergeResidual,
+  name: string,
+): Tensor {
+  try {
+    return unmergeLowRank(merged, delta, residual.dtype, residual, name);
+  } catch (e) {
+    if (isLoraError(e) && e.code === 'LORA_UNMERGE_MISMATCH')
+      throw new AdapterError(
+        'UNMERGE_MISMATCH',
+        `${name}: after unmerge the weight does not match the original. The merged model or the adapter is not the one that was merged; use the same adapter folders, weights and order as for the merge. (${e.message})`,
+        { tensor: name },
+      );
+    throw e;
   }
 }

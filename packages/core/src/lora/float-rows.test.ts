@@ -1,6 +1,8 @@
-import { type FloatDType, fromBf16Bits, fromF16Bits, roundF64Array } from '@lora/core';
+import type { FloatDType } from '../convert.js';
+import { fromBf16Bits, fromF16Bits } from '../float16.js';
 import { describe, expect, it } from 'vitest';
 import { FloatRows } from './float-rows.js';
+import { roundF64Array } from './round-once.js';
 
 /** Doubles that stress one-rounding: f16/bf16 midpoints nudged by tiny amounts, subnormals, overflow. */
 function hardValues(): Float64Array {
@@ -42,6 +44,22 @@ describe('FloatRows.write rounds float64 once, as core roundF64Array', () => {
       expect(Array.from(out)).toEqual(Array.from(want));
     });
   }
+
+  it('reads every f16 and bf16 bit pattern as its exact value', () => {
+    const bits = Uint16Array.from({ length: 65536 }, (_, i) => i);
+    const rows = new FloatRows(65536);
+    for (const [dtype, decode] of [
+      ['f16', fromF16Bits],
+      ['bf16', fromBf16Bits],
+    ] as const) {
+      const got = new Float64Array(65536);
+      rows.read(bits, dtype, 0, got);
+      for (let i = 0; i < 65536; i++)
+        if (!Object.is(got[i], decode(i)) && !Number.isNaN(got[i]))
+          expect([dtype, i, got[i]]).toEqual([dtype, i, decode(i)]);
+      expect(got.filter(Number.isNaN).length).toBe(dtype === 'f16' ? 2046 : 254);
+    }
+  });
 
   it('reports overflow to Inf as not finite', () => {
     const rows = new FloatRows(2);

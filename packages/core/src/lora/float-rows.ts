@@ -1,14 +1,10 @@
-import {
-  type AnyTypedArray,
-  bf16ToF32Array,
-  f16ToF32Array,
-  type FloatDType,
-  roundF64Into,
-  type TypedArrayOf,
-} from '@lora/core';
+import type { FloatDType } from '../convert.js';
+import type { AnyTypedArray, TypedArrayOf } from '../dtype.js';
+import { bf16ToF32Array, f16ToF32Array } from '../float16.js';
+import { roundF64Into } from './round-once.js';
 
 /**
- * Row access to float tensors of any storage dtype (f64, f32, f16, bf16): decode a row to
+ * Row access for the merge engine (internal to core): row access to float tensors of any storage dtype (f64, f32, f16, bf16): decode a row to
  * float64 values, and encode float64 values to the storage dtype with ONE rounding to nearest
  * even (core's `roundF64Into`). No allocation per row.
  */

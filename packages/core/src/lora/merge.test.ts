@@ -45,6 +45,15 @@ function randomFactors(
   };
 }
 
+/** A term whose ΔW is exactly `values` as [rows, cols]: B holds the values, A is the identity. */
+function exactDelta(values: number[], rows = 1): LoraFactors {
+  const cols = values.length / rows;
+  // rank = cols: B [rows, cols] holds the values, A [cols, cols] is the identity.
+  const A = new Float32Array(cols * cols);
+  for (let k = 0; k < cols; k++) A[k * cols + k] = 1;
+  return { A: f32([cols, cols], A), B: f32([rows, cols], values), scaling: 1 };
+}
+
 /** Byte equality without vitest's element-by-element diff machinery (slow on big arrays). */
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return Buffer.compare(a, b) === 0;
@@ -119,7 +128,7 @@ describe('merged forward equals unmerged forward', () => {
   it('several adapters are summed before ONE rounding', () => {
     // f16 1.0 has an ulp of 2^-10; each delta is below half an ulp, their sum is above it.
     const W = tensor('f16', [1, 1], Uint16Array.of(toF16Bits(1)));
-    const d = f32([1, 1], [0.0003]);
+    const d = exactDelta([0.0003]);
     expect(fromF16Bits((mergeWeight(W, [d]).data as Uint16Array)[0])).toBe(1);
     expect(fromF16Bits((mergeWeight(W, [d, d]).data as Uint16Array)[0])).toBe(1 + 2 ** -10);
   });
@@ -127,7 +136,7 @@ describe('merged forward equals unmerged forward', () => {
   it('refuses NaN/Inf results unless allowed, and never touches the input', () => {
     const W = tensor('f16', [1, 2], Uint16Array.of(toF16Bits(60000), toF16Bits(1)));
     const before = Uint8Array.from(tensorBytes(W));
-    const d = f32([1, 2], [10000, 0]);
+    const d = exactDelta([10000, 0]);
     expect(() => mergeWeight(W, [d], { name: 'h.0.attn.c_attn.weight' })).toThrow(
       /h\.0\.attn\.c_attn\.weight.*\[0, 0\].*not finite/,
     );
@@ -172,12 +181,9 @@ describe('exact unmerge', () => {
     }
   }
 
-  it('fan_in_fan_out and dense deltas are exact too', () => {
+  it('fan_in_fan_out and ranks above 16 are exact too', () => {
     const W = randomWeight('bf16', 32, 24); // [in, out]
-    const terms = [
-      randomFactors(32, 24, 4, 4, 0.1, true),
-      castFloat(randomWeight('f32', 32, 24, 0.05), 'f16'),
-    ];
+    const terms = [randomFactors(32, 24, 4, 4, 0.1, true), randomFactors(32, 24, 19, 1, 0.2, true)];
     const { merged, residual } = mergeWeightExact(W, terms);
     expect(sameBytes(tensorBytes(unmergeWeight(merged, terms, residual)), tensorBytes(W))).toBe(
       true,
@@ -191,7 +197,7 @@ describe('exact unmerge', () => {
       [2, 3],
       Uint16Array.of(0x7c01, 0xfc00, 0x7c00, toF16Bits(0.5), toF16Bits(-2), toF16Bits(3)),
     );
-    const terms = [f32([2, 3], [0.25, 1, -1, 0.125, 0.5, -0.75])];
+    const terms = [exactDelta([0.25, 1, -1, 0.125, 0.5, -0.75], 2)];
     const { merged, residual } = mergeWeightExact(W, terms, { allowNonFinite: true });
     expect(sameBytes(tensorBytes(unmergeWeight(merged, terms, residual)), tensorBytes(W))).toBe(
       true,
@@ -207,8 +213,11 @@ describe('exact unmerge', () => {
     expect(() => unmergeWeight(merged, other, residual, { name: 'w' })).toThrow(
       /LORA_UNMERGE_MISMATCH|does not match/,
     );
-    expect(() => unmergeWeight(castFloat(merged, 'f32'), terms, residual)).toThrow(
-      /residual is for a f16/,
+    // The residual depends only on the merged VALUES: the same values stored wider restore W too.
+    const wider = unmergeWeight(castFloat(merged, 'f32'), terms, residual);
+    expect(sameBytes(tensorBytes(wider), tensorBytes(W))).toBe(true);
+    expect(() => unmergeWeight(merged, terms, { ...residual, dtype: 'f32' })).toThrow(
+      /residual is for a f32/,
     );
   });
 

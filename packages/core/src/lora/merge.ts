@@ -1,17 +1,17 @@
-import { type FloatDType, isFloatDType, toFloat64Array } from '../convert.js';
-import type { AnyTypedArray, DType, TypedArrayOf } from '../dtype.js';
+import { type FloatDType, isFloatDType } from '../convert.js';
+import { type AnyTypedArray, DTYPES, type DType, type TypedArrayOf } from '../dtype.js';
 import { CoreError } from '../errors.js';
-import { bf16ToF32Array, f16ToF32Array } from '../float16.js';
 import { type Tensor, numel, tensor } from '../tensor.js';
-import { type LoraFactors, type PreparedDelta, deltaRowUnscaled, prepareDelta } from './delta.js';
-import { roundF64Into } from './round-once.js';
-
-/**
- * What is added to a weight: LoRA factors (dW = scaling * B @ A, transposed for fan_in_fan_out),
- * or an already computed delta tensor in the weight's stored layout (any float dtype).
- */
-export type MergeTerm = LoraFactors | Tensor;
-
+import {
+  concatLowRank,
+  deltaRow,
+  type LoraFactors,
+  type LowRankDelta,
+  lowRankDelta,
+  packLowRank,
+  zeroLowRankDelta,
+} from './delta.js';
+import { bitsView, FloatRows } from './float-rows.js';
 export interface MergeOptions {
   /** Name of the weight, for error messages (e.g. `model.layers.0.self_attn.q_proj.weight`). */
   name?: string;
@@ -20,8 +20,8 @@ export interface MergeOptions {
 }
 
 /**
- * The sparse record that makes {@link unmergeWeight} give back the original bytes exactly.
- * `W - dW` after rounding is usually, not always, W; the positions where it is not are stored
+ * The sparse record that makes an unmerge give back the original bytes exactly.
+ * `W - ΔW` after rounding is usually, not always, W; the positions where it is not are stored
  * with their original bit patterns.
  */
 export interface UnmergeResidual {
@@ -36,84 +36,192 @@ export interface UnmergeResidual {
   checksum: number;
 }
 
+/** What {@link mergeLowRank} returns. */
+export interface LowRankMergeResult {
+  readonly merged: Tensor;
+  /** Present when `captureResidual` was asked. */
+  readonly residual?: UnmergeResidual;
+  /** Index of the first row holding a NaN or infinite value, or -1. */
+  readonly firstNonFiniteRow: number;
+}
+
+/** Columns per tile of the merge loop. */
+const TILE = 512;
+
 /**
- * W' = W + sum of the terms, summed in float64 and rounded ONCE to W's dtype (so an f16/bf16
- * weight gains one rounding error, not one per adapter). W is 2-D and any float dtype; the
- * input is not modified. Throws `LORA_MERGE_NOT_FINITE` if a result is NaN/Inf (unless allowed).
+ * THE merge engine: `merged = round_out(W + ΔW)` element by element, ΔW row by row from
+ * {@link deltaRow} (float64), the sum rounded ONCE to `outDtype`. W is 2-D, any float dtype, not
+ * modified. Works in 512-column tiles of each row so the tile's packed basis stays in cache.
+ *
+ * With `captureResidual`, also runs the unmerge exactly as {@link unmergeLowRank} will,
+ * `round_in(merged - ΔW)`, and records where it misses the original bits (the residual). Never
+ * throws on NaN/Inf: reports `firstNonFiniteRow`, so callers refuse before writing anything.
+ */
+export function mergeLowRank(
+  weight: Tensor,
+  delta: LowRankDelta,
+  outDtype: FloatDType,
+  options: { captureResidual?: boolean; name?: string } = {},
+): LowRankMergeResult {
+  const where = options.name ?? 'weight';
+  checkWeight(weight, delta, where);
+  const inDtype = weight.dtype as FloatDType;
+  const { rows: nRows, cols } = delta;
+  const packed = packLowRank(delta);
+  const out = DTYPES[outDtype].create(nRows * cols);
+  const io = new FloatRows(cols);
+  const w = new Float64Array(TILE);
+  const d = new Float64Array(TILE);
+  let firstNonFiniteRow = -1;
+
+  // Residual scratch: one tile decoded back from the output, one re-encoded in the input dtype.
+  const capture = options.captureResidual === true;
+  const back = capture ? DTYPES[inDtype].create(TILE) : undefined;
+  const origBits = capture ? bitsView(weight.data, inDtype) : undefined;
+  // Signed 32-bit views for comparing (a uint32 above 2^31 would be a heap double in V8).
+  const origCmp = capture ? compareView(weight.data, inDtype) : undefined;
+  const backCmp = back ? compareView(back, inDtype) : undefined;
+  const indices: number[] = [];
+
+  for (let j0 = 0; j0 < cols; j0 += TILE) {
+    const n = Math.min(TILE, cols - j0);
+    for (let i = 0; i < nRows; i++) {
+      deltaRow(packed, i, d, j0, n);
+      io.readAdd(weight.data, inDtype, i, d, w, j0, n); // w = W + ΔW, this tile of row i
+      if (!io.write(w, out, outDtype, i, j0, n) && (firstNonFiniteRow < 0 || i < firstNonFiniteRow))
+        firstNonFiniteRow = i;
+      if (capture) {
+        io.read(out, outDtype, i, w, j0, n);
+        for (let j = 0; j < n; j++) w[j] -= d[j];
+        io.write(w, back!, inDtype, 0, 0, n);
+        const base = i * cols + j0;
+        for (let j = 0; j < n; j++) if (backCmp![j] !== origCmp![base + j]) indices.push(base + j);
+      }
+    }
+  }
+  const merged = { dtype: outDtype, shape: [nRows, cols], data: out } as Tensor;
+  if (!capture) return { merged, firstNonFiniteRow };
+  return { merged, firstNonFiniteRow, residual: takeResidual(weight, origBits!, indices) };
+}
+
+/**
+ * The inverse of {@link mergeLowRank}: `round_base(merged - ΔW)` row by row (the same ΔW bits),
+ * then the residual's original bits are put back and the checksum verified: byte-identical to
+ * the original weight, or `LORA_UNMERGE_MISMATCH` (a different merged weight or delta). Without a
+ * residual it is PEFT's plain unmerge: close to W, not exact.
+ */
+export function unmergeLowRank(
+  merged: Tensor,
+  delta: LowRankDelta,
+  baseDtype: FloatDType,
+  residual?: UnmergeResidual,
+  name = 'weight',
+): Tensor {
+  checkWeight(merged, delta, name);
+  const mergedDtype = merged.dtype as FloatDType;
+  const { rows: nRows, cols } = delta;
+  const packed = packLowRank(delta);
+  const out = DTYPES[baseDtype].create(nRows * cols);
+  const io = new FloatRows(cols);
+  const m = new Float64Array(cols);
+  const d = new Float64Array(cols);
+  for (let i = 0; i < nRows; i++) {
+    io.read(merged.data, mergedDtype, i, m);
+    deltaRow(packed, i, d);
+    for (let j = 0; j < cols; j++) m[j] -= d[j];
+    io.write(m, out, baseDtype, i);
+  }
+  if (residual) {
+    applyResidual(out, baseDtype, residual, name);
+    if (residualChecksum(out) !== residual.checksum) {
+      throw new CoreError(
+        'LORA_UNMERGE_MISMATCH',
+        `${name}: after unmerge the weight does not match the original (checksum differs). The merged weight or the adapter is not the one that was merged; use the same adapter files, scalings and order as for the merge.`,
+        { where: name },
+      );
+    }
+  }
+  return { dtype: baseDtype, shape: [nRows, cols], data: out } as Tensor;
+}
+
+/** Writes the residual's original bits back into `data` (a `dtype` array), after checking they fit. */
+export function applyResidual(
+  data: AnyTypedArray,
+  dtype: FloatDType,
+  residual: UnmergeResidual,
+  name = 'weight',
+): void {
+  const bits = bitsView(data, dtype);
+  if (residual.dtype !== dtype || bits.constructor !== residual.bits.constructor) {
+    throw new CoreError(
+      'LORA_UNMERGE_MISMATCH',
+      `${name}: the unmerge residual is for a ${residual.dtype} weight, this one is ${dtype}. Use the residual saved with this merge.`,
+      { where: name },
+    );
+  }
+  if (numel(residual.shape) !== bits.length) {
+    throw new CoreError(
+      'LORA_UNMERGE_MISMATCH',
+      `${name}: the unmerge residual is for a [${residual.shape.join(', ')}] weight, this one has ${bits.length} elements. Use the residual saved with this merge.`,
+      { where: name },
+    );
+  }
+  const { indices } = residual;
+  for (let k = 0; k < indices.length; k++) {
+    if (indices[k] >= bits.length) {
+      throw new CoreError(
+        'LORA_RESIDUAL_INVALID',
+        `${name}: residual index ${indices[k]} is outside the weight (${bits.length} elements).`,
+        { where: name },
+      );
+    }
+    bits[indices[k]] = residual.bits[k];
+  }
+}
+
+/**
+ * W' = W + sum of the terms' ΔW, rounded ONCE to W's dtype (so an f16/bf16 weight gains one
+ * rounding error, not one per adapter): {@link mergeLowRank} on the terms' summed delta. W is
+ * 2-D and any float dtype; the input is not modified. Throws `LORA_MERGE_NOT_FINITE` if a result
+ * is NaN/Inf (unless allowed).
  */
 export function mergeWeight<D extends DType>(
   W: Tensor<D>,
-  terms: readonly MergeTerm[],
+  terms: readonly LoraFactors[],
   options: MergeOptions = {},
 ): Tensor<D> {
-  return mergeRows(W, terms, options, false).merged;
+  return mergeTerms(W, terms, options, false).merged;
 }
 
 /**
  * {@link mergeWeight} plus the {@link UnmergeResidual} that lets {@link unmergeWeight} restore
- * W bit for bit. The residual is found by running unmerge exactly as it will run later and
- * recording where it misses.
+ * W bit for bit.
  */
 export function mergeWeightExact<D extends DType>(
   W: Tensor<D>,
-  terms: readonly MergeTerm[],
+  terms: readonly LoraFactors[],
   options: MergeOptions = {},
 ): { merged: Tensor<D>; residual: UnmergeResidual } {
-  const { merged, residual } = mergeRows(W, terms, options, true);
+  const { merged, residual } = mergeTerms(W, terms, options, true);
   return { merged, residual: residual! };
 }
 
 /**
- * W = W' - sum of the terms (float64, one rounding). With the residual from
- * {@link mergeWeightExact} the result is byte-identical to the original weight, and this is
- * verified (checksum): a different W' or different terms throw `LORA_UNMERGE_MISMATCH`.
- * Without a residual it is PEFT's plain unmerge: close to W, not exact.
+ * W = W' - sum of the terms' ΔW (one rounding, to the residual's dtype when given, else W''s).
+ * With the residual from {@link mergeWeightExact} the result is byte-identical to the original
+ * weight, and this is verified (checksum): a different W' or different terms throw
+ * `LORA_UNMERGE_MISMATCH`. Without a residual it is PEFT's plain unmerge: close to W, not exact.
  */
 export function unmergeWeight<D extends DType>(
   merged: Tensor<D>,
-  terms: readonly MergeTerm[],
+  terms: readonly LoraFactors[],
   residual?: UnmergeResidual,
   options: MergeOptions = {},
 ): Tensor<D> {
   const where = options.name ?? 'weight';
-  const { rows, cols, deltas } = prepareTerms(merged, terms, where);
-  const dtype = merged.dtype as FloatDType; // checked by prepareTerms
-  const out = tensor(merged.dtype, merged.shape) as Tensor<D>;
-  const reader = rowReader(cols);
-  const acc = new Float64Array(cols);
-  const scratch = deltas.map(() => new Float64Array(cols));
-  const termRowsOfP: Float64Array[] = new Array(deltas.length);
-  const scales = new Float64Array(deltas.length);
-  for (let p = 0; p < rows; p++) {
-    termRows(deltas, p, cols, scratch, termRowsOfP, scales);
-    reader(merged, p, acc);
-    subtractRows(acc, termRowsOfP, scales);
-    roundF64Into(acc, dtype, out.data as TypedArrayOf[FloatDType], p * cols);
-  }
-  if (!residual) return out;
-
-  if (
-    residual.dtype !== merged.dtype ||
-    residual.shape.length !== merged.shape.length ||
-    residual.shape.some((d, i) => d !== merged.shape[i])
-  ) {
-    throw new CoreError(
-      'LORA_UNMERGE_MISMATCH',
-      `${where}: the unmerge residual is for a ${residual.dtype} [${residual.shape.join(', ')}] weight, this one is ${merged.dtype} [${merged.shape.join(', ')}]. Use the residual saved with this merge.`,
-      { where },
-    );
-  }
-  const bits = bitView(out);
-  const { indices } = residual;
-  for (let i = 0; i < indices.length; i++) bits[indices[i]] = residual.bits[i];
-  if (residualChecksum(out.data) !== residual.checksum) {
-    throw new CoreError(
-      'LORA_UNMERGE_MISMATCH',
-      `${where}: after unmerge the weight does not match the original (checksum differs). The merged weight or the adapter is not the one that was merged; use the same adapter files and scalings, in the same order.`,
-      { where },
-    );
-  }
-  return out;
+  const delta = termsDelta(merged, terms, where);
+  const dtype = residual?.dtype ?? (merged.dtype as FloatDType);
+  return unmergeLowRank(merged, delta, dtype, residual, where) as Tensor<D>;
 }
 
 /** Bytes the residual takes when stored (indices + original bits). */
@@ -192,13 +300,7 @@ export function residualFromTensors(
 
 // ---------------------------------------------------------------------------------------------
 
-type PreparedTerm = { kind: 'factors'; d: PreparedDelta } | { kind: 'dense'; data: Float64Array };
-
-function prepareTerms(
-  W: Tensor,
-  terms: readonly MergeTerm[],
-  where: string,
-): { rows: number; cols: number; deltas: PreparedTerm[] } {
+function checkWeight(W: Tensor, delta: LowRankDelta, where: string): void {
   if (!isFloatDType(W.dtype)) {
     throw new CoreError(
       'DTYPE_UNSUPPORTED',
@@ -206,6 +308,24 @@ function prepareTerms(
       { where },
     );
   }
+  if (W.shape.length !== 2 || W.shape[0] !== delta.rows || W.shape[1] !== delta.cols) {
+    throw new CoreError(
+      'LORA_SHAPE_MISMATCH',
+      `${where}: the weight has shape [${W.shape.join(', ')}] but the delta is [${delta.rows}, ${delta.cols}].`,
+      { where },
+    );
+  }
+  if (numel(W.shape) > 2 ** 32) {
+    throw new CoreError(
+      'LORA_SHAPE_MISMATCH',
+      `${where}: weights above 2^32 elements are not supported by exact unmerge.`,
+      { where },
+    );
+  }
+}
+
+/** The summed delta of the terms, checked against W's stored shape. */
+function termsDelta(W: Tensor, terms: readonly LoraFactors[], where: string): LowRankDelta {
   if (W.shape.length !== 2) {
     throw new CoreError(
       'LORA_SHAPE_MISMATCH',
@@ -214,226 +334,80 @@ function prepareTerms(
     );
   }
   const [rows, cols] = W.shape;
-  if (numel(W.shape) > 2 ** 32) {
-    throw new CoreError(
-      'LORA_SHAPE_MISMATCH',
-      `${where}: weights above 2^32 elements are not supported by exact unmerge.`,
-      { where },
-    );
-  }
-  const deltas = terms.map((term, i): PreparedTerm => {
+  if (terms.length === 0) return zeroLowRankDelta(rows, cols);
+  const deltas = terms.map((term, i) => {
     const label = `${where} (adapter ${i})`;
-    if ('A' in term) {
-      const d = prepareDelta(term, label);
-      if (d.rows !== rows || d.cols !== cols) {
-        throw new CoreError(
-          'LORA_SHAPE_MISMATCH',
-          `${label}: the delta is [${d.rows}, ${d.cols}] but the weight is [${rows}, ${cols}]. ${term.fanInFanOut ? 'fan_in_fan_out is set: the weight should be stored [in, out].' : 'If the weight is stored [in, out] (GPT-2 Conv1D), set fan_in_fan_out.'}`,
-          { where: label },
-        );
-      }
-      return { kind: 'factors', d };
-    }
-    if (
-      !isFloatDType(term.dtype) ||
-      term.shape.length !== 2 ||
-      term.shape[0] !== rows ||
-      term.shape[1] !== cols
-    ) {
+    const d = lowRankDelta(term, label);
+    if (d.rows !== rows || d.cols !== cols) {
       throw new CoreError(
         'LORA_SHAPE_MISMATCH',
-        `${label}: a delta tensor must be a float [${rows}, ${cols}], got ${term.dtype} [${term.shape.join(', ')}].`,
-        {
-          where: label,
-        },
+        `${label}: the delta is [${d.rows}, ${d.cols}] but the weight is [${rows}, ${cols}]. ${term.fanInFanOut ? 'fan_in_fan_out is set: the weight should be stored [in, out].' : 'If the weight is stored [in, out] (GPT-2 Conv1D), set fan_in_fan_out.'}`,
+        { where: label },
       );
     }
-    return { kind: 'dense', data: toFloat64Array(term) };
+    return d;
   });
-  return { rows, cols, deltas };
+  return concatLowRank(deltas, where);
 }
 
-/**
- * Row p of every term, unscaled, with its scale: `rows[i]` and `scales[i]` such that term i's
- * contribution to the row is `scales[i] * rows[i][j]`. Dense deltas are views with scale 1
- * (`1 * x` is exact, so both kinds go through the same arithmetic).
- */
-function termRows(
-  deltas: readonly PreparedTerm[],
-  p: number,
-  cols: number,
-  scratch: Float64Array[],
-  rows: Float64Array[],
-  scales: Float64Array,
-): void {
-  for (let i = 0; i < deltas.length; i++) {
-    const t = deltas[i];
-    if (t.kind === 'dense') {
-      rows[i] = t.data.subarray(p * cols, (p + 1) * cols);
-      scales[i] = 1;
-    } else {
-      deltaRowUnscaled(t.d, p, scratch[i]);
-      rows[i] = scratch[i];
-      scales[i] = t.d.scaling;
-    }
-  }
-}
-
-/** acc += s_i * row_i for each term, in term order (merge). */
-function addRows(acc: Float64Array, rows: readonly Float64Array[], scales: Float64Array): void {
-  const cols = acc.length;
-  for (let i = 0; i < rows.length; i++) {
-    const r = rows[i];
-    const s = scales[i];
-    for (let j = 0; j < cols; j++) acc[j] += s * r[j];
-  }
-}
-
-/** acc -= s_i * row_i for each term, in term order (unmerge). */
-function subtractRows(
-  acc: Float64Array,
-  rows: readonly Float64Array[],
-  scales: Float64Array,
-): void {
-  const cols = acc.length;
-  for (let i = 0; i < rows.length; i++) {
-    const r = rows[i];
-    const s = scales[i];
-    for (let j = 0; j < cols; j++) acc[j] -= s * r[j];
-  }
-}
-
-/**
- * The smallest magnitude that rounds to infinity in each dtype (max finite + half an ulp; the
- * tie goes to the even Inf). Checking the float64 sum against it catches overflow and NaN
- * before rounding, in one tight loop.
- */
-const OVERFLOW_AT: Readonly<Record<FloatDType, number>> = {
-  f64: Number.POSITIVE_INFINITY,
-  f32: 2 ** 128 - 2 ** 103,
-  f16: 65520,
-  bf16: 2 ** 128 - 2 ** 119,
-};
-
-function firstNonFinite(acc: Float64Array, limit: number): number {
-  for (let j = 0; j < acc.length; j++) if (!(Math.abs(acc[j]) < limit)) return j;
-  return -1;
-}
-
-function mergeRows<D extends DType>(
+function mergeTerms<D extends DType>(
   W: Tensor<D>,
-  terms: readonly MergeTerm[],
+  terms: readonly LoraFactors[],
   options: MergeOptions,
   exact: boolean,
 ): { merged: Tensor<D>; residual?: UnmergeResidual } {
   const where = options.name ?? 'weight';
-  const { rows, cols, deltas } = prepareTerms(W, terms, where);
-  const dtype = W.dtype as FloatDType; // checked by prepareTerms
-  const merged = tensor(W.dtype, W.shape) as Tensor<D>;
-  const reader = rowReader(cols);
-  const acc = new Float64Array(cols);
-  const scratch = deltas.map(() => new Float64Array(cols));
-  const termRowsOfP: Float64Array[] = new Array(deltas.length);
-  const scales = new Float64Array(deltas.length);
-  const limit = OVERFLOW_AT[dtype];
-
-  // Exact mode: the row as unmerge will compute it, and where it misses.
-  const check = exact ? (tensor(W.dtype, [cols]) as Tensor<D>) : undefined;
-  const checkBits = check ? bitView(check) : undefined;
-  const origBits = bitView(W);
-  const missIndices: number[] = [];
-  const missBits: (number | bigint)[] = [];
-
-  for (let p = 0; p < rows; p++) {
-    termRows(deltas, p, cols, scratch, termRowsOfP, scales);
-    reader(W, p, acc);
-    addRows(acc, termRowsOfP, scales);
-    if (!options.allowNonFinite) {
-      const j = firstNonFinite(acc, limit);
-      if (j >= 0) {
-        throw new CoreError(
-          'LORA_MERGE_NOT_FINITE',
-          `${where}: the merged value at [${p}, ${j}] is not finite in ${dtype} (original ${readValue(W, p * cols + j)}, merged ${acc[j]}). Nothing was written; check the adapter for NaN/Inf or a huge scaling, or merge into a wider dtype.`,
-          { where, row: p, col: j },
-        );
-      }
-    }
-    roundF64Into(acc, dtype, merged.data as TypedArrayOf[FloatDType], p * cols);
-    if (check && checkBits) {
-      reader(merged, p, acc);
-      subtractRows(acc, termRowsOfP, scales);
-      roundF64Into(acc, dtype, check.data as TypedArrayOf[FloatDType], 0);
-      const off = p * cols;
-      for (let j = 0; j < cols; j++) {
-        if (checkBits[j] !== origBits[off + j]) {
-          missIndices.push(off + j);
-          missBits.push(origBits[off + j]);
-        }
-      }
-    }
+  const delta = termsDelta(W, terms, where);
+  const dtype = W.dtype as FloatDType;
+  const r = mergeLowRank(W, delta, dtype, { captureResidual: exact, name: where });
+  if (r.firstNonFiniteRow >= 0 && !options.allowNonFinite) {
+    const p = r.firstNonFiniteRow;
+    const cols = delta.cols;
+    const io = new FloatRows(cols);
+    const row = new Float64Array(cols);
+    io.read(r.merged.data, dtype, p, row);
+    const j = Math.max(
+      0,
+      row.findIndex((v) => !Number.isFinite(v)),
+    );
+    io.read(W.data, dtype, p, row);
+    throw new CoreError(
+      'LORA_MERGE_NOT_FINITE',
+      `${where}: the merged value at [${p}, ${j}] is not finite in ${dtype} (original ${row[j]}). Nothing was written; check the adapter for NaN/Inf or a huge scaling, or merge into a wider dtype.`,
+      { where, row: p, col: j },
+    );
   }
-  if (!exact) return { merged };
-  const bits =
-    dtype === 'f64'
-      ? BigUint64Array.from(missBits as bigint[])
-      : dtype === 'f32'
-        ? Uint32Array.from(missBits as number[])
-        : Uint16Array.from(missBits as number[]);
   return {
-    merged,
-    residual: {
-      dtype,
-      shape: [...W.shape],
-      indices: Uint32Array.from(missIndices),
-      bits,
-      checksum: residualChecksum(W.data),
-    },
+    merged: { ...r.merged, shape: [...W.shape] } as unknown as Tensor<D>,
+    residual: r.residual,
   };
 }
 
-/** A reader of row p of a 2-D float tensor as float64 into `out` [cols] (exact), with its own scratch. */
-function rowReader(cols: number): (t: Tensor, p: number, out: Float64Array) => void {
-  const f32Row = new Float32Array(cols);
-  return (t, p, out) => {
-    const off = p * cols;
-    switch (t.dtype) {
-      case 'f64':
-        out.set((t.data as Float64Array).subarray(off, off + cols));
-        return;
-      case 'f32': {
-        const d = t.data as Float32Array;
-        for (let j = 0; j < cols; j++) out[j] = d[off + j];
-        return;
-      }
-      case 'f16':
-      case 'bf16': {
-        const row = (t.data as Uint16Array).subarray(off, off + cols);
-        if (t.dtype === 'f16') f16ToF32Array(row, f32Row);
-        else bf16ToF32Array(row, f32Row);
-        for (let j = 0; j < cols; j++) out[j] = f32Row[j];
-        return;
-      }
-    }
-    throw new CoreError('DTYPE_UNSUPPORTED', `Cannot read a ${t.dtype} weight as float.`);
+function compareView(
+  data: AnyTypedArray,
+  dtype: FloatDType,
+): Int32Array | Uint16Array | BigUint64Array {
+  return dtype === 'f32'
+    ? new Int32Array(data.buffer, data.byteOffset, data.length)
+    : (bitsView(data, dtype) as Uint16Array | BigUint64Array);
+}
+
+function takeResidual(
+  weight: Tensor,
+  bits: Uint16Array | Uint32Array | BigUint64Array,
+  indices: number[],
+): UnmergeResidual {
+  const idx = Uint32Array.from(indices).sort(); // tiles visit the tensor out of order
+  const ctor = bits.constructor as new (n: number) => typeof bits;
+  const picked = new ctor(idx.length);
+  for (let k = 0; k < idx.length; k++) picked[k] = bits[idx[k]];
+  return {
+    dtype: weight.dtype as FloatDType,
+    shape: [...weight.shape],
+    indices: idx,
+    bits: picked,
+    checksum: residualChecksum(weight.data),
   };
-}
-
-function readValue(t: Tensor, i: number): number {
-  const one = new Float64Array(1);
-  rowReader(1)(
-    { dtype: t.dtype, shape: [1, 1], data: t.data.subarray(i, i + 1) } as Tensor,
-    0,
-    one,
-  );
-  return one[0];
-}
-
-/** The elements of a float tensor as unsigned integers of the same width (a view). */
-function bitView(t: Tensor): Uint16Array | Uint32Array | BigUint64Array {
-  const { buffer, byteOffset, length } = t.data as Float32Array;
-  if (t.dtype === 'f64') return new BigUint64Array(buffer, byteOffset, length);
-  if (t.dtype === 'f32') return new Uint32Array(buffer, byteOffset, length);
-  return t.data as Uint16Array;
 }
 
 /**

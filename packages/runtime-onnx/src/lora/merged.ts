@@ -5,7 +5,8 @@ import type { SlotAdapter } from './slots.js';
 
 /**
  * A weight source whose adapted linears are merged: `W' = W + sum_i scale_i * s_i * B_i A_i`
- * (core's `mergeWeight`: float64 sum, one rounding to W's dtype, NaN/Inf refused). The zero-overhead
+ * (core's `mergeWeight`: the same merge engine and ΔW as `lora merge`, so the weights are
+ * byte-identical to a merged model's; one rounding to W's dtype, NaN/Inf refused). The zero-overhead
  * path: a model built from it runs at base speed and matches the unmerged LoRA graph within
  * float32 rounding. Other tensors pass through untouched; merged ones are computed when read.
  */

@@ -1,5 +1,5 @@
 import type { Adapter } from '@lora/adapters';
-import { loraScaling, type Tensor, tensor, toFloat32Array } from '@lora/core';
+import { loraScaling, lowRankDelta, type Tensor, tensor } from '@lora/core';
 import { RuntimeError } from '../errors.js';
 import type { LoraGraphPlan } from './branches.js';
 
@@ -123,12 +123,15 @@ export class LoraSlots {
     for (const { adapter, scale = 1 } of adapters) {
       for (const [module, m] of adapter.modules) {
         const site = plan.sites.get(module)!;
-        const s = loraScaling(adapter.config, module) * scale;
+        // The slot holds core's ΔW factors (coef = s·B, basis = A): A^T [in, r] and (s·B)^T [r, out].
+        const d = lowRankDelta(
+          { A: m.A, B: m.B, scaling: loraScaling(adapter.config, module) * scale },
+          module,
+        );
         const off = offsets.get(module) ?? 0;
-        const [r, inF] = m.A.shape;
-        const outF = site.outFeatures;
-        const a = toFloat32Array(m.A); // [r, in]
-        const b = toFloat32Array(m.B); // [out, r]
+        const r = d.rank;
+        const inF = d.cols;
+        const outF = d.rows;
         // gather: A [slots, in, width], this module's columns start at aOffset + off in its slot;
         // dense: A [in, width], this slot's columns start at (slot-1)*R + off.
         const aStack = this.#stacks.get(site.aInput)!.data;
@@ -139,14 +142,14 @@ export class LoraSlots {
           : slot * inF * width + site.aOffset + off;
         for (let k = 0; k < r; k++) {
           const src = k * inF;
-          for (let i = 0; i < inF; i++) aStack[aBase + i * width + k] = a[src + i];
+          for (let i = 0; i < inF; i++) aStack[aBase + i * width + k] = d.basis[src + i];
         }
-        // B: [slots, R, out] (gather) or [(slots-1)*R, out] (dense); rows off..off+r of the slot hold s * B^T.
+        // B: [slots, R, out] (gather) or [(slots-1)*R, out] (dense); rows off..off+r of the slot hold (s·B)^T.
         const bStack = this.#stacks.get(site.bInput)!.data;
         const bBase = ((dense ? slot - 1 : slot) * plan.rank + off) * outF;
         for (let o = 0; o < outF; o++) {
           const src = o * r;
-          for (let k = 0; k < r; k++) bStack[bBase + k * outF + o] = s * b[src + k];
+          for (let k = 0; k < r; k++) bStack[bBase + k * outF + o] = d.coef[src + k];
         }
         offsets.set(module, off + r);
       }
