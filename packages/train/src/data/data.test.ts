@@ -91,6 +91,10 @@ describe('loadDataset', () => {
         /data\.jsonl:1: "input_ids"\[1\] is 999; token ids are integers in 0\.\.257/,
       ],
       ['{"input_ids": [1, 2], "labels": [1]}', /data\.jsonl:1: "labels" has 1 entries/],
+      [
+        '{"input_ids": [1, 2], "labels": [1, 3]}',
+        /data\.jsonl:1: "labels"\[1\] is 3 but "input_ids"\[1\] is 2/,
+      ],
       ['{"prompt": "x"}', /data\.jsonl:1: "prompt" and "completion" must both be strings/],
       ['[1, 2]', /data\.jsonl:1: expected a JSON object/],
       [

@@ -109,6 +109,13 @@ export async function exampleFromRow(
         `"labels" has ${labels.length} entries and "input_ids" ${inputIds.length}; they must be the same length.`,
       );
     }
+    const differs = labels.findIndex((l, i) => l !== IGNORE_INDEX && l !== inputIds[i]);
+    if (differs >= 0) {
+      throw rowError(
+        where,
+        `"labels"[${differs}] is ${labels[differs]} but "input_ids"[${differs}] is ${inputIds[differs]}; a label must be its token (causal LM) or -100.`,
+      );
+    }
   } else if ('prompt' in row || 'completion' in row) {
     if (typeof row.prompt !== 'string' || typeof row.completion !== 'string') {
       throw rowError(where, '"prompt" and "completion" must both be strings.');

@@ -128,7 +128,7 @@ export async function loadCheckpoint(
       const read = async (prefix: string): Promise<Float32Array> => {
         const name = `${prefix}/${p.name}`;
         const info = file.names().includes(name) ? await file.read(name) : undefined;
-        if (!info || info.dtype !== 'f32' || info.data.length !== p.data.length) {
+        if (info?.dtype !== 'f32' || info.data.length !== p.data.length) {
           throw new TrainError(
             'CHECKPOINT_INVALID',
             `${dir}: ${name} is missing or has the wrong size.`,
