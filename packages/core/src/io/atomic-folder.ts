@@ -47,15 +47,16 @@ export async function writeFolderAtomic<T>(
     );
   }
   const tmp = temporaryPath(path);
+  trackTemporary(tmp); // before it exists: a kill right after the mkdir leaves nothing unknown
   try {
     await mkdir(dirname(path), { recursive: true });
     await mkdir(tmp);
   } catch (e) {
+    untrackTemporary(tmp);
     // mkdir -p reports a file standing where a parent folder should be as EEXIST
     if (isFsError(e) && e.code === 'EEXIST' && e.path !== tmp) e.code = 'ENOTDIR';
     throw isFsError(e) ? writeFailed(path, e) : e;
   }
-  trackTemporary(tmp);
   try {
     const result = await build(tmp);
     const files = await listFilesRecursive(tmp);

@@ -1,4 +1,4 @@
-import { type FileHandle, open, rename, unlink } from 'node:fs/promises';
+import { type FileHandle, mkdir, open, rename, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { isFsError, writeFailed } from './fs-errors.js';
 import { temporaryPath, trackTemporary, untrackTemporary } from './temporaries.js';
@@ -25,9 +25,10 @@ export async function writeFileAtomic(
 ): Promise<void> {
   const tmp = temporaryPath(path);
   let handle: FileHandle | undefined;
+  trackTemporary(tmp); // before it exists: a kill right after the open leaves nothing unknown
   try {
+    await mkdir(dirname(path), { recursive: true });
     handle = await open(tmp, 'wx');
-    trackTemporary(tmp);
     await write(handle);
     await handle.sync();
     await handle.close();

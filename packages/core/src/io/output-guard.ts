@@ -115,11 +115,13 @@ export async function assertReplaceable(path: string, newFiles: readonly string[
 export function claimOutput(output: string): () => void {
   const lock = lockPath(output);
   if (!existsSync(dirname(lock))) return () => {}; // a new folder: the final rename detects races
+  trackTemporary(lock); // before it exists: a kill right after the create leaves nothing unknown
   for (let attempt = 0; ; attempt++) {
     try {
       writeFileSync(lock, `${process.pid}\n`, { flag: 'wx' });
       break;
     } catch (e) {
+      untrackTemporary(lock);
       const err = e as NodeJS.ErrnoException;
       if (err.code !== 'EEXIST') throw isFsError(err) ? writeFailed(output, err) : err;
       const owner = lockOwner(lock);
@@ -132,9 +134,9 @@ export function claimOutput(output: string): () => void {
       }
       if (attempt > 0) throw writeFailed(output, err);
       rmSync(lock, { force: true }); // stale: its process is gone
+      trackTemporary(lock);
     }
   }
-  trackTemporary(lock);
   let released = false;
   return () => {
     if (released) return;

@@ -153,7 +153,12 @@ function cleanUp(path: string, kind: TemporaryKind, target: string): void {
 /** Removes `path` if it is one of our temporaries and the process that made it is dead. */
 function removeIfStale(path: string, expectedPid?: number): boolean {
   const parsed = parseTemporaryPath(path);
-  if (!parsed || parsed.pid === undefined) return false;
+  if (!parsed) return false;
+  // A lock its dead creator had no time to write its PID into (killed between create and write)
+  if (parsed.kind === 'lock' && parsed.pid === undefined && expectedPid !== undefined) {
+    parsed.pid = expectedPid;
+  }
+  if (parsed.pid === undefined) return false;
   if (expectedPid !== undefined && parsed.pid !== expectedPid) return false;
   if (processAlive(parsed.pid)) return false;
   cleanUp(path, parsed.kind, parsed.target);
