@@ -4,6 +4,7 @@ import { RuntimeError } from '../../errors.js';
 import type { TokenStepper } from '../../generate/stepper.js';
 import type { Graph } from '../../graph/types.js';
 import { ModelSession, type SessionOptions } from '../../session/session.js';
+import { WeightFile } from '../../session/weight-file.js';
 import type { BaseQuantOptions } from '../quantize-linear.js';
 import { folderWeights, readConfigJson, type WeightSource } from '../weights.js';
 import { type LlamaConfig, parseLlamaConfig } from './config.js';
@@ -14,6 +15,8 @@ import { prepareLlamaWeights } from './prepare.js';
 export interface LlamaModelOptions extends LlamaGraphOptions, SessionOptions {
   /** Quantize the decoder linears to 4 bits on load: a format name, or format and block size. */
   readonly quant?: QuantFormat | BaseQuantOptions;
+  /** Called after each checkpoint tensor is read and prepared (for a progress bar). */
+  readonly onProgress?: (done: number, total: number, name: string) => void;
 }
 
 /** Keys and values of every layer, each [batch, kvHeads, length, headDim]. */
@@ -92,8 +95,22 @@ export class LlamaModel {
     source: WeightSource,
     options: LlamaModelOptions = {},
   ): Promise<LlamaModel> {
-    const graph = await buildLlamaModelGraph(config, source, options);
-    const session = await ModelSession.fromGraph(graph, options);
+    // Each tensor goes to the session's weight file as soon as it is prepared: the model is
+    // never held whole in JavaScript memory, and onnxruntime maps the file.
+    const weightFile = await WeightFile.create();
+    let graph: Graph;
+    try {
+      const weights = await prepareLlamaWeights(config, source, {
+        quant: resolveQuant(options.quant),
+        store: (t) => weightFile.spill(t),
+        onProgress: options.onProgress,
+      });
+      graph = buildLlamaGraph(config, weights, options);
+    } catch (error) {
+      await weightFile.remove();
+      throw error;
+    }
+    const session = await ModelSession.fromGraph(graph, { ...options, weightFile });
     return new LlamaModel(config, session, options.logits ?? 'all');
   }
 

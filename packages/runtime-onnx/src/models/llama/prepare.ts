@@ -104,11 +104,40 @@ async function readLinear(
 export interface PrepareOptions {
   /** Quantize the decoder layers' linears on load (lm_head and embeddings stay float32). */
   readonly quant?: BaseQuantOptions;
+  /**
+   * Takes every prepared tensor as soon as it is ready and returns what the graph keeps: for a
+   * session, {@link WeightFile.spill} (written to the session's weight file, the graph keeps a
+   * stand-in), so the prepared model is never held in memory whole. Default: kept as is.
+   */
+  readonly store?: <T extends Tensor>(t: T) => Promise<T>;
+  /** Called after each tensor of the checkpoint is read and prepared: how many of how many, and its name. */
+  readonly onProgress?: (done: number, total: number, name: string) => void;
+}
+
+/** Passes every tensor of a linear through `store`. */
+async function storeLinear(
+  w: LinearWeight,
+  store: <T extends Tensor>(t: T) => Promise<T>,
+): Promise<LinearWeight> {
+  switch (w.kind) {
+    case 'dense':
+      return { ...w, weightT: await store(w.weightT) };
+    case 'nbits':
+      return {
+        ...w,
+        packed: await store(w.packed),
+        scales: await store(w.scales),
+        zeroPoints: w.zeroPoints && (await store(w.zeroPoints)),
+      };
+    case 'bnb4':
+      return { ...w, packed: await store(w.packed), absmax: await store(w.absmax) };
+  }
 }
 
 /**
  * Reads, converts (f16/bf16 -> f32) and lays out every weight for the graph, one tensor at a
- * time: linears transposed for MatMul, or quantized to 4 bits.
+ * time: linears transposed for MatMul, or quantized to 4 bits. With `store`, each tensor leaves
+ * memory as soon as it is prepared.
  */
 export async function prepareLlamaWeights(
   config: LlamaConfig,
@@ -116,7 +145,21 @@ export async function prepareLlamaWeights(
   options: PrepareOptions = {},
 ): Promise<LlamaGraphWeights> {
   validateLlamaWeights(config, source);
-  const embedTokens = await readF32(source, 'model.embed_tokens.weight');
+  const store = options.store ?? (async <T extends Tensor>(t: T) => t);
+  const total = llamaWeightSpec(config).length;
+  let done = 0;
+  const read = async (name: string) => {
+    const t = await readF32(source, name);
+    options.onProgress?.(++done, total, name);
+    return store(t);
+  };
+  const embedF32 = await readF32(source, 'model.embed_tokens.weight');
+  options.onProgress?.(++done, total, 'model.embed_tokens.weight');
+  // A tied head is the embedding transposed: made before the embedding leaves memory.
+  const tiedHead = config.tieWordEmbeddings
+    ? await storeLinear(denseLinear(embedF32.data, config.vocabSize, config.hiddenSize), store)
+    : undefined;
+  const embedTokens = await store(embedF32);
   const layers: LlamaGraphWeights['layers'][number][] = [];
   for (let l = 0; l < config.numLayers; l++) {
     const linears = {} as Record<LlamaLinear, LinearWeight>;
@@ -124,26 +167,26 @@ export async function prepareLlamaWeights(
     for (const linear of LLAMA_LINEARS) {
       const module = llamaModuleName(l, linear);
       const [out, inF] = llamaLinearShape(config, linear);
-      linears[linear] = await readLinear(source, `${module}.weight`, out, inF, options.quant);
-      if (llamaLinearHasBias(config, linear))
-        biases[linear] = await readF32(source, `${module}.bias`);
+      const w = await readLinear(source, `${module}.weight`, out, inF, options.quant);
+      options.onProgress?.(++done, total, `${module}.weight`);
+      linears[linear] = await storeLinear(w, store);
+      if (llamaLinearHasBias(config, linear)) biases[linear] = await read(`${module}.bias`);
     }
     layers.push({
-      inputNorm: await readF32(source, `model.layers.${l}.input_layernorm.weight`),
-      postAttentionNorm: await readF32(source, `model.layers.${l}.post_attention_layernorm.weight`),
+      inputNorm: await read(`model.layers.${l}.input_layernorm.weight`),
+      postAttentionNorm: await read(`model.layers.${l}.post_attention_layernorm.weight`),
       linears,
       biases,
     });
   }
-  const lmHeadSource = config.tieWordEmbeddings
-    ? embedTokens
-    : await readF32(source, 'lm_head.weight');
-  return {
-    embedTokens,
-    finalNorm: await readF32(source, 'model.norm.weight'),
-    lmHead: denseLinear(lmHeadSource.data, config.vocabSize, config.hiddenSize),
-    layers,
-  };
+  const finalNorm = await read('model.norm.weight');
+  let lmHead = tiedHead;
+  if (!lmHead) {
+    const w = await readF32(source, 'lm_head.weight');
+    options.onProgress?.(++done, total, 'lm_head.weight');
+    lmHead = await storeLinear(denseLinear(w.data, config.vocabSize, config.hiddenSize), store);
+  }
+  return { embedTokens, finalNorm, lmHead, layers };
 }
 
 /** Every tensor of the model as float32, by HF name (for reference computations and merging). */
