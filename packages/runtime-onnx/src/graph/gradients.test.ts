@@ -1,7 +1,9 @@
 import { f32, type Tensor, tensor } from '@lora/core';
 import { describe, expect, it } from 'vitest';
+import { ModelSession } from '../session/session.js';
 import {
   checkGradients,
+  expectClose,
   GRADIENT_TOLERANCE,
   type GradientCheckOptions,
 } from '../test-utils/parity.js';
@@ -357,5 +359,40 @@ describe('coverage', () => {
       .filter(([, def]) => !def.vjp && !def.nonDifferentiable)
       .map(([name]) => name);
     expect(missing).toEqual([]);
+  });
+});
+
+describe('gradients with a symbolic batch dim', () => {
+  it('Reshape, Expand, ReduceMean and broadcasting backward through Shape nodes', async () => {
+    const build = (batch: number | string) => {
+      const g = new GraphBuilder();
+      const x = g.input('x', 'f32', [batch, 3, 4]);
+      const w = g.input('w', 'f32', [12]);
+      const flat = op.reshape(g, x, [0, -1]); // [batch, 12]
+      const y = op.mul(g, op.sigmoid(g, flat), w);
+      const centered = op.sub(g, y, op.reduceMean(g, y, [0]));
+      const loss = op.reduceSum(g, op.mul(g, centered, centered), [], false);
+      const [dx, dw] = gradients(g, loss, [x, w]);
+      g.output(dx, 'dx');
+      g.output(dw, 'dw');
+      return g.build();
+    };
+    const symbolic = build('batch');
+    expect(symbolic.outputs[0].shape).toEqual(['batch', 3, 4]);
+    const x = r([2, 3, 4]);
+    const w = r([12]);
+    const feeds = { x: toRef(x), w: toRef(w) };
+    const got = evaluateReference(symbolic, feeds);
+    const want = evaluateReference(build(2), feeds);
+    expect(Array.from(got.dx.data)).toEqual(Array.from(want.dx.data));
+    expect(Array.from(got.dw.data)).toEqual(Array.from(want.dw.data));
+    const session = await ModelSession.fromGraph(symbolic, { intraOpNumThreads: 1 });
+    try {
+      const ort = await session.run({ x, w });
+      expectClose(ort.dx.data as Float32Array, want.dx.data, { atol: 1e-5, rtol: 1e-4 }, 'dx');
+      expectClose(ort.dw.data as Float32Array, want.dw.data, { atol: 1e-5, rtol: 1e-4 }, 'dw');
+    } finally {
+      await session.release();
+    }
   });
 });

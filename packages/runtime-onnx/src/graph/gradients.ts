@@ -201,7 +201,11 @@ function backwardUnits(g: GraphBuilder, wrt: readonly Value[], options: Gradient
   }
   const readers = new Map<string, number[]>();
   nodes.forEach((n, i) => {
-    for (const v of n.inputs) readers.set(v, [...(readers.get(v) ?? []), i]);
+    for (const v of n.inputs) {
+      const list = readers.get(v);
+      if (list) list.push(i);
+      else readers.set(v, [i]);
+    }
   });
   const wrtNames = new Set(wrt.map((w) => w.name));
   const usable = (r: (typeof g.regions)[number]): boolean => {

@@ -650,24 +650,26 @@ const reduceSumVjp: VjpRule = (g, { inputs: [x, axesIn], grads: [dy], attrs }) =
   return [op.expand(g, keptGrad(g, need(dy, 'dy'), axes, attrs), shapeValue(g, input))];
 };
 
-const reduceMeanVjp: VjpRule = (g, { inputs: [x], grads: [dy], attrs, name }) => {
+/** dx = expand(dy / count); count from the known sizes, and from a Shape node for symbolic dims. */
+const reduceMeanVjp: VjpRule = (g, { inputs: [x], grads: [dy], attrs }) => {
   const input = need(x, 'ReduceMean input');
   const axes = vjpAxes(g, input, [x], attrs);
-  const count = axes.reduce<number | undefined>((n, a) => {
+  let known = 1;
+  let count: Value | undefined;
+  for (const a of axes) {
     const d = input.shape[a];
-    return n !== undefined && typeof d === 'number' ? n * d : undefined;
-  }, 1);
-  if (count === undefined) {
-    throw new RuntimeError(
-      'GRAPH_GRADIENT',
-      `ReduceMean node "${name}": gradients need the reduced dims to be known sizes.`,
-    );
+    if (typeof d === 'number') known *= d;
+    else {
+      const size = op.cast(
+        g,
+        op.gather(g, op.shapeOf(g, input), g.constant([a], 'i64', [])),
+        input.dtype,
+      );
+      count = count ? op.mul(g, count, size) : size;
+    }
   }
-  const scaled = op.mul(
-    g,
-    keptGrad(g, need(dy, 'dy'), axes, attrs),
-    scalarLike(g, input, 1 / count),
-  );
+  let scaled = op.mul(g, keptGrad(g, need(dy, 'dy'), axes, attrs), scalarLike(g, input, 1 / known));
+  if (count) scaled = op.div(g, scaled, count);
   return [op.expand(g, scaled, shapeValue(g, input))];
 };
 
