@@ -1,5 +1,6 @@
 import { convertBench } from './convert.js';
 import { generateBench } from './generate.js';
+import { gradBench } from './grad.js';
 import { linalgBench } from './linalg.js';
 import { loraBench } from './lora.js';
 import { mergeBench } from './merge.js';
@@ -19,4 +20,5 @@ export const sections: readonly BenchSection[] = [
   mergeBench,
   quantBench,
   quantStreamBench,
+  gradBench,
 ];

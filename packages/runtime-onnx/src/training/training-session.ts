@@ -94,6 +94,11 @@ export interface TrainingSession {
   readonly parameters: readonly TrainingParameter[];
   /** LoRA / QLoRA: every branch (module, shapes, scale, dropout input). Empty for full training. */
   readonly loraSites: readonly TrainableLoraSite[];
+  /**
+   * Bytes of the graph's initializers: the frozen weights the session holds (4-bit packed bytes
+   * and statistics for QLoRA; only small constants for full training, whose weights are inputs).
+   */
+  readonly initializerBytes: number;
   /** Full training: the model's weights as read (float32, HF layout), the starting parameters. */
   readonly initialParameters?: ReadonlyMap<string, Tensor<'f32'>>;
   step(feeds: TrainingStepFeeds): Promise<TrainingStepResult>;
@@ -208,6 +213,7 @@ class LlamaTrainingSession implements TrainingSession {
   readonly seqLen: number;
   readonly parameters: readonly TrainingParameter[];
   readonly loraSites: readonly TrainableLoraSite[];
+  readonly initializerBytes: number;
 
   constructor(
     readonly mode: TrainingMode,
@@ -220,6 +226,9 @@ class LlamaTrainingSession implements TrainingSession {
     this.seqLen = built.shape.sequence;
     this.parameters = built.parameters;
     this.loraSites = built.loraSites;
+    let bytes = 0;
+    for (const t of built.graph.initializers.values()) bytes += t.data.byteLength;
+    this.initializerBytes = bytes;
   }
 
   get device(): 'cpu' | 'cuda' {

@@ -1,4 +1,5 @@
 import type { GraphBuilder } from '../../graph/builder.js';
+import { causalAttention, rmsNorm, rope, swiglu } from '../../graph/composites/index.js';
 import * as op from '../../graph/ops.js';
 import type { Value } from '../../graph/types.js';
 import { tensor } from '@lora/core';
@@ -6,8 +7,9 @@ import { type LlamaConfig, type LlamaLinear, ropeInverseFrequencies } from './co
 
 /**
  * The LLaMA decoder layer, once, for every graph built from it: the inference graph (KV cache,
- * logits) and the training graphs (static shapes, loss, gradients). What differs between them is
- * passed in: how a linear is emitted (dense, 4-bit, with a LoRA branch, weights as initializers or
+ * logits) and the training graphs (static shapes, loss, gradients). Its blocks are the graph
+ * composites (RMSNorm, RoPE, causal GQA attention, SwiGLU), each with one backward rule. What
+ * differs between the graphs is passed in: how a linear is emitted (dense, 4-bit, with a LoRA branch, weights as initializers or
  * as inputs), where the norm weights come from, and whether keys and values go through a cache.
  */
 
@@ -35,34 +37,6 @@ export interface DecoderLayerContext {
    * concatenates the past here (and records the present). Default: k and v themselves.
    */
   readonly keysValues?: (layer: number, k: Value, v: Value) => { keys: Value; values: Value };
-}
-
-/** RMSNorm: x / sqrt(mean(x^2) + eps) * w. x: [B, T, H] */
-export function rmsNorm(
-  g: GraphBuilder,
-  x: Value,
-  weight: Value,
-  eps: number,
-  name: string,
-): Value {
-  const meanSquare = op.reduceMean(g, op.mul(g, x, x), [-1]); // [B, T, 1]
-  const inv = op.reciprocal(g, op.sqrt(g, op.add(g, meanSquare, g.scalar(eps))));
-  return op.mul(g, op.mul(g, x, inv), weight, `${name}/Mul`);
-}
-
-/** HF rotate-half RoPE: x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1]. x: [B, heads, T, D] */
-export function applyRope(
-  g: GraphBuilder,
-  x: Value,
-  cos: Value,
-  sin: Value,
-  headDim: number,
-): Value {
-  const half = headDim / 2;
-  const x1 = op.slice(g, x, -1, 0, half);
-  const x2 = op.slice(g, x, -1, half, headDim);
-  const rotated = op.concat(g, [op.neg(g, x2), x1], -1);
-  return op.add(g, op.mul(g, x, cos), op.mul(g, rotated, sin));
 }
 
 /**
@@ -119,29 +93,6 @@ export function attentionBias(g: GraphBuilder, attentionMask: Value, inputIds: V
   return op.mul(g, op.sub(g, allowed, g.scalar(1)), g.scalar(-MASKED));
 }
 
-/**
- * Softmax attention with grouped key/value heads (GQA) without copying k/v: the query heads of
- * one kv head become extra rows. q [B, nH, T, D], keys/values [B, kvH, S, D], bias [B, 1, T, S]
- * -> context [B, T, nH * D].
- */
-export function groupedAttention(
-  g: GraphBuilder,
-  config: LlamaConfig,
-  q: Value,
-  keys: Value,
-  values: Value,
-  attnBias: Value,
-): Value {
-  const { numHeads, numKvHeads, headDim } = config;
-  const scale = g.scalar(1 / Math.sqrt(headDim));
-  const qGrouped = op.reshape(g, op.mul(g, q, scale), [0, numKvHeads, -1, headDim]); // [B, kvH, G*T, D]
-  const scores = op.matmul(g, qGrouped, op.transpose(g, keys, [0, 1, 3, 2])); // [B, kvH, G*T, S]
-  const biased = op.add(g, op.reshape(g, scores, [0, numHeads, -1, 0]), attnBias); // [B, nH, T, S]
-  const probs = op.reshape(g, op.softmax(g, biased, -1), [0, numKvHeads, -1, 0]); // [B, kvH, G*T, S]
-  const context = op.reshape(g, op.matmul(g, probs, values), [0, numHeads, -1, headDim]); // [B, nH, T, D]
-  return op.reshape(g, op.transpose(g, context, [0, 2, 1, 3]), [0, 0, numHeads * headDim]);
-}
-
 /** One decoder layer: x [B, T, H] -> x [B, T, H] (pre-norm attention and SwiGLU MLP, residuals). */
 export function emitDecoderLayer(
   g: GraphBuilder,
@@ -159,11 +110,11 @@ export function emitDecoderLayer(
   const h = rmsNorm(g, x, norms.inputNorm, config.rmsNormEps, `${prefix}.input_layernorm.weight`);
   const heads = (y: Value, n: number) =>
     op.transpose(g, op.reshape(g, y, [0, 0, n, headDim]), [0, 2, 1, 3]);
-  const q = applyRope(g, heads(linear('q_proj', h), numHeads), ctx.cos, ctx.sin, headDim);
-  const k = applyRope(g, heads(linear('k_proj', h), numKvHeads), ctx.cos, ctx.sin, headDim);
+  const q = rope(g, heads(linear('q_proj', h), numHeads), ctx.cos, ctx.sin, headDim);
+  const k = rope(g, heads(linear('k_proj', h), numKvHeads), ctx.cos, ctx.sin, headDim);
   const v = heads(linear('v_proj', h), numKvHeads);
   const { keys, values } = ctx.keysValues?.(layer, k, v) ?? { keys: k, values: v };
-  const context = groupedAttention(g, config, q, keys, values, ctx.attnBias);
+  const context = causalAttention(g, config, q, keys, values, ctx.attnBias); // [B, T, nH*D]
   const afterAttention = op.add(g, x, linear('o_proj', context), `${prefix}/attn_residual`);
 
   // SwiGLU MLP: down(silu(gate(h)) * up(h)).
@@ -174,9 +125,7 @@ export function emitDecoderLayer(
     config.rmsNormEps,
     `${prefix}.post_attention_layernorm.weight`,
   );
-  const gate = linear('gate_proj', h2);
-  const up = linear('up_proj', h2);
-  const act = op.mul(g, op.mul(g, gate, op.sigmoid(g, gate)), up);
+  const act = swiglu(g, linear('gate_proj', h2), linear('up_proj', h2));
   return op.add(g, afterAttention, linear('down_proj', act), `${prefix}/mlp_residual`);
 }
 

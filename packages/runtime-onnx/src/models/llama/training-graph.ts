@@ -1,5 +1,6 @@
 import { RuntimeError } from '../../errors.js';
 import { GraphBuilder } from '../../graph/builder.js';
+import { crossEntropyLoss } from '../../graph/composites/index.js';
 import { gradients } from '../../graph/gradients.js';
 import * as op from '../../graph/ops.js';
 import type { Graph, Value } from '../../graph/types.js';
@@ -68,12 +69,10 @@ function weightedNextTokenLoss(
   lossWeights: Value,
   sequence: number,
 ): { lossSum: Value; tokenCount: Value } {
-  const targets = op.unsqueeze(g, op.slice(g, inputIds, 1, 1, sequence), [-1]); // [B, T-1, 1]
+  const targets = op.slice(g, inputIds, 1, 1, sequence); // [B, T-1]
   const weights = op.slice(g, lossWeights, 1, 1, sequence); // [B, T-1]
-  const logProbs = op.logSoftmax(g, logits, -1); // [B, T-1, V]
-  const picked = op.squeeze(g, op.gatherElements(g, logProbs, targets, -1), [-1]); // [B, T-1]
-  const lossSum = op.neg(g, op.reduceSum(g, op.mul(g, picked, weights), [], false));
-  return { lossSum, tokenCount: op.reduceSum(g, weights, [], false) };
+  const { loss, count } = crossEntropyLoss(g, logits, targets, weights);
+  return { lossSum: loss, tokenCount: count };
 }
 
 /**
@@ -116,12 +115,75 @@ function checkShape(shape: TrainingShape): void {
   }
 }
 
-/** Differentiates the loss with respect to `parameters` and marks every gradient as an output. */
-function emitGradients(g: GraphBuilder, loss: Value, parameters: readonly Value[]): void {
-  const grads = gradients(g, loss, parameters, { overrides: QUANTIZED_BACKWARD });
-  parameters.forEach((p, i) => {
+/** The forward part of a training graph: the loss output and the trainable inputs. */
+export interface TrainingForward {
+  /** The `loss_sum` output, f32 []. */
+  readonly loss: Value;
+  /** The trainable inputs, in graph order. */
+  readonly parameters: readonly Value[];
+  readonly loraSites: readonly TrainableLoraSite[];
+}
+
+/**
+ * Emits the LoRA / QLoRA training forward into `g`: the base frozen as initializers, a
+ * trainable branch on every targeted linear. {@link buildLlamaLoraTrainingGraph} adds the
+ * gradients; gradient checks call this directly.
+ */
+export function emitLlamaLoraTrainingForward(
+  g: GraphBuilder,
+  config: LlamaConfig,
+  weights: LlamaGraphWeights,
+  shape: TrainingShape,
+  lora: TrainableLoraOptions,
+): TrainingForward {
+  checkShape(shape);
+  const { hook, sites } = trainableLoraHook(lora, shape.batch, shape.sequence);
+  const loss = emitTrainingForward(g, config, shape, (b) => frozenLlamaValues(b, weights, hook));
+  if (sites.length === 0) {
+    throw new RuntimeError(
+      'LORA_OPTIONS',
+      `No linear matches the LoRA targets ${JSON.stringify(lora.targets)}; use module names such as q_proj or 'all-linear'.`,
+    );
+  }
+  const parameters: Value[] = [];
+  for (const s of sites) {
+    parameters.push(g.valueOf(s.aInput) as Value, g.valueOf(s.bInput) as Value);
+  }
+  return { loss, parameters, loraSites: sites };
+}
+
+/** Emits the full fine-tuning forward into `g`: every weight an input (see {@link trainableLlamaValues}). */
+export function emitLlamaFullTrainingForward(
+  g: GraphBuilder,
+  config: LlamaConfig,
+  shape: TrainingShape,
+): TrainingForward {
+  checkShape(shape);
+  let parameters: Value[] = [];
+  const loss = emitTrainingForward(g, config, shape, (b) => {
+    const made = trainableLlamaValues(b, config);
+    parameters = made.inputs;
+    return made.values;
+  });
+  return { loss, parameters, loraSites: [] };
+}
+
+/** Adds the gradients of a training forward as outputs and finishes the graph. */
+function finishTrainingGraph(
+  g: GraphBuilder,
+  shape: TrainingShape,
+  forward: TrainingForward,
+): LlamaTrainingGraph {
+  const grads = gradients(g, forward.loss, forward.parameters, { overrides: QUANTIZED_BACKWARD });
+  forward.parameters.forEach((p, i) => {
     g.output(grads[i], TRAINING_IO.grad(p.name));
   });
+  return {
+    graph: g.build(),
+    shape,
+    parameters: forward.parameters.map((p) => ({ name: p.name, shape: p.shape as number[] })),
+    loraSites: forward.loraSites,
+  };
 }
 
 /**
@@ -136,27 +198,12 @@ export function buildLlamaLoraTrainingGraph(
   shape: TrainingShape,
   lora: TrainableLoraOptions,
 ): LlamaTrainingGraph {
-  checkShape(shape);
   const g = new GraphBuilder('llama_lora_training');
-  const { hook, sites } = trainableLoraHook(lora, shape.batch, shape.sequence);
-  const loss = emitTrainingForward(g, config, shape, (b) => frozenLlamaValues(b, weights, hook));
-  if (sites.length === 0) {
-    throw new RuntimeError(
-      'LORA_OPTIONS',
-      `No linear matches the LoRA targets ${JSON.stringify(lora.targets)}; use module names such as q_proj or 'all-linear'.`,
-    );
-  }
-  const parameters: Value[] = [];
-  for (const s of sites) {
-    parameters.push(g.valueOf(s.aInput) as Value, g.valueOf(s.bInput) as Value);
-  }
-  emitGradients(g, loss, parameters);
-  return {
-    graph: g.build(),
+  return finishTrainingGraph(
+    g,
     shape,
-    parameters: parameters.map((p) => ({ name: p.name, shape: p.shape as number[] })),
-    loraSites: sites,
-  };
+    emitLlamaLoraTrainingForward(g, config, weights, shape, lora),
+  );
 }
 
 /**
@@ -168,19 +215,6 @@ export function buildLlamaFullTrainingGraph(
   config: LlamaConfig,
   shape: TrainingShape,
 ): LlamaTrainingGraph {
-  checkShape(shape);
   const g = new GraphBuilder('llama_full_training');
-  let inputs: Value[] = [];
-  const loss = emitTrainingForward(g, config, shape, (b) => {
-    const made = trainableLlamaValues(b, config);
-    inputs = made.inputs;
-    return made.values;
-  });
-  emitGradients(g, loss, inputs);
-  return {
-    graph: g.build(),
-    shape,
-    parameters: inputs.map((p) => ({ name: p.name, shape: p.shape as number[] })),
-    loraSites: [],
-  };
+  return finishTrainingGraph(g, shape, emitLlamaFullTrainingForward(g, config, shape));
 }
