@@ -76,7 +76,7 @@ export function gradients(
     if (!isFloat(w.dtype))
       throw gradError(`"${w.name}" is ${w.dtype}: only floats have gradients.`);
   }
-  const units = backwardUnits(g, wrt, options);
+  const units = backwardUnits(g, loss, wrt, options);
 
   // Values that depend on wrt through differentiable ops, and values the loss depends on.
   const active = new Set(wrt.map((w) => w.name));
@@ -171,9 +171,14 @@ function checkGradShape(v: Value, grad: Value, from: string): void {
  * The nodes in topological order, with each usable region replacing its nodes. A region is
  * usable when it is self-contained with respect to the differentiated values: its inner nodes
  * read no value that depends on them except through the region's inputs, and no inner value
- * other than the region's outputs is read outside it (or is a `wrt` value).
+ * other than the region's outputs is read outside it (or is the loss or a `wrt` value).
  */
-function backwardUnits(g: GraphBuilder, wrt: readonly Value[], options: GradientOptions): Unit[] {
+function backwardUnits(
+  g: GraphBuilder,
+  loss: Value,
+  wrt: readonly Value[],
+  options: GradientOptions,
+): Unit[] {
   const nodes = g.graphNodes;
   const overrides = options.overrides ?? {};
   const nodeUnit = (i: number): Unit => {
@@ -207,7 +212,8 @@ function backwardUnits(g: GraphBuilder, wrt: readonly Value[], options: Gradient
       else readers.set(v, [i]);
     }
   });
-  const wrtNames = new Set(wrt.map((w) => w.name));
+  // wrt values and the loss must stay visible: a region hiding one as an inner value is not used.
+  const endpoints = new Set([...wrt.map((w) => w.name), loss.name]);
   const usable = (r: (typeof g.regions)[number]): boolean => {
     const inside = (i: number) => i >= r.firstNode && i < r.endNode;
     const inputs = new Set(r.inputs.map((v) => v.name));
@@ -220,7 +226,7 @@ function backwardUnits(g: GraphBuilder, wrt: readonly Value[], options: Gradient
       for (const o of nodes[i].outputs) {
         produced.add(o);
         if (outputs.has(o) || !active.has(o)) continue;
-        if (wrtNames.has(o) || (readers.get(o) ?? []).some((k) => !inside(k))) return false;
+        if (endpoints.has(o) || (readers.get(o) ?? []).some((k) => !inside(k))) return false;
       }
     }
     return true;

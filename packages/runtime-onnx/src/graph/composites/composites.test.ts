@@ -9,6 +9,7 @@ import {
 import { randomF32, seededRandom } from '../../test-utils/random.js';
 import { GraphBuilder } from '../builder.js';
 import * as op from '../ops.js';
+import { gradients } from '../gradients.js';
 import { evaluateReference, toRef } from '../reference.js';
 import type { Value } from '../types.js';
 import { causalAttention } from './attention.js';
@@ -288,5 +289,26 @@ describe('composites in one block, and the fallback to per-node rules', () => {
     await checkGradients(build(true), feeds);
     // Self-contained, the (wrong) region rule is used: the check fails, proving regions are taken.
     await expect(checkGradients(build(false), feeds)).rejects.toThrow(/directional derivative/);
+  });
+
+  it('a loss or wrt value inside a region also makes it fall back', () => {
+    const g = new GraphBuilder();
+    const x = g.input('x', 'f32', [3]);
+    let inner: Value | undefined;
+    g.region(
+      'sum_of_squares_twice',
+      [x],
+      () => {
+        inner = op.reduceSum(g, op.mul(g, x, x), [], false);
+        return { outputs: [op.mul(g, inner, g.scalar(2))] };
+      },
+      (g, { inputs: [input] }) => [op.mul(g, input as Value, g.scalar(0))],
+    );
+    const [dx] = gradients(g, inner as Value, [x]);
+    g.output(dx, 'dx');
+    const out = evaluateReference(g.build(), {
+      x: { dtype: 'f32', shape: [3], data: Float64Array.from([1, -2, 0.5]) },
+    });
+    expect(Array.from(out.dx.data)).toEqual([2, -4, 1]);
   });
 });
