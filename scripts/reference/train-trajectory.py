@@ -15,6 +15,9 @@ Writes packages/train/src/testdata/trajectory/:
 - expected.json: settings and per-step loss, lr and grad norm for each method;
 - expected-lora.safetensors, expected-qlora.safetensors: the final A and B (PEFT keys);
 - expected-full.safetensors: every weight after full fine-tuning.
+- eval.jsonl + expected.json "eval": base + init adapter on 4 prompt/completion rows (pre-tokenized,
+  prompt labels -100): mean loss over label tokens, and how many completions greedy decoding
+  reproduces (two rows are the model's own greedy continuation, two are not).
 
 The semantics, written out (Trainer with a SequentialSampler, i.e. `lora train --no-shuffle`):
 batches of 2 rows in file order, the last partial batch kept, right padding with label -100;
@@ -139,6 +142,33 @@ def lora_run(base_weights_file, rows):
     return steps, final
 
 
+def make_eval():
+    base = LlamaForCausalLM.from_pretrained(os.path.join(OUT, "model"), torch_dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, os.path.join(OUT, "init-adapter")).eval()
+    g = torch.Generator().manual_seed(11)
+    rows = []
+    for i in range(4):
+        prompt = torch.randint(3, 64, (5,), generator=g).tolist()
+        with torch.no_grad():
+            greedy = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, 5, dtype=torch.long),
+                                    max_new_tokens=3, do_sample=False, pad_token_id=0)[0, 5:].tolist()
+        completion = greedy if i % 2 == 0 else [(t + 1) % 64 for t in greedy]
+        rows.append({"input_ids": prompt + completion, "labels": [-100] * 5 + completion})
+    with open(os.path.join(OUT, "eval.jsonl"), "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for r in rows:
+            ids = torch.tensor([r["input_ids"]])
+            logits = model(input_ids=ids).logits.double()
+            lab = torch.tensor([r["labels"]])
+            total += torch.nn.functional.cross_entropy(logits[0, :-1], lab[0, 1:], ignore_index=-100,
+                                                       reduction="sum").item()
+            count += int((lab[0, 1:] != -100).sum())
+    return {"loss": total / count, "tokens": count, "exact_match": 2, "rows": 4}
+
+
 def main():
     rows = make_model_and_data()
     expected = {"torch": torch.__version__, "settings": S, "methods": {}}
@@ -158,6 +188,8 @@ def main():
     steps = train(model, params, S["full_lr"], rows)
     save_file({n: p.detach().contiguous() for n, p in params}, os.path.join(OUT, "expected-full.safetensors"))
     expected["methods"]["full"] = steps
+
+    expected["eval"] = make_eval()
 
     with open(os.path.join(OUT, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1)

@@ -21,3 +21,4 @@ export * from './eval/evaluate.js';
 export * from './output/save-full.js';
 export * from './output/pissa-conversion.js';
 export * from './train.js';
+export * from './eval/run-eval.js';

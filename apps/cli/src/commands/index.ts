@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { registerBench } from './bench.js';
 import { registerCombine } from './combine.js';
 import { registerDequantize } from './dequantize.js';
+import { registerEval } from './eval.js';
 import { registerExportOnnx } from './export-onnx.js';
 import { registerExtract } from './extract.js';
 import { registerGenerate } from './generate.js';
@@ -9,6 +10,7 @@ import { registerInspect } from './inspect.js';
 import { registerMerge } from './merge.js';
 import { registerPlan } from './plan.js';
 import { registerQuantize } from './quantize.js';
+import { registerTrain } from './train.js';
 import { registerUnmerge } from './unmerge.js';
 
 /**
@@ -26,5 +28,7 @@ export const commands: ReadonlyArray<(program: Command) => void> = [
   registerExtract,
   registerGenerate,
   registerExportOnnx,
+  registerTrain,
+  registerEval,
   registerBench,
 ];
