@@ -1,0 +1,168 @@
+import { execFileSync } from 'node:child_process';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Command } from 'commander';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hashTree, writeSyntheticAdapter, writeSyntheticLlama } from '../test/helpers/child-cli.js';
+import { commands } from './commands/index.js';
+import { runCli } from './test-utils/run-cli.js';
+
+/**
+ * Outputs never destroy inputs or unrelated data; inputs that would block (FIFOs) or escape
+ * their folder (index shards) are refused; every command takes --verbose.
+ */
+
+let root: string;
+let model: string;
+let adapter: string;
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'lora-output-safety-'));
+  model = join(root, 'model');
+  adapter = join(root, 'adapter');
+  await writeSyntheticLlama(model);
+  await writeSyntheticAdapter(adapter);
+});
+afterAll(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+describe('outputs never destroy inputs', () => {
+  it('refuses an output equal to, inside or containing an input, before reading anything', async () => {
+    const before = { model: hashTree(model), adapter: hashTree(adapter) };
+    const cases: [string[], RegExp][] = [
+      [['quantize', model, '-o', model, '--force'], /is the input/],
+      [['merge', '--base', model, '--adapter', adapter, '-o', adapter, '--force'], /is the input/],
+      [['quantize', model, '-o', join(model, 'q4')], /is inside the input/],
+      [['quantize', model, '-o', root, '--force'], /contains the input/],
+      [['combine', '--adapter', adapter, '-o', adapter, '--force'], /is the input/],
+      [['extract', '--base', model, '--tuned', model, '--rank', '2', '-o', model], /is the input/],
+      [['export-onnx', '--model', model, '-o', join(model, 'm.onnx')], /is inside the input/],
+    ];
+    for (const [args, message] of cases) {
+      const r = await runCli(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr).toMatch(message);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1); // one sentence, no stack
+    }
+    expect(hashTree(model)).toEqual(before.model);
+    expect(hashTree(adapter)).toEqual(before.adapter);
+  });
+
+  it('refuses the current folder as output (-o . --force)', async () => {
+    const cwd = process.cwd();
+    const work = join(root, 'cwd');
+    await mkdir(work);
+    process.chdir(work);
+    try {
+      const r = await runCli(['quantize', model, '-o', '.', '--force']);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/is the current folder or contains it/);
+      expect(await readdir(work)).toEqual([]); // no temporary left in the working folder
+    } finally {
+      process.chdir(cwd);
+    }
+  });
+
+  it('--force replaces an earlier output of the command, never a folder holding other files', async () => {
+    const out = join(root, 'q');
+    expect((await runCli(['quantize', model, '-o', out, '--format', 'fp4', '--quiet'])).code).toBe(
+      0,
+    );
+    const fp4 = hashTree(out);
+    const again = await runCli(['quantize', model, '-o', out, '--quiet']);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toMatch(/already exists.*--force/);
+    await writeFile(join(out, 'notes.txt'), 'my notes');
+    const refused = await runCli(['quantize', model, '-o', out, '--force', '--quiet']);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(/would delete 1 file\(s\) .*notes\.txt/);
+    expect(await readFile(join(out, 'notes.txt'), 'utf8')).toBe('my notes');
+    await rm(join(out, 'notes.txt'));
+    expect(hashTree(out)).toEqual(fp4); // untouched by the refused run
+    const replaced = await runCli(['quantize', model, '-o', out, '--force', '--quiet']);
+    expect(replaced.code).toBe(0);
+    expect(hashTree(out)['model.safetensors']).not.toBe(fp4['model.safetensors']); // nf4 now
+    expect((await readdir(root)).filter((n) => n.startsWith('.q.'))).toEqual([]);
+  });
+});
+
+describe('inputs that would block or escape', () => {
+  it('a FIFO where a model file is expected is refused at once by every reader', async () => {
+    const fifoModel = join(root, 'fifo-model');
+    await mkdir(fifoModel);
+    await copyFile(join(model, 'config.json'), join(fifoModel, 'config.json'));
+    execFileSync('mkfifo', [join(fifoModel, 'model.safetensors')]);
+    for (const args of [
+      ['inspect', fifoModel],
+      ['quantize', fifoModel, '-o', join(root, 'fq')],
+      ['merge', '--base', fifoModel, '--adapter', adapter, '-o', join(root, 'fm')],
+      ['generate', '--model', fifoModel, '--prompt', 'hi', '--max-tokens', '1'],
+      ['export-onnx', '--model', fifoModel, '-o', join(root, 'f.onnx')],
+      ['inspect', join(fifoModel, 'model.safetensors')],
+    ]) {
+      const r = await runCli(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr).toMatch(/is a named pipe \(FIFO\), not a regular file/);
+    }
+  });
+
+  it('shards named outside the model folder by model.safetensors.index.json are never read', async () => {
+    const evil = join(root, 'evil');
+    const outside = join(root, 'outside');
+    await mkdir(evil);
+    await mkdir(outside);
+    await copyFile(join(model, 'config.json'), join(evil, 'config.json'));
+    await copyFile(join(model, 'model.safetensors'), join(outside, 'x.safetensors'));
+    const { readSafetensorsHeader } = await import('@lora/core');
+    const names = (await readSafetensorsHeader(join(outside, 'x.safetensors'))).entries.map(
+      (e) => e.name,
+    );
+    const weightMap = Object.fromEntries(names.map((n) => [n, '../outside/x.safetensors']));
+    await writeFile(
+      join(evil, 'model.safetensors.index.json'),
+      JSON.stringify({ metadata: {}, weight_map: weightMap }),
+    );
+    const cases: [string[], RegExp][] = [
+      [['generate', '--model', evil, '--prompt', 'hi', '--max-tokens', '1'], /outside the folder/],
+      [['export-onnx', '--model', evil, '-o', join(root, 'evil.onnx')], /outside the folder/],
+      [['inspect', evil], /not in the folder/],
+      [['quantize', evil, '-o', join(root, 'evil-q')], /no \.safetensors file/],
+      [
+        ['merge', '--base', evil, '--adapter', adapter, '-o', join(root, 'evil-m')],
+        /not in the folder/,
+      ],
+    ];
+    for (const [args, message] of cases) {
+      const r = await runCli(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr).toMatch(message);
+    }
+    expect((await readdir(root)).filter((n) => n.startsWith('evil') && n !== 'evil')).toEqual([]);
+  });
+});
+
+describe('--verbose', () => {
+  it('every command accepts it, and it adds the stack trace to an error', async () => {
+    const program = new Command('lora');
+    for (const register of commands) register(program);
+    for (const c of program.commands) {
+      const help = await runCli([c.name(), '--help']);
+      expect(help.stdout, c.name()).toContain('--verbose');
+    }
+    const plain = await runCli(['quantize', model, '-o', join(root, 'v'), '--block-size', '7']);
+    expect(plain.code).toBe(2);
+    expect(plain.stderr).not.toMatch(/\n\s+at /);
+    const verbose = await runCli([
+      'quantize',
+      model,
+      '-o',
+      join(root, 'v'),
+      '--block-size',
+      '7',
+      '--verbose',
+    ]);
+    expect(verbose.code).toBe(2);
+    expect(verbose.stderr).toMatch(/Block size 7[\s\S]*\n\s+at /);
+  });
+});
