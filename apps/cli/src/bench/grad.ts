@@ -10,7 +10,6 @@ import {
   bareMatMul,
   collectGarbage,
   forwardFlops,
-  peakRss,
   randomWeightSource,
 } from './runtime.js';
 import type { BenchSection } from './types.js';

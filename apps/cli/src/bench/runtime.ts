@@ -115,7 +115,7 @@ export async function bareMatMul(K: number, N: number, M: number) {
 }
 
 /** Peak RSS of the process so far, in bytes. */
-export const peakRss = () => process.resourceUsage().maxRSS * 1024;
+const peakRss = () => process.resourceUsage().maxRSS * 1024;
 
 export const runtimeBench: BenchSection = {
   name: 'runtime',
