@@ -68,7 +68,12 @@ export async function writeFolderAtomic<T>(
     return result;
   } catch (e) {
     await rm(tmp, { recursive: true, force: true });
-    throw isFsError(e) ? writeFailed(path, e) : e;
+    if (isFsError(e)) throw writeFailed(path, e);
+    // A file of the folder failed: name the output the user asked for, not the temporary.
+    if (e instanceof CoreError && e.code === 'FILE_WRITE_FAILED' && e.message.includes(tmp)) {
+      throw new CoreError(e.code, e.message.replaceAll(tmp, path), { ...e.details }, { cause: e });
+    }
+    throw e;
   } finally {
     untrackTemporary(tmp);
   }

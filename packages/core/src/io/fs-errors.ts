@@ -4,7 +4,7 @@ import { CoreError, LoraError } from '../errors.js';
 const CAUSES: Readonly<Record<string, string>> = {
   ENOSPC: 'no space left on the device',
   EDQUOT: 'the disk quota is exhausted',
-  EFBIG: 'the file would exceed the size this process may write (file size limit)',
+  EFBIG: 'the file size limit of this process (ulimit -f) is exceeded',
   EACCES: 'permission denied',
   EPERM: 'operation not permitted',
   EROFS: 'the file system is read-only',
@@ -46,11 +46,13 @@ export function isFsError(error: unknown): error is NodeJS.ErrnoException {
 export function writeFailed(target: string, error: NodeJS.ErrnoException): CoreError {
   const at = error.path && error.path !== target ? ` (at ${error.path})` : '';
   const fix =
-    error.code === 'ENOSPC' || error.code === 'EDQUOT' || error.code === 'EFBIG'
-      ? ' Free space or choose another output.'
-      : error.code === 'EACCES' || error.code === 'EPERM' || error.code === 'EROFS'
-        ? ' Choose a writable output folder.'
-        : '';
+    error.code === 'EFBIG'
+      ? ' Raise the limit or choose another output.'
+      : error.code === 'ENOSPC' || error.code === 'EDQUOT'
+        ? ' Free space or choose another output.'
+        : error.code === 'EACCES' || error.code === 'EPERM' || error.code === 'EROFS'
+          ? ' Choose a writable output folder.'
+          : '';
   return new CoreError(
     'FILE_WRITE_FAILED',
     `Could not write ${target}: ${describeFsError(error)}${at}; nothing was written.${fix}`,
