@@ -1,5 +1,6 @@
 import { type LoraFactors, loraScaling, mergeWeight, type Tensor } from '@lora/core';
 import { RuntimeError } from '../errors.js';
+import { readDequantized, storedQuantization } from '../models/quantize-linear.js';
 import type { WeightSource } from '../models/weights.js';
 import type { SlotAdapter } from './slots.js';
 
@@ -45,17 +46,35 @@ export function mergedWeights(
       terms.set(weight, list);
     }
   }
+  // 4-bit stored weights (a `lora quantize` folder) that an adapter touches are dequantized and
+  // merged to float32, as `lora merge` does; their packed tensors and statistics are hidden so
+  // the model reads them as plain float weights.
+  const quantized = new Map<string, number[]>(); // weight -> logical shape
+  for (const [weight, list] of terms) {
+    if (!storedQuantization(source, weight)) continue;
+    const { A, B, fanInFanOut } = list[0];
+    quantized.set(weight, fanInFanOut ? [A.shape[1], B.shape[0]] : [B.shape[0], A.shape[1]]);
+  }
+  const hidden = (name: string) => {
+    for (const w of quantized.keys()) if (name.startsWith(`${w}.`)) return true;
+    return false;
+  };
   const cache = new Map<string, Promise<Tensor>>();
   return {
     description: `${source.description} with ${adapters.length} adapter(s) merged`,
-    names: () => source.names(),
-    info: (name) => source.info(name),
+    names: () => source.names().filter((n) => !hidden(n)),
+    info: (name) => {
+      if (hidden(name)) return undefined;
+      const shape = quantized.get(name);
+      return shape ? { dtype: 'f32', shape } : source.info(name);
+    },
     read: (name) => {
       const t = terms.get(name);
       if (!t) return source.read(name);
       let merged = cache.get(name);
       if (!merged) {
-        merged = source.read(name).then((W) => mergeWeight(W, t, { name }));
+        const base = quantized.has(name) ? readDequantized(source, name) : source.read(name);
+        merged = base.then((W) => mergeWeight(W, t, { name }));
         cache.set(name, merged);
       }
       return merged;
