@@ -176,6 +176,25 @@ describe('combineAdapters', () => {
     expect(() => combineAdapters([{ adapter: a1 }], { method: 'ties' })).toThrow(/density/);
   });
 
+  it('refuses options the method does not use, and an svd rank above the summed input ranks', () => {
+    const both = [{ adapter: a1 }, { adapter: a2 }];
+    expect(() => combineAdapters(both, { method: 'cat', density: 0.5 })).toThrow(
+      /--density does nothing with --method cat/,
+    );
+    expect(() => combineAdapters(both, { method: 'cat', rank: 4 })).toThrow(/--rank does nothing/);
+    expect(() => combineAdapters(both, { method: 'svd', svdClamp: 0.9, rank: 4 })).not.toThrow();
+    expect(() =>
+      combineAdapters([{ adapter: a1 }], { method: 'linear', majoritySignMethod: 'frequency' }),
+    ).toThrow(/--majority-sign does nothing with --method linear/);
+    expect(() =>
+      combineAdapters([{ adapter: a1 }], { method: 'ties', density: 0.5, seed: 3 }),
+    ).toThrow(/--seed does nothing with --method ties/);
+    // a1 has rank 4, a2 rank 6: no weighted sum has rank above 10.
+    expect(() => combineAdapters(both, { method: 'svd', rank: 11 })).toThrow(
+      /--rank 11 is above the rank of any weighted sum of these adapters \(at most 10/,
+    );
+  });
+
   it.skipIf(!HAVE_PEFT_FIXTURES)(
     'real adapter: cat of qwen with itself at weights 0.5 + 0.5 is the adapter',
     async () => {

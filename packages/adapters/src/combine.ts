@@ -103,6 +103,7 @@ export function combineAdapters(
       { density },
     );
   }
+  refuseUnusedOptions(options);
   const fanInFanOut = inputs[0].adapter.config.fan_in_fan_out;
   inputs.forEach((inp, i) => {
     if (inp.adapter.config.use_dora || [...inp.adapter.modules.values()].some((m) => m.magnitude)) {
@@ -121,6 +122,21 @@ export function combineAdapters(
 
   // Every module of any adapter, in a stable order.
   const moduleNames = [...new Set(inputs.flatMap((x) => [...x.adapter.modules.keys()]))].sort();
+  if (method === 'svd' && options.rank !== undefined) {
+    // The weighted sum has at most the summed input ranks; a larger r is only zero padding.
+    const reachable = Math.max(
+      ...moduleNames.map((name) =>
+        inputs.reduce((acc, x) => acc + (x.adapter.modules.get(name)?.A.shape[0] ?? 0), 0),
+      ),
+    );
+    if (options.rank > reachable) {
+      throw new AdapterError(
+        'COMBINE_RANK_TOO_LARGE',
+        `--rank ${options.rank} is above the rank of any weighted sum of these adapters (at most ${reachable}, the sum of their ranks); the extra rows would be zeros. Use --rank ${reachable} or less (or --method cat, which is exact).`,
+        { rank: options.rank, reachable },
+      );
+    }
+  }
   const rng = createRng(options.seed ?? 0);
   const modules = new Map<string, LoraModule>();
   const ranks = new Map<string, number>();
@@ -221,6 +237,26 @@ export function combineAdapters(
     },
     warnings,
   };
+}
+
+/** Options that the chosen method does not use are refused: silently ignoring them misleads. */
+function refuseUnusedOptions(options: CombineOptions): void {
+  const { method } = options;
+  const unused = (flag: string, usedBy: string) =>
+    new AdapterError(
+      'COMBINE_OPTION_UNUSED',
+      `${flag} does nothing with --method ${method} (it is used by ${usedBy}); drop it or choose another method.`,
+      { method, option: flag },
+    );
+  const pruning = method === 'ties' || method.startsWith('dare') || method === 'magnitude_prune';
+  if (options.density !== undefined && !pruning)
+    throw unused('--density', 'ties, dare_linear, dare_ties and magnitude_prune');
+  if (options.rank !== undefined && method !== 'svd') throw unused('--rank', 'svd');
+  if (options.svdClamp !== undefined && method !== 'svd') throw unused('--svd-clamp', 'svd');
+  if (options.majoritySignMethod !== undefined && method !== 'ties' && method !== 'dare_ties')
+    throw unused('--majority-sign', 'ties and dare_ties');
+  if (options.seed !== undefined && !method.startsWith('dare'))
+    throw unused('--seed', 'dare_linear and dare_ties');
 }
 
 function catFactors(

@@ -22,9 +22,9 @@ interface CombineOptions extends CommonOptions {
   method: CombinationMethod;
   density?: number;
   rank?: number;
-  majoritySign: 'total' | 'frequency';
+  majoritySign?: 'total' | 'frequency';
   svdClamp?: number;
-  seed: number;
+  seed?: number;
   output: string;
 }
 
@@ -55,16 +55,21 @@ export function registerCombine(program: Command): void {
       parsePositiveInt('rank'),
     )
     .addOption(
-      new Option('--majority-sign <method>', 'TIES sign election')
-        .choices(['total', 'frequency'])
-        .default('total'),
+      new Option(
+        '--majority-sign <method>',
+        'ties and dare_ties: sign election (default total)',
+      ).choices(['total', 'frequency']),
     )
     .option(
       '--svd-clamp <q>',
       'svd: clamp entries at this quantile (e.g. 0.99)',
       parseNumber('svd-clamp'),
     )
-    .option('--seed <n>', 'seed of the DARE drop masks', parsePositiveIntOrZero, 0)
+    .option(
+      '--seed <n>',
+      'dare_linear and dare_ties: seed of the drop masks (default 0)',
+      parsePositiveIntOrZero,
+    )
     .requiredOption('-o, --output <dir>', 'output adapter folder')
     .option('--force', 'overwrite the output')
     .option('--json', 'print one JSON document')
