@@ -313,6 +313,24 @@ describe('gradients: errors and options', () => {
   });
 });
 
+describe('gradients: graph shape of the backward of a linear', () => {
+  it('x · W with W an initializer: dX is one FusedMatMul(transB = 1) on W, no Transpose', () => {
+    const g = new GraphBuilder();
+    const x = g.input('x', 'f32', [2, 3, 4]);
+    const w = g.initializer('w', r([4, 5]));
+    const loss = op.reduceSum(g, op.matmul(g, x, w), [], false);
+    const before = g.graphNodes.length;
+    gradients(g, loss, [x]);
+    const added = g.graphNodes.slice(before);
+    expect(added.map((n) => n.op).filter((o) => o !== 'Unsqueeze' && o !== 'Expand')).toEqual([
+      'FusedMatMul',
+    ]);
+    const product = added.find((n) => n.op === 'FusedMatMul');
+    expect(product?.inputs[1]).toBe('w');
+    expect(product?.attrs.transB).toEqual({ int: 1 });
+  });
+});
+
 describe('the checker catches a wrong rule', () => {
   const feeds = { a: r([2, 3]), b: r([3]) };
   const build = (g: GraphBuilder) => {

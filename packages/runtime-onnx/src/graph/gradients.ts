@@ -69,6 +69,9 @@ export function gradients(
   wrt: readonly Value[],
   options: GradientOptions = {},
 ): Value[] {
+  if (!g.valueOf(loss.name)) {
+    throw gradError(`The loss "${loss.name}" is not a value of graph "${g.name}".`);
+  }
   if (!isFloat(loss.dtype))
     throw gradError(`The loss "${loss.name}" is ${loss.dtype}, not a float.`);
   for (const w of wrt) {
