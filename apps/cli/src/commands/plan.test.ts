@@ -58,6 +58,8 @@ describe('lora plan', () => {
     expect(Object.keys(byName)).toEqual([
       'inference',
       'inference-quantized',
+      'generate',
+      'generate-quantized',
       'lora',
       'qlora',
       'full',
@@ -118,6 +120,10 @@ describe('lora plan', () => {
     expect(Object.fromEntries(j.fits.map((f) => [f.name, f.fits]))).toEqual({
       inference: false,
       'inference-quantized': true,
+      // This runtime keeps f32 absmax (4.5 bits per weight: 36.7 GB), f32 embeddings (2.1 GB) and
+      // the f32 KV cache twice (5.4 GB at 512 tokens): over 48 GB.
+      generate: false,
+      'generate-quantized': false,
       lora: false,
       qlora: true,
       full: false,

@@ -87,10 +87,25 @@ export interface MemoryBreakdown {
   gradients: number;
   optimizer: number;
   activations: number;
+  /** The process itself before any model: Node.js and onnxruntime (only `lora generate` rows). */
+  runtime: number;
   total: number;
 }
 
-export type MemoryScenario = 'inference' | 'inference-quantized' | 'lora' | 'qlora' | 'full';
+export type MemoryScenario =
+  | 'inference'
+  | 'inference-quantized'
+  | 'generate'
+  | 'generate-quantized'
+  | 'lora'
+  | 'qlora'
+  | 'full';
+
+/**
+ * Resident memory of a Node.js process with onnxruntime-node and the runtime loaded, before any
+ * model: ~100 MiB measured on Linux x64 (Node 20, onnxruntime-node 1.30), rounded up.
+ */
+export const RUNTIME_BASELINE_BYTES = 110 * 2 ** 20;
 
 export interface MemoryPlanOptions {
   shape: ModelShape;
@@ -215,10 +230,34 @@ export function planMemory(options: MemoryPlanOptions): MemoryPlan {
   const kvCache = 2 * shape.num_hidden_layers * tokens * kvDim * cb;
   const inferenceActivations = kvCache + batch * shape.vocab_size * 4;
 
-  const breakdown = (m: Omit<MemoryBreakdown, 'total'>): MemoryBreakdown => ({
+  const breakdown = (
+    m: Omit<MemoryBreakdown, 'total' | 'runtime'>,
+    runtime = 0,
+  ): MemoryBreakdown => ({
     ...m,
-    total: m.weights + m.quantStats + m.adapters + m.gradients + m.optimizer + m.activations,
+    runtime,
+    total:
+      m.weights + m.quantStats + m.adapters + m.gradients + m.optimizer + m.activations + runtime,
   });
+
+  // What `lora generate` holds (runtime-onnx on onnxruntime's CPU provider): every weight once in
+  // float32 (the graph computes in f32), a tied lm_head as its own transposed copy; the KV cache
+  // in f32 twice (the past fed in, the present coming out); the prompt prefilled at once.
+  const V = shape.vocab_size;
+  const tiedCopy = shape.tie_word_embeddings ? V * h * 4 : 0;
+  const prefill =
+    4 * batch * seq * (2 * shape.num_attention_heads * seq + 3 * shape.intermediate_size + 4 * h);
+  const runtimeActivations = 2 * (kvCache / cb) * 4 + prefill + batch * V * 4;
+  let largestLinear = 0;
+  let runtimeQData = 0;
+  let runtimeQStats = 0;
+  for (const m of modules as LinearModule[]) {
+    if (m.name === 'lm_head') continue;
+    const n = m.inFeatures * m.outFeatures;
+    largestLinear = Math.max(largestLinear, n);
+    runtimeQData += Math.ceil(n / 2);
+    runtimeQStats += 4 * Math.ceil(n / (quant.blockSize ?? 64));
+  }
   const adapterState = { adapters: T * ab, gradients: T * ab, optimizer: T * 8 };
   const qName =
     quant.format === 'nf4' || quant.format === 'fp4'
@@ -251,6 +290,40 @@ export function planMemory(options: MemoryPlanOptions): MemoryPlan {
         optimizer: 0,
         activations: inferenceActivations,
       }),
+    });
+  }
+  scenarios.push({
+    name: 'generate',
+    title: 'lora generate (f32, onnxruntime CPU)',
+    memory: breakdown(
+      {
+        weights: P * 4 + tiedCopy,
+        quantStats: 0,
+        adapters: T * 4,
+        gradients: 0,
+        optimizer: 0,
+        activations: runtimeActivations,
+      },
+      RUNTIME_BASELINE_BYTES,
+    ),
+  });
+  // The runtime quantizes on load to nf4/fp4 (MatMulBnb4: absmax in f32, no double quant).
+  if (quant.format === 'nf4' || quant.format === 'fp4') {
+    scenarios.push({
+      name: 'generate-quantized',
+      title: `lora generate --quant ${quant.format}`,
+      memory: breakdown(
+        {
+          weights: runtimeQData + (P - quantizedParams) * 4 + tiedCopy,
+          quantStats: runtimeQStats,
+          adapters: T * 4,
+          gradients: 0,
+          optimizer: 0,
+          // MatMulBnb4's CPU kernel dequantizes a whole weight to f32 on every call.
+          activations: runtimeActivations + 4 * largestLinear,
+        },
+        RUNTIME_BASELINE_BYTES,
+      ),
     });
   }
   scenarios.push(
@@ -296,6 +369,7 @@ export function planMemory(options: MemoryPlanOptions): MemoryPlan {
     `Full fine-tuning: mixed-precision AdamW, ${cb} bytes weights + ${cb} bytes gradients + 8 bytes m/v${master ? ' + 4 bytes f32 master weights' : ''} = ${2 * cb + 8 + (master ? 4 : 0)} bytes per parameter.`,
     `Training activations: batch ${batch} x sequence ${seq} = ${tokens} tokens, ${perTokenLayer} ${cd} values per token and layer (${attention === 'eager' ? 'eager attention keeps heads x seq softmax probabilities' : 'memory-efficient attention, no seq x seq scores'}), ${checkpointing ? 'gradient checkpointing ON (layer inputs kept, one layer recomputed at a time)' : 'gradient checkpointing OFF (every layer keeps its activations)'}, plus f32 logits and their gradient (${shape.vocab_size} x 8 bytes per token).`,
     `Inference activations: KV cache for ${tokens} tokens (2 x layers x tokens x ${kvDim} x ${cb} bytes) and the last position's f32 logits; adapters kept unmerged.`,
+    `lora generate (this runtime, CPU): every weight held once in f32 (onnxruntime's CPU MatMul computes in f32; bf16/f16 checkpoints are widened on load)${shape.tie_word_embeddings ? ', the tied lm_head as a second, transposed copy' : ''}; KV cache in f32 twice (past fed in, present returned); the ${seq}-token prompt prefilled at once (attention scores and probabilities, 3 x intermediate, 4 x hidden f32 values per token); LoRA A/B in f32; Node.js + onnxruntime ${(RUNTIME_BASELINE_BYTES / 2 ** 20).toFixed(0)} MiB.${quant.format === 'nf4' || quant.format === 'fp4' ? ` With --quant ${quant.format}: decoder linears packed (4 bits) with one f32 absmax per ${quant.blockSize} weights, embedding/lm_head/norms f32, plus one linear dequantized to f32 per call (MatMulBnb4 on CPU).` : ''}`,
     'Not counted: CUDA context and allocator fragmentation (often 0.5-2 GB), temporary dequantized weights, framework workspaces. Paged optimizers can move optimizer states to CPU memory under pressure; they are counted here in full.',
   ];
 
