@@ -12,6 +12,7 @@ import {
   zeroLowRankDelta,
 } from './delta.js';
 import { bitsView, FloatRows } from './float-rows.js';
+import { canMergeWithWasm, mergeRowsWasm } from './merge-wasm.js';
 export interface MergeOptions {
   /** Name of the weight, for error messages (e.g. `model.layers.0.self_attn.q_proj.weight`). */
   name?: string;
@@ -52,6 +53,9 @@ const TILE = 512;
  * THE merge engine: `merged = round_out(W + ΔW)` element by element, ΔW row by row from
  * {@link deltaRow} (float64), the sum rounded ONCE to `outDtype`. W is 2-D, any float dtype, not
  * modified. Works in 512-column tiles of each row so the tile's packed basis stays in cache.
+ * f32/f16/bf16 weights run in a WebAssembly SIMD kernel (../wasm/float16.wat, `merge_rows`) with
+ * the same per-element arithmetic; the TypeScript loop below is its reference (tested bit for
+ * bit), the fallback without WebAssembly, and the path for f64 and NaN/Inf results.
  *
  * With `captureResidual`, also runs the unmerge exactly as {@link unmergeLowRank} will,
  * `round_in(merged - ΔW)`, and records where it misses the original bits (the residual). Never
@@ -69,13 +73,22 @@ export function mergeLowRank(
   const { rows: nRows, cols } = delta;
   const packed = packLowRank(delta);
   const out = DTYPES[outDtype].create(nRows * cols);
+  const capture = options.captureResidual === true;
+  if (canMergeWithWasm(inDtype, outDtype, cols)) {
+    const found = mergeRowsWasm(weight.data, inDtype, packed, out, outDtype, capture);
+    if (found) {
+      const merged = { dtype: outDtype, shape: [nRows, cols], data: out } as Tensor;
+      if (!capture) return { merged, firstNonFiniteRow: -1 };
+      const bits = bitsView(weight.data, inDtype);
+      return { merged, firstNonFiniteRow: -1, residual: takeResidual(weight, bits, found) };
+    }
+  }
   const io = new FloatRows(cols);
   const w = new Float64Array(TILE);
   const d = new Float64Array(TILE);
   let firstNonFiniteRow = -1;
 
   // Residual scratch: one tile decoded back from the output, one re-encoded in the input dtype.
-  const capture = options.captureResidual === true;
   const back = capture ? DTYPES[inDtype].create(TILE) : undefined;
   const origBits = capture ? bitsView(weight.data, inDtype) : undefined;
   // Signed 32-bit views for comparing (a uint32 above 2^31 would be a heap double in V8).
@@ -395,7 +408,7 @@ function compareView(
 function takeResidual(
   weight: Tensor,
   bits: Uint16Array | Uint32Array | BigUint64Array,
-  indices: number[],
+  indices: readonly number[] | Uint32Array,
 ): UnmergeResidual {
   const idx = Uint32Array.from(indices).sort(); // tiles visit the tensor out of order
   const ctor = bits.constructor as new (n: number) => typeof bits;
