@@ -2,10 +2,12 @@ import { convertBench } from './convert.js';
 import { generateBench } from './generate.js';
 import { gradBench } from './grad.js';
 import { linalgBench } from './linalg.js';
+import { loadBench } from './load.js';
 import { loraBench } from './lora.js';
 import { mergeBench } from './merge.js';
 import { quantBench, quantStreamBench } from './quant.js';
 import { safetensorsBench } from './safetensors.js';
+import { trainBench } from './train.js';
 import { runtimeBench } from './runtime.js';
 import type { BenchSection } from './types.js';
 
@@ -16,9 +18,11 @@ export const sections: readonly BenchSection[] = [
   generateBench,
   linalgBench,
   runtimeBench,
+  loadBench,
   loraBench,
   mergeBench,
   quantBench,
   quantStreamBench,
   gradBench,
+  trainBench,
 ];
