@@ -3,6 +3,7 @@ export * from './detokenizer.js';
 export * from './generate.js';
 export * from './hf-tokenizer.js';
 export * from './load-tokenizer.js';
+export * from './row.js';
 export * from './sampling.js';
 export * from './stop-sequences.js';
 export * from './tokenizer.js';
