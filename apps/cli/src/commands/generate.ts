@@ -5,9 +5,6 @@ import type {
   Tokenizer,
   TokenStepper,
 } from '@lora/runtime-onnx';
-import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { assertRegularInputs } from '@lora/core';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
@@ -120,7 +117,7 @@ interface OpenedModel {
 
 async function openModel(options: GenerateCommandOptions): Promise<OpenedModel> {
   // Imported here so that other commands do not load onnxruntime at startup.
-  const { loadLlama, loadTokenizer } = await import('@lora/runtime-onnx');
+  const { loadLlama, loadTokenizer, modelEosIds } = await import('@lora/runtime-onnx');
   const dir = options.model!;
   const tokenizer = await loadTokenizer(dir);
   // LoRA (helper E): rows from --batch or the one --prompt, each with its adapter set.
@@ -137,41 +134,17 @@ async function openModel(options: GenerateCommandOptions): Promise<OpenedModel> 
     warn: (m: string) => log(options, m),
   };
   const model = lora ? await lora.open(dir, modelOptions) : await loadLlama(dir, modelOptions);
-  // A row ends on any EOS the model folder names: config.json, generation_config.json
-  // (Llama 3 lists several there) and the tokenizer's.
-  const eos = new Set<number>([
-    ...idList(model.config.eosTokenId),
-    ...(await generationConfigEos(dir)),
-  ]);
-  if (tokenizer.eosId !== undefined) eos.add(tokenizer.eosId);
+  const eosIds = await modelEosIds(dir, model.config, tokenizer);
   return {
     tokenizer,
     stepper: () => model.stepper(lora?.feeds),
     device: model.device,
-    eosIds: [...eos],
+    eosIds,
     maxSequenceLength: model.config.maxPositionEmbeddings,
     prompts: rows.map((r) => r.prompt),
     rowLabels: lora?.rowLabels ?? rows.map(() => 'base'),
     release: () => model.release(),
   };
-}
-
-function idList(value: unknown): number[] {
-  const list = Array.isArray(value) ? value : [value];
-  return list.filter((v): v is number => Number.isSafeInteger(v) && v >= 0);
-}
-
-/** `eos_token_id` of `generation_config.json` (a number or a list), if the file has one. */
-async function generationConfigEos(dir: string): Promise<number[]> {
-  const path = join(dir, 'generation_config.json');
-  if (!existsSync(path)) return [];
-  try {
-    return idList(
-      (JSON.parse(await readFile(path, 'utf8')) as { eos_token_id?: unknown }).eos_token_id,
-    );
-  } catch (e) {
-    throw new UsageError(`${path} is not valid JSON (${(e as Error).message}); fix or remove it.`);
-  }
 }
 
 async function runGenerate(options: GenerateCommandOptions): Promise<void> {

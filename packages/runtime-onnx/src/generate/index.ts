@@ -1,5 +1,6 @@
 export * from './byte-tokenizer.js';
 export * from './detokenizer.js';
+export * from './eos.js';
 export * from './generate.js';
 export * from './hf-tokenizer.js';
 export * from './load-tokenizer.js';
