@@ -7,6 +7,7 @@ import { loraBench } from './lora.js';
 import { mergeBench } from './merge.js';
 import { quantBench, quantStreamBench } from './quant.js';
 import { safetensorsBench } from './safetensors.js';
+import { trainBench } from './train.js';
 import { runtimeBench } from './runtime.js';
 import type { BenchSection } from './types.js';
 
@@ -23,4 +24,5 @@ export const sections: readonly BenchSection[] = [
   quantBench,
   quantStreamBench,
   gradBench,
+  trainBench,
 ];
