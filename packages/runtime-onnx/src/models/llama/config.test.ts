@@ -41,11 +41,14 @@ describe('parseLlamaConfig names what is wrong', () => {
       /"model_type" "gpt2" is not a supported LLaMA-family model/,
     );
     expect(bad({ hidden_act: 'gelu' })).toThrow(/"hidden_act" "gelu" is not supported/);
-    expect(bad({ rope_scaling: { rope_type: 'dynamic', factor: 4 } })).toThrow(
-      /"rope_scaling.rope_type" "dynamic" is not supported/,
+    expect(bad({ rope_scaling: { rope_type: 'proportional', factor: 4 } })).toThrow(
+      /"rope_scaling.rope_type" "proportional" is not supported: proportional rope/,
+    );
+    expect(bad({ rope_scaling: { rope_type: 'dynamic', factor: 2 } })).toThrow(
+      /"config.max_position_embeddings" is missing/,
     );
     expect(bad({ rope_parameters: { rope_type: 'su', rope_theta: 1 } })).toThrow(
-      /"rope_parameters.rope_type" "su" is not supported \(supported: default, linear, llama3, yarn, longrope\)/,
+      /"rope_parameters.rope_type" "su" is not supported \(supported: default, linear, dynamic, llama3, yarn, longrope\)/,
     );
     expect(
       bad({ rope_scaling: { rope_type: 'yarn' }, max_position_embeddings: undefined }),

@@ -188,11 +188,11 @@ export function parseLlamaConfig(json: unknown, source = 'config.json'): LlamaCo
 
 /**
  * RoPE inverse frequencies `1 / theta^(2i / headDim)` for i < headDim / 2 (HF's rotate-half
- * pairing: i with i + headDim/2) with the config's scaling applied, float64. `long`: longrope's
- * long-context factors.
+ * pairing: i with i + headDim/2) with the config's scaling applied, float64, for a call whose
+ * largest position id + 1 is `sequenceLength` (matters for `dynamic` and `longrope` only).
  */
-export function ropeInverseFrequencies(config: LlamaConfig, long = false): Float64Array {
-  return ropeFrequencies(config.rope, config.headDim, long);
+export function ropeInverseFrequencies(config: LlamaConfig, sequenceLength = 1): Float64Array {
+  return ropeFrequencies(config.rope, config.headDim, sequenceLength);
 }
 
 /** Every linear layer of a decoder layer, in HF module order. */

@@ -49,22 +49,42 @@ export function ropeTables(
   positionIds: Value,
 ): { cos: Value; sin: Value } {
   const { headDim } = config;
-  const freqs = (name: string, long: boolean) =>
+  const freqs = (name: string, sequenceLength = 1) =>
     g.initializer(
       name,
-      tensor('f32', [headDim / 2], Float32Array.from(ropeInverseFrequencies(config, long))),
+      tensor(
+        'f32',
+        [headDim / 2],
+        Float32Array.from(ropeInverseFrequencies(config, sequenceLength)),
+      ),
     );
   const positions = op.cast(g, positionIds, 'f32');
-  let invFreq = freqs('rope.inv_freq', false);
+  let invFreq = freqs('rope.inv_freq');
   const scaling = config.rope.scaling;
+  const maxPosition = () => op.reduceMax(g, positions, [0, 1], false);
   if (scaling?.type === 'longrope') {
     // As transformers: long factors when this call's largest position id + 1 exceeds the original context.
-    const fits = op.lessOrEqual(
+    const original = scaling.originalMaxPositionEmbeddings;
+    const fits = op.lessOrEqual(g, maxPosition(), g.scalar(original - 1));
+    invFreq = op.where(g, fits, invFreq, freqs('rope.inv_freq_long', original + 1));
+  }
+  if (scaling?.type === 'dynamic') {
+    // As transformers: base theta · max(1, factor · L / max - (factor - 1))^(d / (d - 2)) for this
+    // call's L = largest position id + 1; inv_freq_i = base^(-2i/d) = exp(-(2i/d) · ln base).
+    const { factor, maxPositionEmbeddings: max } = scaling;
+    const L = op.add(g, maxPosition(), g.scalar(1));
+    const ratio = op.sub(g, op.mul(g, L, g.scalar(factor / max)), g.scalar(factor - 1));
+    const grown = op.where(g, op.lessOrEqual(g, ratio, g.scalar(1)), g.scalar(1), ratio);
+    const lnBase = op.add(
       g,
-      op.reduceMax(g, positions, [0, 1], false),
-      g.scalar(scaling.originalMaxPositionEmbeddings - 1),
+      g.scalar(Math.log(config.rope.theta)),
+      op.mul(g, op.log(g, grown), g.scalar(headDim / (headDim - 2))),
     );
-    invFreq = op.where(g, fits, invFreq, freqs('rope.inv_freq_long', true));
+    const exponents = Float32Array.from({ length: headDim / 2 }, (_, i) => (-2 * i) / headDim);
+    invFreq = op.exp(
+      g,
+      op.mul(g, g.initializer('rope.exponents', tensor('f32', [headDim / 2], exponents)), lnBase),
+    );
   }
   const angles = op.mul(g, op.unsqueeze(g, positions, [-1]), invFreq); // [B, T, D/2]
   const fullAngles = op.concat(g, [angles, angles], -1);

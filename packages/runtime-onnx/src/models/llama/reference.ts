@@ -76,11 +76,7 @@ export function referenceForward(
     return y;
   };
   const positions = options.positions ?? tokens.map((_, i) => i);
-  const scaling = config.rope.scaling;
-  const long =
-    scaling?.type === 'longrope' &&
-    Math.max(...positions) + 1 > scaling.originalMaxPositionEmbeddings;
-  const invFreq = ropeInverseFrequencies(config, long);
+  const invFreq = ropeInverseFrequencies(config, Math.max(...positions) + 1);
   const mscale = config.rope.attentionScaling;
   const half = D / 2;
   // In place on a [T, heads * D] projection: out_i = x_i cos - x_{i+half} sin, out_{i+half} = x_{i+half} cos + x_i sin.

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { expectClose } from '../../test-utils/parity.js';
 import { folderWeights } from '../weights.js';
-import { parseLlamaConfig } from './config.js';
+import { parseLlamaConfig, ropeInverseFrequencies } from './config.js';
 import { LlamaModel } from './model.js';
 import { readLlamaWeightsF32 } from './prepare.js';
 import { referenceForward } from './reference.js';
@@ -73,13 +73,13 @@ describe('rope types and config spellings give transformers logits', () => {
     expect(c.rope.attentionScaling).toBeCloseTo(Math.SQRT2, 12);
   });
 
-  it('dynamic NTK is refused by name, in both spellings', async () => {
-    await expect(configOf('dynamic-v5.json')).rejects.toThrow(
-      /"rope_parameters.rope_type" "dynamic" is not supported: dynamic NTK scaling/,
-    );
-    const legacy = JSON.parse(await readFile(join(DIR, 'dynamic-v5.json'), 'utf8'));
-    legacy.rope_scaling = { type: 'dynamic', factor: 2 };
-    delete legacy.rope_parameters;
-    expect(() => parseLlamaConfig(legacy)).toThrow(/"rope_scaling.rope_type" "dynamic"/);
+  it('dynamic NTK keeps theta within max_position_embeddings and grows it beyond, per call', async () => {
+    const c = await configOf('dynamic-v5.json');
+    expect(c.rope.scaling).toEqual({ type: 'dynamic', factor: 2, maxPositionEmbeddings: 8 });
+    // head_dim 16: base 500 · (2 · 14 / 8 - 1)^(16 / 14) for a 14-token call.
+    const inv = ropeInverseFrequencies(c, 14);
+    const base = 500 * 2.5 ** (16 / 14);
+    expect(inv[1]).toBeCloseTo(1 / base ** (2 / 16), 14);
+    expect(ropeInverseFrequencies(c, 8)[1]).toBeCloseTo(1 / 500 ** (2 / 16), 14);
   });
 });

@@ -2,11 +2,17 @@ import { RuntimeError } from '../../errors.js';
 
 /**
  * Rotary position embedding as transformers computes it (`ROPE_INIT_FUNCTIONS` in
- * `modeling_rope_utils.py`), for the rope types a static graph can reproduce exactly.
- * `dynamic` (NTK scaling recomputed from the running sequence length) is refused.
+ * `modeling_rope_utils.py`). `dynamic` and `longrope` depend on the call's largest position id,
+ * which the graph reads from its position ids.
  */
 export type RopeScaling =
   | { readonly type: 'linear'; readonly factor: number }
+  | {
+      /** NTK scaling: beyond `maxPositionEmbeddings` the base grows with the sequence length. */
+      readonly type: 'dynamic';
+      readonly factor: number;
+      readonly maxPositionEmbeddings: number;
+    }
   | {
       readonly type: 'llama3';
       readonly factor: number;
@@ -42,12 +48,10 @@ export interface Rope {
 
 /** Rope types transformers knows that this runtime refuses, and why. */
 const REFUSED: Record<string, string> = {
-  dynamic:
-    'dynamic NTK scaling recomputes the frequencies from the running sequence length, which this runtime does not reproduce',
   proportional:
     'proportional rope (partial rotary with zero frequencies) is not a LLaMA-family rope',
 };
-const SUPPORTED = ['default', 'linear', 'llama3', 'yarn', 'longrope'];
+const SUPPORTED = ['default', 'linear', 'dynamic', 'llama3', 'yarn', 'longrope'];
 
 function invalid(source: string, field: string, message: string): RuntimeError {
   return new RuntimeError('CONFIG_INVALID', `${source}: ${field} ${message}`, {
@@ -160,6 +164,19 @@ export function parseRope(
       scaling: { type, factor: num(r, 'factor', where, source) },
       attentionScaling: 1,
     };
+  if (type === 'dynamic') {
+    const max = num(
+      { max_position_embeddings: maxPositionEmbeddings },
+      'max_position_embeddings',
+      'config',
+      source,
+    );
+    return {
+      theta,
+      scaling: { type, factor: num(r, 'factor', where, source), maxPositionEmbeddings: max },
+      attentionScaling: 1,
+    };
+  }
 
   const topOriginal = c.original_max_position_embeddings;
   const original = num(
@@ -227,19 +244,24 @@ export function parseRope(
 
 /**
  * RoPE inverse frequencies for i < headDim / 2 (HF's rotate-half pairing: i with i + headDim/2),
- * float64, as transformers' rope init functions compute them. For longrope, `long` picks the
- * long-context factors (transformers uses them when a call's largest position id + 1 exceeds
- * `originalMaxPositionEmbeddings`).
+ * float64, as transformers' rope init functions compute them for a call whose largest position
+ * id + 1 is `sequenceLength` (default: a short call). Only `dynamic` (base grown beyond
+ * `maxPositionEmbeddings`) and `longrope` (long factors beyond `originalMaxPositionEmbeddings`)
+ * depend on it.
  */
-export function ropeFrequencies(rope: Rope, headDim: number, long = false): Float64Array {
+export function ropeFrequencies(rope: Rope, headDim: number, sequenceLength = 1): Float64Array {
+  const s = rope.scaling;
+  const theta =
+    s?.type === 'dynamic' ? dynamicBase(rope.theta, s, headDim, sequenceLength) : rope.theta;
   const half = headDim / 2;
   const inv = new Float64Array(half);
-  for (let i = 0; i < half; i++) inv[i] = 1 / rope.theta ** ((2 * i) / headDim);
-  const s = rope.scaling;
+  for (let i = 0; i < half; i++) inv[i] = 1 / theta ** ((2 * i) / headDim);
   if (!s) return inv;
   switch (s.type) {
     case 'linear':
       return inv.map((f) => f / s.factor);
+    case 'dynamic':
+      return inv;
     case 'llama3': {
       // Long wavelengths are slowed by `factor`, short ones kept, the band between blended.
       const lowFreqWavelen = s.originalMaxPositionEmbeddings / s.lowFreqFactor;
@@ -276,8 +298,26 @@ export function ropeFrequencies(rope: Rope, headDim: number, long = false): Floa
       });
     }
     case 'longrope': {
-      const ext = long ? s.longFactor : s.shortFactor;
+      const ext = sequenceLength > s.originalMaxPositionEmbeddings ? s.longFactor : s.shortFactor;
       return inv.map((f, i) => f / ext[i]);
     }
   }
+}
+
+/**
+ * Dynamic NTK base for a call whose largest position id + 1 is `sequenceLength`:
+ * `theta · (factor · L / max - (factor - 1))^(d / (d - 2))` with `L = max(sequenceLength, max)`,
+ * so calls within `max` positions keep `theta`.
+ */
+export function dynamicBase(
+  theta: number,
+  s: { readonly factor: number; readonly maxPositionEmbeddings: number },
+  headDim: number,
+  sequenceLength: number,
+): number {
+  const len = Math.max(sequenceLength, s.maxPositionEmbeddings);
+  return (
+    theta *
+    ((s.factor * len) / s.maxPositionEmbeddings - (s.factor - 1)) ** (headDim / (headDim - 2))
+  );
 }
