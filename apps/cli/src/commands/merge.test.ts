@@ -179,6 +179,54 @@ describe('lora combine / extract', () => {
     },
   );
 
+  it('narrowing --dtype writes no residual by default and says why; --residual forces it', async () => {
+    const { dir, base, adapter } = await setup(); // f16 base
+    const out = join(dir, 'narrow');
+    const r = await runCli([
+      'merge',
+      '--base',
+      base,
+      '--adapter',
+      adapter,
+      '-o',
+      out,
+      '--dtype',
+      'bf16',
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(
+      /no unmerge residual written: the output dtype bf16 is narrower than the base's f16/,
+    );
+    expect(await readdir(out)).not.toContain('unmerge-residual.safetensors');
+    const forced = join(dir, 'forced');
+    const f = await runCli([
+      'merge',
+      '--base',
+      base,
+      '--adapter',
+      adapter,
+      '-o',
+      forced,
+      '--dtype',
+      'bf16',
+      '--residual',
+      '--json',
+    ]);
+    expect(f.code, f.stderr).toBe(0);
+    const report = JSON.parse(f.stdout);
+    expect(report.residualSkipped).toBeUndefined();
+    // f16 -> bf16 loses 3 significand bits: most elements need an entry
+    expect(report.residual.patchedElements).toBeGreaterThan(64 * 96 * 0.5);
+    const restored = join(dir, 'restored-narrow');
+    const u = await runCli(['unmerge', '--merged', forced, '--adapter', adapter, '-o', restored]);
+    expect(u.code, u.stderr).toBe(0);
+    expect(
+      (await readFile(join(restored, 'model.safetensors'))).equals(
+        await readFile(join(base, 'model.safetensors')),
+      ),
+    ).toBe(true);
+  });
+
   it('combine with ties and no --density is a usage error', async () => {
     const { dir, adapter } = await setup();
     const r = await runCli([

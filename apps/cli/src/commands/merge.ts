@@ -13,7 +13,7 @@ interface MergeOptions extends CommonOptions {
   output: string;
   dtype?: 'f32' | 'f16' | 'bf16';
   requantize?: boolean;
-  residual: boolean;
+  residual?: boolean;
 }
 
 export function registerMerge(program: Command): void {
@@ -46,8 +46,12 @@ export function registerMerge(program: Command): void {
       '4-bit base: quantize the merged weights again (same format and block size) and report the error',
     )
     .option(
+      '--residual',
+      'write the unmerge residual even when --dtype narrows the base (it is then about as large as the model)',
+    )
+    .option(
       '--no-residual',
-      'do not write the unmerge residual (the merge can then not be undone exactly)',
+      'do not write the unmerge residual (the merge can then not be undone exactly); default: written unless --dtype narrows the base',
     )
     .option('--force', 'overwrite the output')
     .option('--json', 'print one JSON document')
@@ -103,6 +107,7 @@ export function registerMerge(program: Command): void {
               ),
             );
           }
+          if (report.residualSkipped) lines.push(report.residualSkipped);
           if (report.residual) {
             lines.push(
               `unmerge residual: ${report.residual.path} (${formatBytes(report.residual.bytes)}, ${report.residual.patchedElements} patched elements); \`lora unmerge --merged ${options.output} ${options.adapter.map((a) => `--adapter ${a.dir}`).join(' ')} -o <dir>\` restores the base exactly`,

@@ -37,7 +37,13 @@ import {
 export interface MergeModelOptions {
   /** dtype of every float tensor written. Default: each tensor keeps its dtype (a 4-bit weight: its original dtype). */
   dtype?: FloatDType;
-  /** Write the exact-unmerge residual beside the output. Default true. */
+  /**
+   * Write the exact-unmerge residual beside the output. Default: true, unless `dtype` narrows a
+   * float tensor (f32 -> f16/bf16, f16 <-> bf16): then nearly every element of it would need an
+   * entry, a residual about as large as the model, so none is written (see
+   * {@link MergeModelReport.residualSkipped}); pass true to write it anyway. Widening casts
+   * (f16/bf16 -> f32) keep an exact unmerge with a near-empty residual.
+   */
   residual?: boolean;
   /** Replace an existing output (atomically). Default false: refuse. */
   overwrite?: boolean;
@@ -69,6 +75,8 @@ export interface MergeModelReport {
     readonly bytes: number;
     readonly patchedElements: number;
   };
+  /** Why no residual was written by default (the output dtype narrows the base's). */
+  readonly residualSkipped?: string;
   /**
    * Findings of PEFT's target matching against the base's module names: modules the config
    * targets that have no weights in the adapter (PEFT's "missing adapter keys"), or weights the
@@ -151,7 +159,12 @@ export async function mergeIntoModel(
     const { catalog, quantized } = await catalogOf(model);
     const plan = planMerge(catalog, sources);
     const warnings = targetWarnings(sources, model.names());
-    const capture = options.residual !== false;
+    const casts = castDtypes(model, quantized, options.dtype);
+    const capture = options.residual ?? casts.length === 0;
+    const residualSkipped =
+      options.residual === undefined && !capture
+        ? `no unmerge residual written: the output dtype ${options.dtype} is narrower than the base's ${casts.join('/')}, so nearly every element of those tensors would need an entry (a residual about as large as the model). Merge without narrowing the dtype to keep an exact unmerge, or ask for the residual explicitly.`
+        : undefined;
     const outIsFolder = model.isFolder;
     if (!outIsFolder && !options.overwrite && (await exists(output))) {
       throw new AdapterError(
@@ -384,11 +397,36 @@ export async function mergeIntoModel(
           ? { perTensor: requantStats, total: combineErrors(requantStats.map((s) => s.stats)) }
           : undefined,
       residual: residualInfo,
+      residualSkipped,
       warnings,
     };
   } finally {
     await model.close();
   }
+}
+
+/**
+ * The float dtypes of the base that `dtype` cannot hold exactly (a narrowing cast). 4-bit weights
+ * and their statistics do not count: their residual is the stored 4-bit tensors themselves.
+ */
+function castDtypes(
+  model: ModelFiles,
+  quantized: ReadonlyMap<string, unknown>,
+  dtype: FloatDType | undefined,
+): FloatDType[] {
+  if (!dtype) return [];
+  const found = new Set<FloatDType>();
+  for (const name of model.names()) {
+    if (quantized.has(name) || quantized.has(baseOfAux(name, quantized))) continue;
+    const e = model.entry(name);
+    if (isFloatDType(e.dtype) && !holdsExactly(dtype, e.dtype)) found.add(e.dtype);
+  }
+  return [...found];
+}
+
+/** Every value of `from` is a value of `to`. */
+function holdsExactly(to: FloatDType, from: FloatDType): boolean {
+  return to === from || to === 'f64' || (to === 'f32' && (from === 'f16' || from === 'bf16'));
 }
 
 function targetWarnings(sources: readonly AdapterSource[], names: readonly string[]): string[] {
