@@ -192,6 +192,45 @@ describe.skipIf(!haveStories)('lora generate with adapters (stories260K)', () =>
     expect(batch.outputs[1].adapters).toBe('base');
   });
 
+  it('--merged on a 4-bit base (nf4, bitsandbytes layout) gives the tokens of `lora merge` of the same base', async () => {
+    const q = join(dir, 'nf4');
+    const quant = await runCli(['quantize', stories, '-o', q, '--format', 'nf4', '--quiet']);
+    expect(quant.code, quant.stderr).toBe(0);
+    const run = async (model: string, ...extra: string[]) => {
+      const r = await runCli([
+        'generate',
+        '--model',
+        model,
+        '--prompt',
+        PROMPT,
+        '--max-tokens',
+        String(N),
+        '--temperature',
+        '0',
+        '--json',
+        ...extra,
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout).tokens as number[];
+    };
+    const merged = await run(q, '--merged', '--adapter', join(dir, 'qv'));
+    // `lora merge` dequantizes the 4-bit weights and adds the same deltas, written in full precision.
+    const m = join(dir, 'nf4-merged');
+    const mergeRun = await runCli([
+      'merge',
+      '--base',
+      q,
+      '--adapter',
+      join(dir, 'qv'),
+      '-o',
+      m,
+      '--quiet',
+    ]);
+    expect(mergeRun.code, mergeRun.stderr).toBe(0);
+    expect(merged).toEqual(await run(m));
+    expect(merged).not.toEqual(await run(q)); // the adapter matters on the 4-bit base too
+  });
+
   it('explains bad adapter usage', async () => {
     const missing = await runCli([
       'generate',
