@@ -36,7 +36,7 @@ export interface LlamaGradientStepOptions {
  * A {@link GradientStep} over the runtime's training session (`createTrainingSession`: forward +
  * backward as one onnxruntime session, built once). Loss weights are 1 where the next-token label
  * is not -100 (padding and prompt positions 0). LoRA dropout masks are drawn from the loop's
- * generator, one uniform per element of each targeted linear's input, keep if < 1 - p.
+ * generator, one 32-bit draw per element of each targeted linear's input (kept with probability 1 - p).
  */
 export async function createLlamaGradientStep(
   options: LlamaGradientStepOptions,
@@ -107,7 +107,8 @@ export async function createLlamaGradientStep(
     }
   }
   const dropoutSites = session.loraSites.filter((s) => s.dropoutInput);
-  const keepProbability = 1 - (setup?.config.lora_dropout ?? 0);
+  // Keep an element when a 32-bit draw is below (1 - p) * 2^32: probability 1 - p, one draw each.
+  const keepThreshold = Math.round((1 - (setup?.config.lora_dropout ?? 0)) * 2 ** 32);
   const keepMasks = new Map(
     dropoutSites.map((s) => [s.module, new Uint8Array(batchSize * seqLen * s.inFeatures)]),
   );
@@ -129,7 +130,7 @@ export async function createLlamaGradientStep(
       for (const [, keep] of keepMasks) {
         if (dropoutRng)
           for (let j = 0; j < keep.length; j++)
-            keep[j] = dropoutRng.uniform() < keepProbability ? 1 : 0;
+            keep[j] = dropoutRng.nextUint32() < keepThreshold ? 1 : 0;
         else keep.fill(1);
       }
       const out = await session.step({
