@@ -59,7 +59,8 @@ function gradError(message: string, details: Record<string, unknown> = {}): Runt
  * `options.overrides` replaces rules by op type, and regions (see `GraphBuilder.region`) use
  * their own rule.
  *
- * @throws RuntimeError `GRAPH_GRADIENT` when the loss is not a float scalar and no seed is given,
+ * @throws RuntimeError `GRAPH_GRADIENT` when the loss or a `wrt` value is not an f32/f64 value of
+ *   `g`, when the loss has more than one element and no seed is given,
  *   when a `wrt` value is unreachable (unless `unreachable: 'zeros'`), or when a rule cannot
  *   differentiate a node (a 4-bit matmul without an override, a strided Slice, ...).
  */
@@ -69,15 +70,13 @@ export function gradients(
   wrt: readonly Value[],
   options: GradientOptions = {},
 ): Value[] {
-  if (!g.valueOf(loss.name)) {
-    throw gradError(`The loss "${loss.name}" is not a value of graph "${g.name}".`);
-  }
-  if (!isFloat(loss.dtype))
-    throw gradError(`The loss "${loss.name}" is ${loss.dtype}, not a float.`);
-  for (const w of wrt) {
-    if (!g.valueOf(w.name)) throw gradError(`"${w.name}" is not a value of graph "${g.name}".`);
-    if (!isFloat(w.dtype))
-      throw gradError(`"${w.name}" is ${w.dtype}: only floats have gradients.`);
+  for (const v of [loss, ...wrt]) {
+    if (!g.valueOf(v.name)) throw gradError(`"${v.name}" is not a value of graph "${g.name}".`);
+    if (v.dtype !== 'f32' && v.dtype !== 'f64') {
+      throw gradError(
+        `"${v.name}" is ${v.dtype}: gradients are built for f32 and f64 values (cast first).`,
+      );
+    }
   }
   const units = backwardUnits(g, loss, wrt, options);
 
