@@ -81,6 +81,18 @@ export class LoraSlotCache {
     };
   }
 
+  /**
+   * Drops every slot holding adapter `name` that no request uses (after the adapter was
+   * unloaded or changed on disk): the next request for it loads it afresh. Slots in use keep
+   * their copy until their requests finish; they are not hits for new requests any more.
+   */
+  forget(name: string): void {
+    for (let i = 1; i < this.#state.length; i++) {
+      const s = this.#state[i];
+      if (s.key?.split('\u0001').some((part) => part.split('\u0000')[0] === name)) s.key = undefined;
+    }
+  }
+
   async #fill(key: string, adapters: readonly NamedAdapter[]): Promise<number> {
     // Choose and reserve the victim before any await, so concurrent fills pick different slots.
     let victim = -1;
