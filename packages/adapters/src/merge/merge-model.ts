@@ -1,11 +1,14 @@
 import { copyFile, open, readFile, rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { join } from 'node:path';
 import {
   type FloatDType,
   isFloatDType,
   type Tensor,
   type TensorToWrite,
+  temporaryPath,
+  trackTemporary,
   type UnmergeResidual,
+  untrackTemporary,
   writeFolderAtomic,
   writeSafetensors,
 } from '@lora/core';
@@ -357,20 +360,19 @@ export async function mergeIntoModel(
       );
     } else {
       // Single file: build both files in a temporary folder, then move them into place.
-      const stage = join(dirname(output), `.${basename(output)}.stage`);
-      await writeFolderAtomic(
-        stage,
-        async (tmp) => {
+      // (a temporary name of core's, so a kill leaves nothing the next run does not remove)
+      const stage = temporaryPath(output);
+      trackTemporary(stage);
+      try {
+        await writeFolderAtomic(stage, async (tmp) => {
           await writeShards(() => join(tmp, 'model.safetensors'));
           await finishResidual(join(tmp, RESIDUAL_FILE));
-        },
-        { overwrite: true },
-      );
-      try {
+        });
         if (capture) await rename(join(stage, RESIDUAL_FILE), residualPathFor(output, false));
         await rename(join(stage, 'model.safetensors'), output);
       } finally {
         await rm(stage, { recursive: true, force: true });
+        untrackTemporary(stage);
       }
     }
 
