@@ -1,5 +1,6 @@
 import { DYNAMIC_MAP } from './codebooks.js';
 import { QuantError } from './errors.js';
+import { assertArrayType } from './formats.js';
 
 /** bitsandbytes' block size for the second-level quantization of absmax. */
 export const DOUBLE_QUANT_BLOCK_SIZE = 256;
@@ -96,6 +97,7 @@ export function doubleQuantize(
   absmax: Float32Array,
   blockSize = DOUBLE_QUANT_BLOCK_SIZE,
 ): DoubleQuantizedAbsmax {
+  assertArrayType(absmax, 'Float32Array', 'absmax', 'doubleQuantize');
   const n = absmax.length;
   if (n === 0) {
     return {
@@ -138,6 +140,9 @@ export function dequantizeAbsmax(
   dq: DoubleQuantizedAbsmax,
   out: Float32Array = new Float32Array(dq.codes.length),
 ): Float32Array {
+  assertArrayType(dq.codes, 'Uint8Array', 'codes', 'dequantizeAbsmax');
+  assertArrayType(dq.absmax2, 'Float32Array', 'absmax2', 'dequantizeAbsmax');
+  assertArrayType(out, 'Float32Array', 'out', 'dequantizeAbsmax');
   const { codes, absmax2, offset, blockSize, codeTable } = dq;
   if (absmax2.length !== Math.ceil(codes.length / blockSize)) {
     throw new QuantError(

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { blockAbsmax, dequantizeBlockwise, quantizeBlockwise } from './blockwise.js';
 import { dequantizeBnb4, quantizeBnb4 } from './bnb4-weight.js';
+import { dequantizeAbsmax, doubleQuantize } from './double-quant.js';
 import { dequantizeMatMulNBits, quantizeMatMulNBits } from './nbits.js';
 import { quantizeWeight } from './quantized-weight.js';
 
@@ -55,6 +56,13 @@ describe('typed arrays are checked against the declared element type', () => {
         scales: Float64Array.from(n.scales) as unknown as Float32Array,
       }),
     ).toThrow(/scales must be a Float32Array, got Float64Array/);
+    expect(() => doubleQuantize(Float64Array.from([1, 2]) as unknown as Float32Array)).toThrow(
+      /doubleQuantize: absmax must be a Float32Array, got Float64Array/,
+    );
+    const dq = doubleQuantize(Float32Array.from([1, 2, 3]));
+    expect(() =>
+      dequantizeAbsmax({ ...dq, codes: Array.from(dq.codes) as unknown as Uint8Array }),
+    ).toThrow(/dequantizeAbsmax: codes must be a Uint8Array, got Array/);
     // The right types still work, and decode to the values.
     expect(Array.from(dequantizeBnb4(w))).toHaveLength(4);
   });
