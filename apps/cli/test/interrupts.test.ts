@@ -1,5 +1,5 @@
 import { existsSync, readdirSync } from 'node:fs';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -163,6 +163,54 @@ describe.skipIf(!cliBuilt)('real kills during writes', () => {
       console.log(`${c.name} (uninterrupted: ${duration} ms)\n  ${outcomes.join('\n  ')}`);
     }, 90_000);
   }
+
+  it('quantize --force over an earlier output: after a kill and the next run, the old or the new output, whole', async () => {
+    const dir = join(root, 'replace');
+    const oldRef = join(dir, 'old', 'q');
+    const newRef = join(dir, 'new', 'q');
+    const q = (out: string, ...more: string[]) => [
+      'quantize',
+      model,
+      '-o',
+      out,
+      '--quiet',
+      ...more,
+    ];
+    const refs = await Promise.all([
+      runCliChild(q(oldRef, '--format', 'fp4')),
+      runCliChild(q(newRef)),
+    ]);
+    for (const r of refs) expect(r.code).toBe(0);
+    const [oldHash, newHash] = [hashTree(oldRef), hashTree(newRef)];
+    const delays = [0, 20, 60, 120]; // ms after the temporary appears
+    const outcomes = await Promise.all(
+      delays.map(async (delay) => {
+        const sub = join(dir, `kill-${delay}`);
+        const out = join(sub, 'q');
+        await mkdir(sub, { recursive: true });
+        await cp(oldRef, out, { recursive: true });
+        const { child, done } = startCli(q(out, '--force'));
+        let exited = false;
+        done.then(() => {
+          exited = true;
+        });
+        await waitFor(() => exited || temporariesIn(sub).some((n) => n.includes('.tmp-')), 60_000);
+        await new Promise((r) => setTimeout(r, delay));
+        child.kill('SIGKILL');
+        await done;
+        return { sub, out };
+      }),
+    );
+    expect((await runCliChild(['inspect', model, '--json'])).code).toBe(0); // the next run
+    const seen: string[] = [];
+    for (const { sub, out } of outcomes) {
+      const h = hashTree(out);
+      expect([oldHash, newHash]).toContainEqual(h);
+      expect(temporariesIn(sub)).toEqual([]);
+      seen.push(JSON.stringify(h) === JSON.stringify(oldHash) ? 'old' : 'new');
+    }
+    console.log(`replace killed at +${delays.join('/+')} ms: ${seen.join(', ')}`);
+  }, 90_000);
 
   it('quantize and merge: SIGINT / SIGTERM while writing remove the temporaries, exit 130 / 143', async () => {
     const runs = (['SIGINT', 'SIGTERM'] as const).flatMap((signal) =>
