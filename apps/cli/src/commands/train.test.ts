@@ -163,6 +163,46 @@ describe('lora train', () => {
       expect(existsSync(out)).toBe(false);
       expect(existsSync(`${out}.checkpoint`)).toBe(false);
     }
+    const text = join(dir, 'text.jsonl');
+    await writeFile(text, '{"text": "hello"}\n');
+    const noTokenizer = await runCli([
+      'train',
+      '--model',
+      model,
+      '--data',
+      text,
+      '--steps',
+      '1',
+      '-o',
+      join(dir, 'never'),
+    ]);
+    expect(noTokenizer.code).toBe(2);
+    expect(noTokenizer.stderr).toMatch(/text\.jsonl:1: text rows need the model's tokenizer/);
+
+    // A diverging run: stops at the first non-finite loss, names the step, keeps the last good checkpoint.
+    const nan = join(dir, 'nan');
+    const diverged = await runCli([
+      ...base,
+      '--method',
+      'full',
+      '--lr',
+      '1e38',
+      '--steps',
+      '4',
+      '--checkpoint-every',
+      '1',
+      '-o',
+      nan,
+    ]);
+    expect(diverged.code).toBe(2);
+    expect(diverged.stderr).toMatch(
+      /step 2: the loss is NaN; training stopped\. The last good checkpoint \(step 1\) is kept/,
+    );
+    expect(existsSync(nan)).toBe(false);
+    expect(
+      JSON.parse(await readFile(join(`${nan}.checkpoint`, 'trainer_state.json'), 'utf8')).step,
+    ).toBe(1);
+
     const taken = join(dir, 'taken');
     await writeFile(taken, 'x');
     const r = await runCli([...base, '-o', taken]);
@@ -293,5 +333,31 @@ describe('lora eval', () => {
       join(fixture, 'eval.jsonl'),
     ]);
     expect(human.stdout).toMatch(/exact match 2\/4 = 50\.0% \(greedy\)/);
+  });
+});
+
+describe('lora train progress', () => {
+  it('a bar with step, loss, tokens/s and ETA on a terminal; nothing with --quiet', async () => {
+    const { trainProgress } = await import('./train.js');
+    const chunks: string[] = [];
+    const tty = { isTTY: true, write: (c: string) => chunks.push(c), columns: 120 } as never;
+    const bar = trainProgress({}, tty);
+    bar.start(10, 0);
+    bar.step(
+      { step: 3, epoch: 0, loss: 2.5, lr: 1e-4, grad_norm: 1, tokens: 10, tokens_per_s: 1234.4 },
+      10,
+    );
+    bar.stop();
+    const text = chunks.join('');
+    expect(text).toMatch(/train \[.*\] 3\/10 \| loss 2\.5000 \| 1234 tok\/s \| ETA /);
+    const silent: string[] = [];
+    const quiet = trainProgress({ quiet: true }, {
+      isTTY: true,
+      write: (c: string) => silent.push(c),
+    } as never);
+    quiet.start(10, 0);
+    quiet.step({ step: 1, epoch: 0, loss: 1, lr: 0, grad_norm: 0, tokens: 1, tokens_per_s: 1 }, 10);
+    quiet.stop();
+    expect(silent).toEqual([]);
   });
 });

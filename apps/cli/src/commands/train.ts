@@ -2,6 +2,7 @@ import type { StepReport, TrainOptions, TrainResult } from '@lora/train';
 import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
+import type { ProgressStream } from '../progress.js';
 import {
   type CommonOptions,
   checkOutput,
@@ -272,17 +273,20 @@ function interruptible(options: CommonOptions): {
 }
 
 /** Progress: a bar on a terminal, one plain line per step otherwise, nothing with --quiet / --json. */
-function trainProgress(options: CommonOptions): {
+export function trainProgress(
+  options: CommonOptions,
+  stream: ProgressStream = process.stderr,
+): {
   start(total: number, at: number): void;
   step(r: StepReport, total: number): void;
   stop(): void;
 } {
   if (options.quiet || options.json) return { start() {}, step() {}, stop() {} };
-  if (!process.stderr.isTTY) {
+  if (!stream.isTTY) {
     return {
       start() {},
       step(r, total) {
-        process.stderr.write(
+        stream.write(
           `step ${r.step}/${total}  loss ${r.loss.toFixed(4)}  lr ${r.lr.toExponential(2)}  grad_norm ${r.grad_norm.toFixed(3)}  ${Math.round(r.tokens_per_s)} tok/s\n`,
         );
       },
@@ -291,7 +295,8 @@ function trainProgress(options: CommonOptions): {
   }
   const bar = new cliProgress.SingleBar(
     {
-      stream: process.stderr,
+      stream: stream as NodeJS.WritableStream,
+      noTTYOutput: true,
       format: 'train [{bar}] {value}/{total} | loss {loss} | {tps} tok/s | ETA {eta_formatted}',
       hideCursor: true,
       barsize: 24,
