@@ -80,7 +80,8 @@ export async function createLlamaGradientStep(
     parameters = session.parameters.map((p) => ({
       name: p.name,
       shape: p.shape,
-      data: Float32Array.from(initial.get(p.name)!.data),
+      // The session read these for us; training updates them in place (no second copy of the model).
+      data: initial.get(p.name)!.data,
       decay: decaysWeight(p.name),
     }));
     sessionNames = parameters.map((p) => p.name);
