@@ -4,7 +4,6 @@ import {
   binaryVjp,
   cast,
   castVjp,
-  scalarOf,
   unary,
   unaryVjp,
   whereOp,
@@ -32,6 +31,7 @@ import {
   matmulVjp,
 } from './opset/matmul.js';
 import { nonDiff, type OpDef, withVjp } from './opset/op-def.js';
+import { scalarLike } from './vjp-helpers.js';
 import {
   logSoftmaxVjp,
   reduceMaxVjp,
@@ -110,7 +110,7 @@ export const OPS: Readonly<Record<string, OpDef>> = {
   ),
   Sqrt: withVjp(
     unary(Math.sqrt),
-    unaryVjp((g, _x, y, dy) => op.div(g, op.mul(g, dy, scalarOf(g, dy, 0.5)), y)),
+    unaryVjp((g, _x, y, dy) => op.div(g, op.mul(g, dy, scalarLike(g, dy, 0.5)), y)),
   ),
   Reciprocal: withVjp(
     unary((a) => 1 / a),
@@ -118,7 +118,7 @@ export const OPS: Readonly<Record<string, OpDef>> = {
   ),
   Sigmoid: withVjp(
     unary((a) => 1 / (1 + Math.exp(-a))),
-    unaryVjp((g, _x, y, dy) => op.mul(g, dy, op.mul(g, y, op.sub(g, scalarOf(g, y, 1), y)))),
+    unaryVjp((g, _x, y, dy) => op.mul(g, dy, op.mul(g, y, op.sub(g, scalarLike(g, y, 1), y)))),
   ),
   Cos: withVjp(
     unary(Math.cos),

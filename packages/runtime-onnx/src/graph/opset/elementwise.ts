@@ -81,8 +81,6 @@ export const whereOp: OpDef = {
   },
 };
 
-export const scalarOf = (g: GraphBuilder, like: Value, v: number) => scalarLike(g, like, v);
-
 /** Float-to-float casts pass the gradient back in the input's dtype; casts to or from integers carry none. */
 export const castVjp: VjpRule = (g, { inputs: [x], outputs: [y], grads: [dy] }) => {
   const input = need(x, 'input');
@@ -93,7 +91,7 @@ export const castVjp: VjpRule = (g, { inputs: [x], outputs: [y], grads: [dy] }) 
 export const whereVjp: VjpRule = (g, { inputs: [c, x, y], grads: [dy], needs }) => {
   const cond = need(c, 'condition');
   const d = need(dy, 'dy');
-  const zero = scalarOf(g, d, 0);
+  const zero = scalarLike(g, d, 0);
   return [
     undefined,
     needs[1] ? sumToShape(g, op.where(g, cond, d, zero), need(x, 'X').shape) : undefined,
