@@ -131,7 +131,8 @@ function resolveQuant(options: TrainingSessionOptions): BaseQuantOptions | undef
  * - `'full'`: every weight an input (HF names and layouts) with its gradient as an output.
  *
  * Shapes are static: `microBatch` rows of `seqLen` tokens. Graph optimization runs with
- * ConstantFolding off, so 4-bit weights stay packed (see `TRAINING_OPTIMIZATION`).
+ * ConstantFolding off, so 4-bit weights stay packed (see `TRAINING_OPTIMIZATION`), and without
+ * onnxruntime's CPU memory arena, so memory returns to the session's size after each step.
  *
  * @throws RuntimeError `TRAINING_OPTIONS` (bad mode, shapes or LoRA options), `LORA_OPTIONS`,
  *   config and weight errors of the model, `DEVICE_UNAVAILABLE`, `SESSION_FAILED`.
@@ -182,6 +183,7 @@ export async function createTrainingSession(
     warn: options.warn,
     factory: options.factory,
     optimization: TRAINING_OPTIMIZATION,
+    memoryArena: false,
   });
   return new LlamaTrainingSession(options.mode, config, built, session, initialParameters);
 }
