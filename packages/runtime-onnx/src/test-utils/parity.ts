@@ -91,7 +91,7 @@ export const GRADIENT_TOLERANCE = {
 } as const;
 
 export interface GradientCheckOptions {
-  /** Float inputs to differentiate (default: every float graph input). */
+  /** Float graph inputs to differentiate (default: every float graph input). Shapes must be static. */
   readonly wrt?: readonly string[];
   /** Random directions for the directional-derivative check (default 3). */
   readonly directions?: number;
@@ -149,8 +149,8 @@ export async function checkGradients(
   const forward = g.build();
   const wrtNames = options.wrt ?? forward.inputs.filter((v) => isFloat(v.dtype)).map((v) => v.name);
   const wrt = wrtNames.map((name) => {
-    const v = g.valueOf(name);
-    if (!v) throw new Error(`checkGradients: no value "${name}"`);
+    const v = forward.inputs.find((i) => i.name === name);
+    if (!v || !feeds[name]) throw new Error(`checkGradients: "${name}" is not a fed graph input`);
     return v;
   });
   const before = g.graphNodes.length;
