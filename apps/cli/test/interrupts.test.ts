@@ -164,53 +164,71 @@ describe.skipIf(!cliBuilt)('real kills during writes', () => {
     }, 90_000);
   }
 
-  it('quantize --force over an earlier output: after a kill and the next run, the old or the new output, whole', async () => {
-    const dir = join(root, 'replace');
-    const oldRef = join(dir, 'old', 'q');
-    const newRef = join(dir, 'new', 'q');
-    const q = (out: string, ...more: string[]) => [
-      'quantize',
-      model,
-      '-o',
-      out,
-      '--quiet',
-      ...more,
-    ];
-    const refs = await Promise.all([
-      runCliChild(q(oldRef, '--format', 'fp4')),
-      runCliChild(q(newRef)),
-    ]);
-    for (const r of refs) expect(r.code).toBe(0);
-    const [oldHash, newHash] = [hashTree(oldRef), hashTree(newRef)];
-    const delays = [0, 20, 60, 120]; // ms after the temporary appears
-    const outcomes = await Promise.all(
-      delays.map(async (delay) => {
-        const sub = join(dir, `kill-${delay}`);
-        const out = join(sub, 'q');
-        await mkdir(sub, { recursive: true });
-        await cp(oldRef, out, { recursive: true });
-        const { child, done } = startCli(q(out, '--force'));
-        let exited = false;
-        done.then(() => {
-          exited = true;
-        });
-        await waitFor(() => exited || temporariesIn(sub).some((n) => n.includes('.tmp-')), 60_000);
-        await new Promise((r) => setTimeout(r, delay));
-        child.kill('SIGKILL');
-        await done;
-        return { sub, out };
-      }),
-    );
-    expect((await runCliChild(['inspect', model, '--json'])).code).toBe(0); // the next run
-    const seen: string[] = [];
-    for (const { sub, out } of outcomes) {
-      const h = hashTree(out);
-      expect([oldHash, newHash]).toContainEqual(h);
-      expect(temporariesIn(sub)).toEqual([]);
-      seen.push(JSON.stringify(h) === JSON.stringify(oldHash) ? 'old' : 'new');
-    }
-    console.log(`replace killed at +${delays.join('/+')} ms: ${seen.join(', ')}`);
-  }, 90_000);
+  const replaceCases = [
+    {
+      name: 'quantize',
+      parts: (out: string) => [out],
+      args: (out: string, older: boolean) =>
+        ['quantize', model, '-o', out, '--quiet'].concat(older ? ['--format', 'fp4'] : []),
+    },
+    {
+      name: 'export-onnx --external-data',
+      parts: (out: string) => [out, `${out}.data`],
+      args: (out: string, older: boolean) =>
+        ['export-onnx', '--model', model, '-o', out, '--external-data', '--quiet'].concat(
+          older ? ['--quant', 'int4'] : [],
+        ),
+    },
+  ];
+  for (const rc of replaceCases) {
+    it(`${rc.name} --force over an earlier output: after a kill and the next run, no output or the old or the new one, whole`, async () => {
+      const dir = join(root, `replace-${rc.name.split(' ')[0]}`);
+      const name = rc.name.startsWith('export') ? 'model.onnx' : 'q';
+      const oldRef = join(dir, 'old', name);
+      const newRef = join(dir, 'new', name);
+      const state = (out: string) => JSON.stringify(rc.parts(out).map((p) => hashTree(p)));
+      const refs = await Promise.all([
+        runCliChild(rc.args(oldRef, true)),
+        runCliChild(rc.args(newRef, false)),
+      ]);
+      for (const r of refs) expect(r.code, r.stderr).toBe(0);
+      const [oldState, newState] = [state(oldRef), state(newRef)];
+      expect(oldState).not.toBe(newState);
+      const delays = [0, 20, 60, 150]; // ms after the first temporary appears
+      const outcomes = await Promise.all(
+        delays.map(async (delay) => {
+          const sub = join(dir, `kill-${delay}`);
+          const out = join(sub, name);
+          await mkdir(sub, { recursive: true });
+          for (const [i, p] of rc.parts(oldRef).entries()) {
+            await cp(p, rc.parts(out)[i], { recursive: true });
+          }
+          const { child, done } = startCli([...rc.args(out, false), '--force']);
+          let exited = false;
+          done.then(() => {
+            exited = true;
+          });
+          await waitFor(
+            () => exited || temporariesIn(sub).some((n) => n.includes('.tmp-')),
+            60_000,
+          );
+          await new Promise((r) => setTimeout(r, delay));
+          child.kill('SIGKILL');
+          await done;
+          return { sub, out };
+        }),
+      );
+      expect((await runCliChild(['inspect', model, '--json'])).code).toBe(0); // the next run
+      const seen: string[] = [];
+      for (const { sub, out } of outcomes) {
+        const now = existsSync(out) ? state(out) : 'absent';
+        expect(['absent', oldState, newState]).toContain(now);
+        expect(temporariesIn(sub)).toEqual([]);
+        seen.push(now === oldState ? 'old' : now === newState ? 'new' : 'absent');
+      }
+      console.log(`${rc.name} replace killed at +${delays.join('/+')} ms: ${seen.join(', ')}`);
+    }, 120_000);
+  }
 
   it('quantize and merge: SIGINT / SIGTERM while writing remove the temporaries, exit 130 / 143', async () => {
     const runs = (['SIGINT', 'SIGTERM'] as const).flatMap((signal) =>
