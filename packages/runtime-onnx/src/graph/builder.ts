@@ -96,7 +96,7 @@ export class GraphBuilder {
     return v;
   }
 
-  /** A small auto-named constant: int64 by default (shapes, axes, indices), or float32. */
+  /** A small auto-named constant: int64 by default (shapes, axes, indices), or float32/float64. */
   constant(
     values: readonly number[],
     dtype: 'i64' | 'f32' | 'f64' = 'i64',
@@ -182,8 +182,8 @@ export class GraphBuilder {
    *
    * `gradients` falls back to the per-node rules when the region cannot be treated as one node
    * (an inner value that depends on the differentiated values is used outside the region, or an
-   * inner node reads such a value that is not among `inputs`), so a region is never wrong, only
-   * sometimes not used.
+   * inner node reads such a value that is not among `inputs`, or the loss or a `wrt` value is an
+   * inner value): the rule is used only where it describes the whole region.
    */
   region(
     name: string,
