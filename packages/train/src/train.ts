@@ -44,8 +44,10 @@ export interface QuantSettings {
 }
 
 /**
- * Everything `lora train` does, as a function. Defaults are transformers' `TrainingArguments`
- * and PEFT's `LoraConfig` defaults where they exist, except `lr` 2e-4 (the usual LoRA rate).
+ * Everything `lora train` does, as a function. Defaults (those of `lora train`): method lora, rank 8,
+ * alpha 16, targets q_proj,v_proj, dropout 0.05, 1 epoch, batch 4, grad accum 1, shuffle with seed
+ * 42, lr 2e-4, weight decay 0, betas 0.9,0.999, eps 1e-8, max grad norm 1, linear schedule without
+ * warmup.
  */
 export interface TrainOptions {
   /** A Hugging Face LLaMA-family model folder (config.json, safetensors, tokenizer). */

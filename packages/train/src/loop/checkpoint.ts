@@ -12,7 +12,7 @@ import { readFile } from 'node:fs/promises';
 import { TrainError } from '../errors.js';
 import type { AdamWState } from '../optim/adamw.js';
 import type { Parameter } from '../optim/parameters.js';
-import type { StepReport } from './report.js';
+import type { EvalReport, StepReport } from './report.js';
 
 const STATE_FILE = 'trainer_state.json';
 const TENSORS_FILE = 'checkpoint.safetensors';
@@ -28,6 +28,8 @@ export interface CheckpointState {
   readonly dropoutRng: RngState;
   /** The reports of the steps done so far (so a resumed run reports the whole run). */
   readonly history: readonly StepReport[];
+  /** The evaluations done so far. */
+  readonly evals: readonly EvalReport[];
   /** The settings that decide the numbers; a resume with other settings is refused. */
   readonly fingerprint: Record<string, unknown>;
 }
@@ -68,6 +70,7 @@ export async function saveCheckpoint(
     optimizer_step: state.optimizer.step,
     dropout_rng: state.dropoutRng,
     history: state.history,
+    evals: state.evals,
     fingerprint: state.fingerprint,
     parameters: parameters.map((p) => p.name),
   };
@@ -150,6 +153,7 @@ export async function loadCheckpoint(
       optimizer: { step: json.optimizer_step as number, expAvg, expAvgSq },
       dropoutRng: json.dropout_rng as RngState,
       history: json.history as StepReport[],
+      evals: (json.evals as EvalReport[] | undefined) ?? [],
       fingerprint: saved,
     };
   } finally {

@@ -89,6 +89,7 @@ export async function runTrainingLoop(options: TrainLoopOptions): Promise<TrainL
     optimizer.loadState(r.optimizer);
     dropoutRng = restoreRng(r.dropoutRng);
     steps.push(...r.history);
+    evals.push(...r.evals);
     start = r.step;
   }
   let checkpointStep: number | undefined = options.resume?.step;
@@ -102,6 +103,7 @@ export async function runTrainingLoop(options: TrainLoopOptions): Promise<TrainL
         optimizer: optimizer.saveState(),
         dropoutRng: dropoutRng.saveState(),
         history: steps,
+        evals,
         fingerprint: options.fingerprint,
       },
       params,
