@@ -1,4 +1,5 @@
 import { numel } from '@lora/core';
+import { FP4_CODE, NF4_CODE } from '@lora/quant';
 import { RuntimeError } from '../../errors.js';
 import type { GraphBuilder } from '../builder.js';
 import * as op from '../ops.js';
@@ -77,18 +78,6 @@ function matmulTransposedWeight(x: RefTensor, w: Float64Array, N: number, K: num
   return { dtype: x.dtype, shape: [...x.shape.slice(0, -1), N], data: out };
 }
 
-/** bitsandbytes NF4 code table (QLoRA), index = nibble. */
-const NF4_TABLE = [
-  -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
-  -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
-  0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
-  0.7229568362236023, 1.0,
-];
-/** bitsandbytes FP4 (E2M1 variant) code table, index = nibble, bit 3 the sign. */
-const FP4_TABLE = [0, 0.0625, 8, 12, 4, 6, 2, 3, -0, -0.0625, -8, -12, -4, -6, -2, -3].map((v) =>
-  Math.fround(v / 12),
-);
-
 function contribMatMulInfer(
   inputs: readonly (InferInput | undefined)[],
   attrs: Attrs,
@@ -155,7 +144,7 @@ export const matMulBnb4: OpDef = {
     const K = attrInt(attrs, 'K');
     const N = attrInt(attrs, 'N');
     const bs = attrInt(attrs, 'block_size');
-    const table = attrInt(attrs, 'quant_type') === 1 ? NF4_TABLE : FP4_TABLE;
+    const table = attrInt(attrs, 'quant_type') === 1 ? NF4_CODE : FP4_CODE; // quant's exact tables
     const packed = need(b, 'B').data;
     const am = need(absmax, 'absmax').data;
     const w = new Float64Array(N * K);
