@@ -21,6 +21,7 @@ import {
   log,
   parsePositiveInt,
 } from '../output.js';
+import { resolveModelPath } from '../model-source.js';
 
 interface ExportOnnxOptions extends CommonOptions {
   model?: string;
@@ -119,6 +120,7 @@ export function registerExportOnnx(program: Command): void {
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
     .option('--force', 'overwrite the output')
+    .option('--revision <rev>', 'for a hub model name: branch, tag or commit (default main)')
     .action(async (options: ExportOnnxOptions) => {
       const report = await exportOnnx(options);
       emit(options, report, () => renderReport(report));
@@ -131,6 +133,7 @@ async function exportOnnx(options: ExportOnnxOptions): Promise<ExportOnnxReport>
       '--model <dir> is required: the model folder to export (config.json + safetensors).',
     );
   }
+  options.model = await resolveModelPath(options.model, options);
   if (!existsSync(options.model)) throw new UsageError(`--model ${options.model} does not exist.`);
   if (options.adapter?.length && !options.merged) {
     throw new UsageError(

@@ -11,6 +11,7 @@ import {
   parsePositiveInt,
   table,
 } from '../output.js';
+import { resolveModelPath } from '../model-source.js';
 
 interface ExtractOptions extends CommonOptions {
   base: string;
@@ -45,7 +46,10 @@ export function registerExtract(program: Command): void {
     .option('--force', 'overwrite the output')
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
+    .option('--revision <rev>', 'for a hub model name: branch, tag or commit (default main)')
     .action(async (options: ExtractOptions) => {
+      options.base = await resolveModelPath(options.base, options);
+      options.tuned = await resolveModelPath(options.tuned, options);
       for (const p of [options.base, options.tuned])
         if (!existsSync(p)) throw new UsageError(`${p} does not exist.`);
       checkOutput(options.output, options, [options.base, options.tuned]);

@@ -18,6 +18,7 @@ import {
   prepareAdapters,
   readBatchFile,
 } from './generate-adapters.js';
+import { resolveModelPath } from '../model-source.js';
 
 /** 4-bit formats `--quant` accepts for the base weights. */
 const QUANT_FORMATS = ['nf4', 'fp4', 'int4', 'uint4'] as const;
@@ -85,9 +86,11 @@ export function registerGenerate(program: Command): void {
     .option('--no-echo', 'print only the generated text, not the prompt before it')
     .option('--json', 'print one JSON document (text, token ids, timings) instead of streaming')
     .option('--quiet', 'no statistics on stderr')
+    .option('--revision <rev>', 'for a hub model name: branch, tag or commit (default main)')
     .action(async (options: GenerateCommandOptions) => {
       if (!options.model)
         throw new UsageError('--model <dir> is required: the model folder to generate with.');
+      options.model = await resolveModelPath(options.model, options);
       assertRegularInputs([options.model]);
       options.prompt = await readPrompt(options);
       if (options.prompt === undefined && !options.batch)

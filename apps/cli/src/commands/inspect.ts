@@ -16,6 +16,7 @@ import {
   summarizeQuantizedWeights,
 } from '../inspect/quantized-weights.js';
 import { type CommonOptions, emit, formatBytes, table } from '../output.js';
+import { resolveModelPath } from '../model-source.js';
 
 interface InspectOptions extends CommonOptions {
   tensors?: boolean;
@@ -38,8 +39,9 @@ export function registerInspect(program: Command): void {
       'for an adapter: the base model folder, to show the trainable share as PEFT prints it',
     )
     .option('--json', 'print one JSON document')
+    .option('--revision <rev>', 'for a hub model name: branch, tag or commit (default main)')
     .action(async (path: string, options: InspectOptions) => {
-      const report = await inspectPath(path, options.base);
+      const report = await inspectPath(await resolveModelPath(path, options), options.base);
       emit(options, report, () => renderReport(report, options));
     });
 }

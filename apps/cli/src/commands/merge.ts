@@ -6,6 +6,7 @@ import { type AdapterSpec, collectAdapter, loadAdapters } from '../adapter-spec.
 import { UsageError } from '../errors.js';
 import { startProgress } from '../progress.js';
 import { type CommonOptions, checkOutput, emit, formatBytes, log, table } from '../output.js';
+import { resolveModelPath } from '../model-source.js';
 
 interface MergeOptions extends CommonOptions {
   base: string;
@@ -56,7 +57,9 @@ export function registerMerge(program: Command): void {
     .option('--force', 'overwrite the output')
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
+    .option('--revision <rev>', 'for a hub model name: branch, tag or commit (default main)')
     .action(async (options: MergeOptions) => {
+      options.base = await resolveModelPath(options.base, options);
       if (!existsSync(options.base)) throw new UsageError(`--base ${options.base} does not exist.`);
       checkOutput(options.output, options, [options.base, ...options.adapter.map((a) => a.dir)]);
       const { sources, warnings } = await loadAdapters(options.adapter);

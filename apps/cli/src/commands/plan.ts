@@ -20,6 +20,7 @@ import {
   parsePositiveInt,
   table,
 } from '../output.js';
+import { resolveModelPath } from '../model-source.js';
 
 interface PlanOptions extends CommonOptions {
   params?: number;
@@ -113,7 +114,9 @@ export function registerPlan(program: Command): void {
       parseSize,
     )
     .option('--json', 'print one JSON document')
-    .action(async (model: string | undefined, options: PlanOptions) => {
+    .option('--revision <rev>', 'for a hub model name: branch, tag or commit (default main)')
+    .action(async (arg: string | undefined, options: PlanOptions) => {
+      const model = arg === undefined ? undefined : await resolveModelPath(arg, options);
       const { shape, source } = await resolveShape(model, options);
       const targets =
         options.targets.trim() === 'all-linear' ? 'all-linear' : splitTargets(options.targets);

@@ -20,6 +20,7 @@ import {
   parsePositiveInt,
   table,
 } from '../output.js';
+import { resolveModelPath } from '../model-source.js';
 
 interface QuantizeOptions extends CommonOptions {
   output: string;
@@ -79,7 +80,9 @@ export function registerQuantize(program: Command): void {
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
     .option('--force', 'overwrite the output')
-    .action(async (input: string, options: QuantizeOptions) => {
+    .option('--revision <rev>', 'for a hub model name: branch, tag or commit (default main)')
+    .action(async (arg: string, options: QuantizeOptions) => {
+      const input = await resolveModelPath(arg, options);
       if (!existsSync(input)) throw new UsageError(`${input} does not exist.`);
       checkOutput(options.output, options, [input]);
       const format = parseQuantFormat(options.format);
