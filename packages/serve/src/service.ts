@@ -383,7 +383,9 @@ export class CompletionService {
   ): Promise<CompletionChoice[]> {
     const { limits } = this;
     const adapters = this.#adaptersOf(params);
-    const maxTokens = params.maxTokens ?? (params.messages ? limits.maxTokens : 16);
+    // OpenAI's defaults: 16 for completions, up to the limit for chat.
+    const maxTokens =
+      params.maxTokens ?? (params.messages ? limits.maxTokens : Math.min(16, limits.maxTokens));
     if (maxTokens > limits.maxTokens) {
       throw new ServeError(
         400,

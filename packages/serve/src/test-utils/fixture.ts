@@ -23,7 +23,7 @@ export const TEST_MODEL_CONFIG = {
   num_attention_heads: 4,
   num_key_value_heads: 2,
   num_hidden_layers: 2,
-  vocab_size: 260,
+  vocab_size: 258,
   max_position_embeddings: 256,
   rms_norm_eps: 1e-5,
   rope_theta: 10000,
@@ -67,6 +67,8 @@ export async function writeServeFixture(count = 8, seed = 1): Promise<ServeFixtu
         ? new Float32Array(n).fill(1)
         : rng.uniformArray(n, -1 / Math.sqrt(shape[1]), 1 / Math.sqrt(shape[1]), 'f32');
       if (name === 'model.embed_tokens.weight') for (let i = 0; i < n; i++) data[i] *= 8;
+      // EOS gets logit 0, below the largest of the other 257: greedy answers run to max_tokens.
+      if (name === 'lm_head.weight') data.fill(0, 257 * shape[1], 258 * shape[1]);
       weights.set(name, tensor('f32', shape, data));
     }
     await writeSafetensors(join(model, 'model.safetensors'), weights, {

@@ -9,14 +9,14 @@ import {
 } from '@lora/runtime-onnx';
 
 /**
- * What `lora generate --json` reports as the text for one prompt, through the same library
+ * What `lora generate --json` reports for each prompt (run alone), through the same library
  * path (one adapter in slot 1 of a LoRA graph built for it alone, or the plain model):
  * the reference the server's answers must equal.
  */
 export async function referenceGenerate(
   model: string,
   adapterDir: string | undefined,
-  prompt: string,
+  prompts: readonly string[],
   options: {
     maxTokens: number;
     temperature?: number;
@@ -25,7 +25,7 @@ export async function referenceGenerate(
     stop?: string[];
     addSpecialTokens?: boolean;
   },
-): Promise<{ text: string; tokens: number[]; finishReason: string }> {
+): Promise<{ text: string; tokens: number[]; finishReason: string }[]> {
   const tokenizer = await loadTokenizer(model);
   const adapter = adapterDir ? (await loadPeftAdapter(adapterDir)).adapter : undefined;
   const lora = adapter
@@ -43,14 +43,20 @@ export async function referenceGenerate(
       slots.assign(1, [{ adapter }]);
       feeds = slots.feeds([1]);
     }
-    const { outputs } = await generate(llama.stepper(feeds), tokenizer, {
-      prompt,
-      ...options,
-      temperature: options.temperature ?? 0,
-      eosIds: await modelEosIds(model, llama.config, tokenizer),
-      maxSequenceLength: llama.config.maxPositionEmbeddings,
-    });
-    return outputs[0];
+    const eosIds = await modelEosIds(model, llama.config, tokenizer);
+    const out = [];
+    // Each prompt alone (a batch of one), as `lora generate --prompt` runs it.
+    for (const prompt of prompts) {
+      const { outputs } = await generate(llama.stepper(feeds), tokenizer, {
+        prompt,
+        ...options,
+        temperature: options.temperature ?? 0,
+        eosIds,
+        maxSequenceLength: llama.config.maxPositionEmbeddings,
+      });
+      out.push(outputs[0]);
+    }
+    return out;
   } finally {
     await llama.release();
   }
