@@ -136,7 +136,7 @@ export function gradients(
     if (grad) return grad;
     if (options.unreachable === 'zeros') return zerosLike(g, w);
     throw gradError(
-      `The loss "${loss.name}" does not depend on "${w.name}" (pass unreachable: 'zeros' to get zeros).`,
+      `The loss "${loss.name}" does not depend on "${w.name}" through differentiable ops (pass unreachable: 'zeros' to get zeros).`,
       { value: w.name },
     );
   });
