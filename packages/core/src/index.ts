@@ -5,6 +5,7 @@ export * from './float16.js';
 export * from './io/atomic-folder.js';
 export * from './io/atomic-write.js';
 export * from './io/file-kind.js';
+export * from './io/json-file.js';
 export * from './io/fs-errors.js';
 export * from './io/output-guard.js';
 export * from './io/temporaries.js';
