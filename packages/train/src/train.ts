@@ -9,6 +9,7 @@ import {
   type LlamaConfig,
   loadTokenizer,
   openLlamaFolder,
+  storedQuantization,
   type WeightSource,
 } from '@lora/runtime-onnx';
 import { loadDataset } from './data/dataset.js';
@@ -25,6 +26,7 @@ import {
   createLoraSetup,
   type LoraSettings,
   type LoraSetup,
+  llamaLinearModules,
   loraConfigFromSettings,
   loraSetupToAdapter,
 } from './lora/lora-setup.js';
@@ -263,7 +265,16 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
           setup.modules.map((m) => [m.module, { A: m.A.data.slice(), B: m.B.data.slice() }]),
         );
       }
-      if (s.quant) {
+      const storedFourBit = storedQuantization(
+        source,
+        `${llamaLinearModules(config)[0].module}.weight`,
+      );
+      if (storedFourBit) {
+        // A folder written by `lora quantize`: its 4-bit weights are used as stored.
+        options.warn?.(
+          `${options.model} holds 4-bit weights (${storedFourBit} layout); they are trained on as stored.`,
+        );
+      } else if (s.quant) {
         if (s.quant.doubleQuant) {
           const blockSize = s.quant.blockSize ?? 64;
           base = await doubleQuantizedBase(base, config, s.quant.format as Bnb4Format, blockSize);

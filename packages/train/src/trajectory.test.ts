@@ -3,6 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SafetensorsFile } from '@lora/core';
+import { quantizeModel } from '@lora/quant';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type TrainOptions, train } from './train.js';
 
@@ -105,4 +106,17 @@ describe('10 optimizer steps against PyTorch + PEFT (tiny LLaMA)', () => {
   it('QLoRA nf4 + double quant: against PyTorch on the dequantized base', async () =>
     compare('qlora'));
   it('full fine-tuning: per-step losses and every final weight', async () => compare('full'));
+  it('QLoRA on a folder written by lora quantize (nf4 + double quant) follows the same trajectory', async () => {
+    const quantized = join(out, 'quantized-model');
+    await quantizeModel(join(data, 'model'), quantized, { format: 'nf4', doubleQuant: true });
+    const result = await train({
+      ...options('qlora', join(out, 'qlora-stored')),
+      model: quantized,
+      quant: undefined,
+    });
+    result.steps.forEach((r, i) => {
+      const e = expected.methods.qlora[i];
+      expect(Math.abs(r.loss - e.loss)).toBeLessThan(1e-4 * e.loss);
+    });
+  });
 });
