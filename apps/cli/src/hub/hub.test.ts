@@ -65,12 +65,15 @@ class FakeHub {
       res.writeHead(401, { 'content-type': 'application/json' }).end('{"error":"auth"}');
       return;
     }
-    const json = (body: unknown) =>
+    const json = (body: unknown): void => {
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body));
-    if (url.pathname === `/api/models/${REPO}/revision/main`)
-      return json({ _id: '1', id: REPO, sha: COMMIT, private: false, downloads: 0, likes: 0 });
-    if (url.pathname === `/api/models/${REPO}/tree/${COMMIT}`)
-      return json(
+    };
+    if (url.pathname === `/api/models/${REPO}/revision/main`) {
+      json({ _id: '1', id: REPO, sha: COMMIT, private: false, downloads: 0, likes: 0 });
+      return;
+    }
+    if (url.pathname === `/api/models/${REPO}/tree/${COMMIT}`) {
+      json(
         this.files.map((f) => ({
           type: 'file',
           path: f.path,
