@@ -84,6 +84,8 @@ class FakeHub {
             : {}),
         })),
       );
+      return;
+    }
     const prefix = `/${REPO}/resolve/${COMMIT}/`;
     const file = url.pathname.startsWith(prefix)
       ? this.files.find((f) => f.path === decodeURIComponent(url.pathname.slice(prefix.length)))
