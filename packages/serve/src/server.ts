@@ -154,9 +154,15 @@ async function closeServer(
   service.draining = true;
   // Stop accepting connections at once; in-flight requests go on.
   const closing = app.close();
-  const idle = await service.whenIdle(graceMs);
-  if (!idle) app.server.closeAllConnections();
-  await closing;
+  // Keep-alive connections outlive their last response: close them as they become idle.
+  const sweep = setInterval(() => app.server.closeIdleConnections(), 50);
+  try {
+    const idle = await service.whenIdle(graceMs);
+    if (!idle) app.server.closeAllConnections();
+    await closing;
+  } finally {
+    clearInterval(sweep);
+  }
   await service.close();
 }
 
