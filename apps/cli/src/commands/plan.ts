@@ -111,7 +111,7 @@ export function registerPlan(program: Command): void {
     .option(
       '--budget <size>',
       'memory available, e.g. 48GB, 24GiB (a bare number means GB): adds a "fits" column',
-      parseSize,
+      (v: string) => parseSize(v),
     )
     .option('--json', 'print one JSON document')
     .option('--revision <rev>', 'for a hub model name: branch, tag or commit (default main)')
@@ -166,12 +166,12 @@ const SIZE_UNITS: Readonly<Record<string, number>> = {
   tib: 2 ** 40,
 };
 
-/** "48GB" -> 48e9 bytes, "24GiB" -> 24 x 2^30; a bare number is GB. */
-function parseSize(value: string): number {
+/** "48GB" -> 48e9 bytes, "24GiB" -> 24 x 2^30; a bare number is GB. `flag` names it in errors. */
+export function parseSize(value: string, flag = 'budget'): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
   const unit = m ? (m[2] === '' ? 1e9 : SIZE_UNITS[m[2].toLowerCase()]) : undefined;
   if (!m || unit === undefined || !(Number(m[1]) > 0)) {
-    throw new UsageError(`--budget must be a size such as 48GB, 24GiB or 512MB, got "${value}".`);
+    throw new UsageError(`--${flag} must be a size such as 48GB, 24GiB or 512MB, got "${value}".`);
   }
   return Number(m[1]) * unit;
 }
