@@ -40,6 +40,8 @@ export class GraphBuilder {
   /** Outputs of `Shape` nodes: their values as known at build time (symbols included). */
   private readonly shapeValues = new Map<string, readonly Dim[]>();
   private readonly regionList: GradientRegion[] = [];
+  /** Prefix of default node names inside {@link GraphBuilder.scope}. */
+  private namePrefix = '';
 
   constructor(name = 'graph') {
     this.name = name;
@@ -132,7 +134,7 @@ export class GraphBuilder {
         op,
       });
     }
-    const nodeName = this.uniqueNodeName(name ?? op);
+    const nodeName = this.uniqueNodeName(name ?? `${this.namePrefix}${op}`);
     const where = `${op} node "${nodeName}"`;
     const inferInputs: (InferInput | undefined)[] = inputs.map((v) => {
       if (!v) return undefined;
@@ -203,6 +205,20 @@ export class GraphBuilder {
       endNode: this.nodes.length,
     });
     return [...outputs];
+  }
+
+  /**
+   * Runs `body` with unnamed nodes named `<prefix>/<Op>` (e.g. `grad/q_proj/FusedMatMul`), so
+   * generated subgraphs stay readable in profiles and error messages.
+   */
+  scope<T>(prefix: string, body: () => T): T {
+    const outer = this.namePrefix;
+    this.namePrefix = `${outer}${prefix}/`;
+    try {
+      return body();
+    } finally {
+      this.namePrefix = outer;
+    }
   }
 
   /** The nodes emitted so far, in topological order (what {@link gradients} walks). */

@@ -416,3 +416,16 @@ describe('gradients with a symbolic batch dim', () => {
     }
   });
 });
+
+describe('gradients: backward node names', () => {
+  it('name the forward node they differentiate', () => {
+    const g = new GraphBuilder();
+    const x = g.input('x', 'f32', [2, 4]);
+    const w = g.initializer('w', r([4, 3]));
+    const y = op.matmul(g, op.sigmoid(g, x), w, 'q_proj');
+    gradients(g, op.reduceSum(g, y, [], false), [x]);
+    const names = g.graphNodes.map((n) => n.name);
+    expect(names).toContain('grad/q_proj/FusedMatMul');
+    expect(names.some((n) => n.startsWith('grad/Sigmoid/'))).toBe(true);
+  });
+});

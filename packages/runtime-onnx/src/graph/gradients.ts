@@ -98,7 +98,7 @@ export function gradients(
   const accumulate = (v: Value, grad: Value, from: string) => {
     checkGradShape(v, grad, from);
     const prev = grads.get(v.name);
-    grads.set(v.name, prev ? op.add(g, prev, grad) : grad);
+    grads.set(v.name, prev ? g.scope(`grad/${v.name}`, () => op.add(g, prev, grad)) : grad);
   };
   if (active.has(loss.name)) grads.set(loss.name, seedOf(g, loss, options.seed));
 
@@ -111,15 +111,17 @@ export function gradients(
       (v) => v !== undefined && active.has(v.name) && lossDeps.has(v.name),
     );
     if (!needs.some(Boolean)) continue;
-    const results = u.rule(g, {
-      name: u.name,
-      inputs: u.inputs,
-      outputs: u.outputs,
-      grads: outGrads,
-      attrs: u.attrs,
-      needs,
-      saved: u.saved,
-    });
+    const results = g.scope(`grad/${u.name}`, () =>
+      (u.rule as VjpRule)(g, {
+        name: u.name,
+        inputs: u.inputs,
+        outputs: u.outputs,
+        grads: outGrads,
+        attrs: u.attrs,
+        needs,
+        saved: u.saved,
+      }),
+    );
     u.inputs.forEach((v, k) => {
       if (!v || !needs[k]) return;
       const r = results[k];
