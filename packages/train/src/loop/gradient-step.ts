@@ -8,7 +8,10 @@ export interface GradientStepResult {
   readonly lossSum: number;
   /** How many positions that sum covers. */
   readonly tokenCount: number;
-  /** d lossSum / d parameter, one per {@link GradientStep.parameters} entry, same order and size. */
+  /**
+   * d lossSum / d parameter, one per {@link GradientStep.parameters} entry, same order and size.
+   * Fresh arrays: the loop takes them over (accumulates into and scales them in place).
+   */
   readonly grads: readonly Float32Array[];
 }
 

@@ -115,8 +115,6 @@ export async function runTrainingLoop(options: TrainLoopOptions): Promise<TrainL
     warmupSteps: options.warmupSteps,
     totalSteps: options.totalSteps,
   };
-  const grads = params.map((p) => new Float64Array(p.data.length));
-  const gradsF32 = params.map((p) => new Float32Array(p.data.length));
 
   for (let k = start; k < options.totalSteps; k++) {
     if (options.signal?.aborted) {
@@ -125,7 +123,9 @@ export async function runTrainingLoop(options: TrainLoopOptions): Promise<TrainL
     }
     const began = performance.now();
     const data = order.step(k);
-    for (const g of grads) g.fill(0);
+    // The step's gradient sums, float32 as torch accumulates .grad: the first micro-batch's output
+    // buffers are taken over, later ones added in.
+    let grads: Float32Array[] | undefined;
     let lossSum = 0;
     let labelTokens = 0;
     let tokens = 0;
@@ -145,18 +145,18 @@ export async function runTrainingLoop(options: TrainLoopOptions): Promise<TrainL
       lossSum += out.lossSum;
       labelTokens += batch.labelTokens;
       tokens += batch.tokens;
-      out.grads.forEach((g, i) => {
-        const acc = grads[i];
-        for (let j = 0; j < acc.length; j++) acc[j] += g[j];
-      });
+      if (!grads) grads = out.grads.map((g) => g);
+      else {
+        out.grads.forEach((g, i) => {
+          const acc = (grads as Float32Array[])[i];
+          for (let j = 0; j < acc.length; j++) acc[j] += g[j];
+        });
+      }
     }
     const loss = lossSum / labelTokens;
-    for (let i = 0; i < grads.length; i++) {
-      const acc = grads[i];
-      const g = gradsF32[i];
-      for (let j = 0; j < acc.length; j++) g[j] = acc[j] / labelTokens;
-    }
-    const gradNorm = clipGradNorm(gradsF32, options.maxGradNorm);
+    const stepGrads = grads as Float32Array[];
+    for (const g of stepGrads) for (let j = 0; j < g.length; j++) g[j] /= labelTokens;
+    const gradNorm = clipGradNorm(stepGrads, options.maxGradNorm);
     if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
       const kept =
         checkpointStep !== undefined
@@ -169,7 +169,7 @@ export async function runTrainingLoop(options: TrainLoopOptions): Promise<TrainL
       );
     }
     const lr = options.lr * lrFactor(schedule, k);
-    optimizer.step(gradsF32, lr);
+    optimizer.step(stepGrads, lr);
     const seconds = (performance.now() - began) / 1000;
     const report: StepReport = {
       step: k + 1,
