@@ -10,6 +10,7 @@ import { registerInspect } from './inspect.js';
 import { registerMerge } from './merge.js';
 import { registerPlan } from './plan.js';
 import { registerQuantize } from './quantize.js';
+import { registerServe } from './serve.js';
 import { registerTrain } from './train.js';
 import { registerUnmerge } from './unmerge.js';
 
@@ -30,5 +31,6 @@ export const commands: ReadonlyArray<(program: Command) => void> = [
   registerExportOnnx,
   registerTrain,
   registerEval,
+  registerServe,
   registerBench,
 ];
