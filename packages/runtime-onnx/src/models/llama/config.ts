@@ -109,7 +109,7 @@ function refuseUnsupportedMath(
       throw invalid(
         source,
         '"layer_types"',
-        `contains "${String(other)}"; only full attention layers are implemented.`,
+        `contains ${typeof other === 'string' ? `"${other}"` : `a ${typeof other}`}; only full attention layers are implemented.`,
       );
   }
 }
@@ -125,7 +125,10 @@ export function parseLlamaConfig(json: unknown, source = 'config.json'): LlamaCo
     });
   }
   const c = json as Record<string, unknown>;
-  const modelType = String(c.model_type ?? 'llama');
+  const rawType = c.model_type ?? 'llama';
+  if (typeof rawType !== 'string')
+    throw invalid(source, '"model_type"', `must be a string, got a ${typeof rawType}.`);
+  const modelType = rawType;
   if (!SUPPORTED_TYPES.includes(modelType)) {
     throw invalid(
       source,
@@ -155,7 +158,11 @@ export function parseLlamaConfig(json: unknown, source = 'config.json'): LlamaCo
     throw invalid(source, '"head_dim"', `(${headDim}) must be even for rotary embeddings.`);
   const act = c.hidden_act ?? 'silu';
   if (act !== 'silu')
-    throw invalid(source, '"hidden_act"', `"${String(act)}" is not supported (only silu).`);
+    throw invalid(
+      source,
+      '"hidden_act"',
+      `${typeof act === 'string' ? `"${act}"` : `a ${typeof act}`} is not supported (only silu).`,
+    );
   const maxPositionEmbeddings =
     typeof c.max_position_embeddings === 'number' ? c.max_position_embeddings : undefined;
   refuseUnsupportedMath(c, modelType, maxPositionEmbeddings, source);

@@ -146,7 +146,10 @@ export function parseRope(
       `is ${JSON.stringify(partial)}: rotary embeddings on part of each head are not part of LLaMA-family models; only 1 is supported.`,
     );
   }
-  const type = String(r.rope_type ?? r.type ?? 'default');
+  const rawType = r.rope_type ?? r.type ?? 'default';
+  if (typeof rawType !== 'string')
+    throw invalid(source, `"${where}.rope_type"`, `must be a string, got a ${typeof rawType}.`);
+  const type = rawType;
   if (REFUSED[type]) {
     throw invalid(source, `"${where}.rope_type"`, `"${type}" is not supported: ${REFUSED[type]}.`);
   }
