@@ -4,7 +4,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { hashTree, writeSyntheticAdapter, writeSyntheticLlama } from '../test/helpers/child-cli.js';
+import {
+  hashTree,
+  writeSyntheticAdapter,
+  writeSyntheticLlama,
+} from './test-utils/synthetic-model.js';
 import { commands } from './commands/index.js';
 import { runCli } from './test-utils/run-cli.js';
 
