@@ -42,6 +42,8 @@ describe('outputs never destroy inputs', () => {
       [['combine', '--adapter', adapter, '-o', adapter, '--force'], /is the input/],
       [['extract', '--base', model, '--tuned', model, '--rank', '2', '-o', model], /is the input/],
       [['export-onnx', '--model', model, '-o', join(model, 'm.onnx')], /is inside the input/],
+      [['dequantize', model, '-o', model, '--force'], /is the input/],
+      [['unmerge', '--merged', model, '--adapter', adapter, '-o', adapter], /is the input/],
     ];
     for (const [args, message] of cases) {
       const r = await runCli(args);
