@@ -246,5 +246,24 @@ describe.skipIf(!haveStories)('lora generate with adapters (stories260K)', () =>
     const merged = await runCli(['generate', '--model', stories, '--prompt', 'x', '--merged']);
     expect(merged.code).toBe(2);
     expect(merged.stderr).toMatch(/--merged needs/);
+    // A saved full module (modules_to_save) would be left out by both paths: refused.
+    const { config } = await openLlamaFolder(stories);
+    const head = tensor('f32', [config.vocabSize, config.hiddenSize]);
+    const withHead = { ...qv, modulesToSave: new Map([['lm_head.weight', head]]) };
+    await savePeftAdapter(join(dir, 'with-head'), withHead);
+    for (const extra of [[], ['--merged']]) {
+      const r = await runCli([
+        'generate',
+        '--model',
+        stories,
+        '--prompt',
+        'x',
+        '--adapter',
+        join(dir, 'with-head'),
+        ...extra,
+      ]);
+      expect(r.code, extra.join(' ')).toBe(2);
+      expect(r.stderr).toMatch(/saves full module weights \(lm_head.weight\).*lora merge/);
+    }
   });
 });

@@ -128,6 +128,8 @@ export async function prepareAdapters(
       if (!loaded.has(path)) loaded.set(path, await loadAdapterFile(path));
     }
   }
+  // Saved full modules (modules_to_save) would be silently left out of both paths.
+  for (const [path, adapter] of loaded) rt.refuseSavedModules(adapter, path);
   const setOf = (row: BatchRow): SlotAdapter[] =>
     row.adapters.map((spec) => {
       const { path, scale } = parseAdapterSpec(spec);

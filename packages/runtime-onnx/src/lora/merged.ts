@@ -3,6 +3,7 @@ import { RuntimeError } from '../errors.js';
 import { readDequantized, storedQuantization } from '../models/quantize-linear.js';
 import type { WeightSource } from '../models/weights.js';
 import type { SlotAdapter } from './slots.js';
+import type { Adapter } from '@lora/adapters';
 
 /**
  * A weight source whose adapted linears are merged: `W' = W + sum_i scale_i * s_i * B_i A_i`
@@ -17,6 +18,7 @@ export function mergedWeights(
 ): WeightSource {
   const terms = new Map<string, LoraFactors[]>(); // weight name -> terms
   for (const [k, { adapter, scale = 1, name }] of adapters.entries()) {
+    refuseSavedModules(adapter, name ?? `adapter #${k}`);
     for (const [module, m] of adapter.modules) {
       const label = name ?? `adapter #${k}`;
       if (m.magnitude || m.bias || m.embedding) {
@@ -81,4 +83,18 @@ export function mergedWeights(
     },
     close: () => source.close(),
   };
+}
+
+/**
+ * Full modules saved with an adapter (modules_to_save, `base_layer` weights) replace base
+ * tensors; running without them would silently give another model, so they are refused here.
+ */
+export function refuseSavedModules(adapter: Adapter, label: string): void {
+  const saved = [...adapter.modulesToSave.keys()];
+  if (saved.length === 0) return;
+  throw new RuntimeError(
+    'LORA_UNSUPPORTED',
+    `${label} saves full module weights (${saved.slice(0, 3).join(', ')}${saved.length > 3 ? ', ...' : ''}) that replace the base model's; the runtime applies LoRA factors only. Write the merged model with \`lora merge\` and run that.`,
+    { saved },
+  );
 }
