@@ -7,7 +7,7 @@ import { scalarLike, sumToShape } from '../vjp-helpers.js';
  * The SwiGLU gate of LLaMA's MLP: silu(gate) * up = gate * sigmoid(gate) * up (elementwise).
  *
  * Backward as one rule, with s = sigmoid(gate) from the forward pass:
- * dup = dy * gate * s, dgate = dy * up * s * (1 + gate * (1 - s)).
+ * dup = dy * silu(gate), dgate = dy * up * (s + silu(gate) * (1 - s)).
  */
 export function swiglu(g: GraphBuilder, gate: Value, up: Value): Value {
   const [y] = g.region(
@@ -22,9 +22,8 @@ export function swiglu(g: GraphBuilder, gate: Value, up: Value): Value {
       const d = dy as Value;
       const gateValue = gt as Value;
       const one = scalarLike(g, gateValue, 1);
-      const dsilu = needs[0]
-        ? op.mul(g, s, op.add(g, one, op.mul(g, gateValue, op.sub(g, one, s))))
-        : undefined;
+      // silu'(gate) = s * (1 + gate * (1 - s)) = s + silu * (1 - s): one pass fewer.
+      const dsilu = needs[0] ? op.add(g, s, op.mul(g, silu, op.sub(g, one, s))) : undefined;
       const upValue = u as Value;
       return [
         dsilu && sumToShape(g, op.mul(g, op.mul(g, d, upValue), dsilu), gateValue.shape),
