@@ -251,7 +251,20 @@
       (then (local.get $bits))
       (else
         (if (result v128) (i32.eq (local.get $dt) (i32.const 1))
-          (then (call $f32_lanes (local.get $bits)))
+          (then
+            ;; all four normal (exponent neither 0 nor 31): the normal formula only
+            (if (result v128)
+              (i32x4.all_true
+                (i32x4.lt_u
+                  (i32x4.sub (v128.and (local.get $bits) (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00))
+                    (v128.const i32x4 0x400 0x400 0x400 0x400))
+                  (v128.const i32x4 0x7400 0x7400 0x7400 0x7400)))
+              (then
+                (v128.or
+                  (i32x4.add (i32x4.shl (v128.and (local.get $bits) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff)) (i32.const 13))
+                    (v128.const i32x4 0x38000000 0x38000000 0x38000000 0x38000000))
+                  (i32x4.shl (v128.and (local.get $bits) (v128.const i32x4 0x8000 0x8000 0x8000 0x8000)) (i32.const 16))))
+              (else (call $f32_lanes (local.get $bits)))))
           (else (i32x4.shl (local.get $bits) (i32.const 16)))))))
 
   ;; 4 elements of dtype $dt at $p as bits in 32-bit lanes (f32 bits, or u16 zero-extended).
@@ -275,6 +288,42 @@
         (f32x4.demote_f64x2_zero (local.get $lo))
         (f32x4.demote_f64x2_zero (local.get $hi))))
     (if (i32.eqz (local.get $dt)) (then (return (local.get $r))))
+    ;; Rounding twice (f64 -> f32 -> f16/bf16) can only differ from once when the f32 lands exactly
+    ;; on a midpoint of the narrow format (or, for f16, outside its normal range): without such a
+    ;; lane, the second rounding alone is exact.
+    (if (i32.eq (local.get $dt) (i32.const 1))
+      (then
+        (if (i32x4.all_true
+              (v128.and
+                (v128.not (i32x4.eq (v128.and (local.get $r) (v128.const i32x4 0x1fff 0x1fff 0x1fff 0x1fff))
+                  (v128.const i32x4 0x1000 0x1000 0x1000 0x1000)))
+                (i32x4.lt_u
+                  (i32x4.sub (v128.and (local.get $r) (v128.const i32x4 0x7fffffff 0x7fffffff 0x7fffffff 0x7fffffff))
+                    (v128.const i32x4 0x38800000 0x38800000 0x38800000 0x38800000))
+                  (v128.const i32x4 0x0f000000 0x0f000000 0x0f000000 0x0f000000))))
+          (then
+            (local.set $bits (v128.and (local.get $r) (v128.const i32x4 0x7fffffff 0x7fffffff 0x7fffffff 0x7fffffff)))
+            (return
+              (v128.or
+                (i32x4.shr_u
+                  (i32x4.add
+                    (i32x4.add (local.get $bits) (v128.const i32x4 0xc8000fff 0xc8000fff 0xc8000fff 0xc8000fff))
+                    (v128.and (i32x4.shr_u (local.get $bits) (i32.const 13)) (v128.const i32x4 1 1 1 1)))
+                  (i32.const 13))
+                (v128.and (i32x4.shr_u (local.get $r) (i32.const 16)) (v128.const i32x4 0x8000 0x8000 0x8000 0x8000)))))))
+      (else
+        (if (i32x4.all_true
+              (v128.and
+                (v128.not (i32x4.eq (v128.and (local.get $r) (v128.const i32x4 0xffff 0xffff 0xffff 0xffff))
+                  (v128.const i32x4 0x8000 0x8000 0x8000 0x8000)))
+                (i32x4.lt_u (v128.and (local.get $r) (v128.const i32x4 0x7fffffff 0x7fffffff 0x7fffffff 0x7fffffff))
+                  (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))))
+          (then
+            (return
+              (i32x4.shr_u
+                (i32x4.add (i32x4.add (local.get $r) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff))
+                  (v128.and (i32x4.shr_u (local.get $r) (i32.const 16)) (v128.const i32x4 1 1 1 1)))
+                (i32.const 16)))))))
     ;; inexact lanes and the direction towards x, as 32-bit masks (low halves of the 64-bit masks)
     (local.set $inexact
       (i8x16.shuffle 0 1 2 3 8 9 10 11 16 17 18 19 24 25 26 27
