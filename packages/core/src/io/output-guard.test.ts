@@ -7,7 +7,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SafetensorsFile } from '../safetensors/reader.js';
 import { resolveInsideFolder } from './file-kind.js';
 import { assertOutputSeparate, claimOutput, guardOutput } from './output-guard.js';
-import { lockPath, removeStaleTemporaries } from './temporaries.js';
+import { lockContent, lockPath, removeStaleTemporaries } from './temporaries.js';
 
 let dir: string;
 beforeEach(async () => {
@@ -77,7 +77,7 @@ describe('guardOutput', () => {
     const out = join(dir, 'out');
     const sleeper = spawn('sleep', ['30']);
     try {
-      await writeFile(lockPath(out), `${sleeper.pid}\n`);
+      await writeFile(lockPath(out), lockContent(sleeper.pid!));
       expect(thrown(() => claimOutput(out))).toMatchObject({
         code: 'OUTPUT_BUSY',
         message: new RegExp(`PID ${sleeper.pid}`),
@@ -85,9 +85,9 @@ describe('guardOutput', () => {
     } finally {
       sleeper.kill('SIGKILL');
     }
-    await writeFile(lockPath(out), `${deadPid()}\n`);
+    await writeFile(lockPath(out), lockContent(deadPid()));
     const release = claimOutput(out);
-    expect(await readFile(lockPath(out), 'utf8')).toBe(`${process.pid}\n`);
+    expect(await readFile(lockPath(out), 'utf8')).toBe(lockContent());
     release();
     expect(existsSync(lockPath(out))).toBe(false);
   });
@@ -103,12 +103,14 @@ describe('removeStaleTemporaries', () => {
     await mkdir(join(dir, 'c'));
     await mkdir(join(dir, `.c.old-${dead}-0123abcd`)); // killed after the new c was in place
     await writeFile(join(dir, `.d.tmp-${process.pid}-0123abcd`), 'mine, in progress');
-    await writeFile(join(dir, '.e.lock'), `${dead}\n`);
+    await writeFile(join(dir, '.e.lock'), lockContent(dead));
+    await writeFile(join(dir, '.f.lock'), `${dead}\n`); // not one of ours: kept
     await writeFile(join(dir, '.not-ours.tmp-x'), 'unrelated');
     const removed = removeStaleTemporaries([dir]);
     expect(removed).toHaveLength(4);
     expect((await readdir(dir)).sort()).toEqual([
       `.d.tmp-${process.pid}-0123abcd`,
+      '.f.lock',
       '.not-ours.tmp-x',
       'b',
       'c',

@@ -5,6 +5,7 @@ import { CoreError } from '../errors.js';
 import { assertRegularInputs, fileKind } from './file-kind.js';
 import { isFsError, writeFailed } from './fs-errors.js';
 import {
+  lockContent,
   lockOwner,
   lockPath,
   processAlive,
@@ -118,14 +119,21 @@ export function claimOutput(output: string): () => void {
   trackTemporary(lock); // before it exists: a kill right after the create leaves nothing unknown
   for (let attempt = 0; ; attempt++) {
     try {
-      writeFileSync(lock, `${process.pid}\n`, { flag: 'wx' });
+      writeFileSync(lock, lockContent(), { flag: 'wx' });
       break;
     } catch (e) {
       untrackTemporary(lock);
       const err = e as NodeJS.ErrnoException;
       if (err.code !== 'EEXIST') throw isFsError(err) ? writeFailed(output, err) : err;
       const owner = lockOwner(lock);
-      if (owner !== undefined && owner !== process.pid && processAlive(owner)) {
+      if (owner === undefined) {
+        throw new CoreError(
+          'OUTPUT_BUSY',
+          `${lock} exists but is not a lock this program wrote; remove it if nothing is writing ${output}.`,
+          { output, lock },
+        );
+      }
+      if (owner !== process.pid && processAlive(owner)) {
         throw new CoreError(
           'OUTPUT_BUSY',
           `${output} is being written by another process (PID ${owner}); wait for it to finish or choose another output.`,

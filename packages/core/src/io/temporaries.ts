@@ -54,11 +54,17 @@ export function parseTemporaryPath(
   return { target: join(dirname(path), l[1]), kind: 'lock', pid: lockOwner(path) };
 }
 
-/** The PID written in a lock file, or `undefined` when it cannot be read. */
+/** What a lock file holds: the PID and a tag, so that only our own locks are ever recognised. */
+export function lockContent(pid = process.pid): string {
+  return `${pid} lora\n`;
+}
+
+/** The PID written in one of our lock files, or `undefined` (unreadable, empty, or not ours). */
 export function lockOwner(path: string): number | undefined {
   try {
-    const pid = Number(readFileSync(path, 'utf8').trim());
-    return Number.isSafeInteger(pid) && pid > 0 ? pid : undefined;
+    const m = /^(\d+) lora\n$/.exec(readFileSync(path, 'utf8'));
+    const pid = Number(m?.[1]);
+    return m && Number.isSafeInteger(pid) && pid > 0 ? pid : undefined;
   } catch {
     return undefined;
   }
