@@ -1,14 +1,15 @@
-import { copyFile, readdir, readFile, stat } from 'node:fs/promises';
+import { copyFile, readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import {
   type DType,
   fromFloat32Array,
+  readJsonFile,
   SafetensorsFile,
   type TensorToWrite,
   toFloat32Array,
   writeBytesAtomic,
-  writeSafetensors,
   writeFolderAtomic,
+  writeSafetensors,
 } from '@lora/core';
 import {
   BNB4_QUANT_STATE_PREFIX,
@@ -141,7 +142,15 @@ export async function dequantizeModel(
   });
   if (!info.isDirectory() && output.endsWith('.safetensors')) {
     await refuseExisting(output, options.force);
+    await refuseNothingQuantized(input, [input]);
     return dequantizeSafetensors(input, output, dtype); // writeSafetensors itself is atomic
+  }
+  if (info.isDirectory()) {
+    const shards = (await readdir(input)).filter((f) => f.endsWith('.safetensors'));
+    await refuseNothingQuantized(
+      input,
+      shards.map((f) => join(input, f)),
+    );
   }
   return writeFolderAtomic(
     output,
@@ -169,11 +178,11 @@ export async function dequantizeModel(
           const src = join(input, f);
           if (!(await stat(src)).isFile()) continue;
           if (f === 'config.json') {
-            const config = JSON.parse(await readFile(src, 'utf8')) as Record<string, unknown>;
+            const config = (await readJsonFile(src)) as Record<string, unknown>;
             delete config.quantization_config;
             await writeBytesAtomic(join(tmp, f), `${JSON.stringify(config, null, 2)}\n`);
           } else if (f.endsWith('.safetensors.index.json')) {
-            const index = JSON.parse(await readFile(src, 'utf8')) as {
+            const index = (await readJsonFile(src)) as {
               weight_map?: Record<string, string>;
             };
             const map: Record<string, string> = {};
@@ -223,4 +232,20 @@ async function stateShape(file: SafetensorsFile, name: string): Promise<number[]
     );
   }
   return state.shape as number[];
+}
+
+/** Refuses an input without any 4-bit weight: dequantizing it would only copy it. */
+async function refuseNothingQuantized(input: string, files: readonly string[]): Promise<void> {
+  for (const path of files) {
+    const file = await SafetensorsFile.open(path);
+    const names = file.names();
+    await file.close();
+    if (findBnb4Weights(names).length > 0 || findOrtWeights(names).length > 0) return;
+  }
+  if (files.length === 0) return; // reported with the missing-file error
+  throw new QuantError(
+    'QUANT_NOTHING',
+    `${input} holds no 4-bit weights (bitsandbytes or onnxruntime layout); dequantizing it would only copy it. Nothing was written.`,
+    { file: input },
+  );
 }

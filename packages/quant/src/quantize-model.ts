@@ -1,15 +1,16 @@
-import { copyFile, readdir, readFile, stat } from 'node:fs/promises';
+import { copyFile, readdir, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import {
   type DType,
   isFloatDType,
+  readJsonFile,
   SafetensorsFile,
   type Tensor,
   type TensorToWrite,
   toFloat32Array,
   writeBytesAtomic,
-  writeSafetensors,
   writeFolderAtomic,
+  writeSafetensors,
 } from '@lora/core';
 import { blockAbsmax } from './blockwise.js';
 import {
@@ -351,7 +352,7 @@ export async function quantizeModel(
           const src = join(input, f);
           if (!(await stat(src)).isFile()) continue;
           if (f === 'config.json') {
-            const config = JSON.parse(await readFile(src, 'utf8')) as Record<string, unknown>;
+            const config = (await readJsonFile(src)) as Record<string, unknown>;
             config.quantization_config =
               resolved.layout === 'bnb' && isBnb4Format(resolved.format)
                 ? bnbQuantizationConfig({
@@ -461,10 +462,7 @@ async function refuseNonModelFolder(dir: string, files: readonly string[]): Prom
     );
   }
   if (files.includes('config.json')) {
-    const config = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')) as Record<
-      string,
-      unknown
-    >;
+    const config = (await readJsonFile(join(dir, 'config.json'))) as Record<string, unknown>;
     if (config.quantization_config !== undefined && config.quantization_config !== null) {
       throw new QuantError(
         'QUANT_ALREADY_QUANTIZED',
@@ -481,7 +479,7 @@ async function rewriteIndex(
   reports: QuantizeReport[],
   shards: string[],
 ): Promise<string> {
-  const index = JSON.parse(await readFile(indexPath, 'utf8')) as {
+  const index = (await readJsonFile(indexPath)) as {
     metadata?: Record<string, unknown>;
     weight_map?: Record<string, string>;
   };

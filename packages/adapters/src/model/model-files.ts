@@ -1,6 +1,6 @@
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { SafetensorsFile, type SafetensorsEntry } from '@lora/core';
+import { readJsonFile, type SafetensorsEntry, SafetensorsFile } from '@lora/core';
 import { AdapterError } from '../errors.js';
 
 /** One safetensors file of a model, opened lazily (header only). */
@@ -118,7 +118,7 @@ async function shardNames(dir: string, files: string[]): Promise<string[]> {
   if (files.includes(indexName)) {
     let index: { weight_map?: Record<string, string> };
     try {
-      index = JSON.parse(await readFile(join(dir, indexName), 'utf8'));
+      index = (await readJsonFile(join(dir, indexName))) as typeof index;
     } catch (e) {
       throw new AdapterError(
         'MODEL_INDEX_INVALID',

@@ -1,10 +1,10 @@
-import { readFile } from 'node:fs/promises';
 import {
   isFloatDType,
   LORA_CONFIG_DEFAULTS,
   type LoraConfig,
   loraRank,
   parseLoraConfig,
+  readJsonFile,
   SafetensorsFile,
   type Tensor,
 } from '@lora/core';
@@ -29,7 +29,7 @@ export async function readAdapterConfig(
 ): Promise<{ config: LoraConfig; warnings: string[] }> {
   let json: unknown;
   try {
-    json = JSON.parse(await readFile(configPath, 'utf8'));
+    json = await readJsonFile(configPath);
   } catch (e) {
     throw new AdapterError(
       'ADAPTER_CONFIG_INVALID',

@@ -204,7 +204,7 @@ describe('HfTokenizer errors', () => {
       await writeFile(join(dir, 'tokenizer.json'), '{ nope');
       await expect(loadTokenizer(dir)).rejects.toMatchObject({
         code: 'TOKENIZER_INVALID',
-        message: expect.stringContaining('tokenizer.json is not valid JSON'),
+        message: expect.stringContaining('tokenizer.json: not valid JSON'),
       });
       await expect(loadTokenizer(join(dir, 'missing'))).rejects.toMatchObject({
         code: 'TOKENIZER_NOT_FOUND',

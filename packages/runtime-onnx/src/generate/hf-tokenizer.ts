@@ -1,4 +1,5 @@
-import { readFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { type LoraError, readJsonFile } from '@lora/core';
 import { join } from 'node:path';
 import { Tokenizer as HfJsTokenizer } from '@huggingface/tokenizers';
 import { RuntimeError } from '../errors.js';
@@ -124,24 +125,16 @@ export class HfTokenizer implements Tokenizer {
 }
 
 async function readJson(path: string, required: boolean): Promise<unknown> {
-  let text: string;
+  if (!required && !existsSync(path)) return undefined;
   try {
-    text = await readFile(path, 'utf8');
+    return await readJsonFile(path);
   } catch (e) {
-    if (!required && (e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    const code = (e as LoraError).code;
     throw new RuntimeError(
-      'TOKENIZER_NOT_FOUND',
-      `cannot read ${path}: ${(e as Error).message}`,
-      { path },
-      { cause: e },
-    );
-  }
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new RuntimeError(
-      'TOKENIZER_INVALID',
-      `${path} is not valid JSON: ${(e as Error).message}`,
+      code === 'FILE_NOT_FOUND' || code === 'FILE_UNREADABLE'
+        ? 'TOKENIZER_NOT_FOUND'
+        : 'TOKENIZER_INVALID',
+      (e as Error).message,
       { path },
       { cause: e },
     );

@@ -1,5 +1,5 @@
+import { readJsonFile } from '@lora/core';
 import { existsSync, statSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { RuntimeError } from '../errors.js';
 import { ByteTokenizer } from './byte-tokenizer.js';
@@ -29,7 +29,7 @@ export async function loadTokenizer(modelDir: string): Promise<Tokenizer> {
   let config: Record<string, unknown> = {};
   if (existsSync(configPath)) {
     try {
-      config = JSON.parse(await readFile(configPath, 'utf8')) as Record<string, unknown>;
+      config = (await readJsonFile(configPath)) as Record<string, unknown>;
     } catch (e) {
       throw new RuntimeError(
         'TOKENIZER_INVALID',

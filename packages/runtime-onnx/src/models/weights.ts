@@ -1,7 +1,12 @@
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { type DType, resolveInsideFolder, SafetensorsFile, type Tensor } from '@lora/core';
+import {
+  type DType,
+  readJsonFile,
+  resolveInsideFolder,
+  SafetensorsFile,
+  type Tensor,
+} from '@lora/core';
 import { RuntimeError } from '../errors.js';
 
 /** Where a model's tensors come from: a folder of safetensors files, or tensors in memory. */
@@ -52,7 +57,7 @@ export async function folderWeights(dir: string): Promise<WeightSource> {
   if (existsSync(indexPath)) {
     let index: { weight_map?: Record<string, string> };
     try {
-      index = JSON.parse(await readFile(indexPath, 'utf8'));
+      index = (await readJsonFile(indexPath)) as typeof index;
     } catch (error) {
       throw new RuntimeError('WEIGHTS_INDEX', `${indexPath}: not valid JSON (${String(error)}).`, {
         file: indexPath,
@@ -125,7 +130,7 @@ export async function readConfigJson(dir: string): Promise<{ json: unknown; path
     );
   }
   try {
-    return { json: JSON.parse(await readFile(path, 'utf8')), path };
+    return { json: await readJsonFile(path), path };
   } catch (error) {
     throw new RuntimeError('CONFIG_INVALID', `${path}: not valid JSON (${String(error)}).`, {
       file: path,
