@@ -88,6 +88,68 @@ async function readF32(source: WeightSource, name: string): Promise<Tensor<'f32'
   return tensor('f32', t.shape, data === t.data ? (data as Float32Array) : data);
 }
 
+/** f16 bits -> f32 value for all 65536 patterns (core's exact conversion), built on first use. */
+let f16Table: Float32Array | undefined;
+
+/**
+ * A torch-layout `[rows, cols]` float tensor as float32 `[cols, rows]` (MatMul's layout), widened
+ * and transposed in one tiled pass: bf16 is f32's upper half (exact), f16 goes through a
+ * 65536-entry table (exact), f32 is copied. One pass instead of a widen pass and a transpose pass.
+ */
+export function widenTransposed(t: Tensor, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  const tile = 64;
+  const transposeWith = (read: (i: number) => number, write: Float32Array | Uint32Array) => {
+    for (let r0 = 0; r0 < rows; r0 += tile) {
+      const r1 = Math.min(r0 + tile, rows);
+      for (let c0 = 0; c0 < cols; c0 += tile) {
+        const c1 = Math.min(c0 + tile, cols);
+        for (let r = r0; r < r1; r++) {
+          const base = r * cols;
+          for (let c = c0; c < c1; c++) write[c * rows + r] = read(base + c);
+        }
+      }
+    }
+  };
+  if (t.dtype === 'bf16') {
+    const src = t.data as Uint16Array;
+    transposeWith((i) => src[i] << 16, new Uint32Array(out.buffer));
+  } else if (t.dtype === 'f16') {
+    f16Table ??= toFloat32Array(
+      tensor(
+        'f16',
+        [65536],
+        Uint16Array.from({ length: 65536 }, (_, i) => i),
+      ),
+    );
+    const table = f16Table;
+    const src = t.data as Uint16Array;
+    transposeWith((i) => table[src[i]], out);
+  } else {
+    const src = t.dtype === 'f32' ? (t.data as Float32Array) : toFloat32Array(t);
+    transposeWith((i) => src[i], out);
+  }
+  return out;
+}
+
+/** A float linear straight from the checkpoint into MatMul's `[in, out]` float32 layout. */
+async function readDenseLinear(
+  source: WeightSource,
+  name: string,
+  out: number,
+  inF: number,
+): Promise<LinearWeight> {
+  if (storedQuantization(source, name))
+    return denseLinear((await readDequantized(source, name)).data, out, inF);
+  const t = await source.read(name);
+  return {
+    kind: 'dense',
+    inFeatures: inF,
+    outFeatures: out,
+    weightT: tensor('f32', [inF, out], widenTransposed(t, out, inF)),
+  };
+}
+
 /** A linear as stored (float or 4-bit); float ones quantized on load when `quant` is given. */
 async function readLinear(
   source: WeightSource,
@@ -97,8 +159,9 @@ async function readLinear(
   quant: BaseQuantOptions | undefined,
 ): Promise<LinearWeight> {
   if (storedQuantization(source, name)) return readQuantizedLinear(source, name, [out, inF]);
+  if (!quant) return readDenseLinear(source, name, out, inF);
   const w = await readF32(source, name);
-  return quant ? quantizeLinear(w.data, out, inF, quant, name) : denseLinear(w.data, out, inF);
+  return quantizeLinear(w.data, out, inF, quant, name);
 }
 
 export interface PrepareOptions {
@@ -182,9 +245,9 @@ export async function prepareLlamaWeights(
   const finalNorm = await read('model.norm.weight');
   let lmHead = tiedHead;
   if (!lmHead) {
-    const w = await readF32(source, 'lm_head.weight');
+    const w = await readDenseLinear(source, 'lm_head.weight', config.vocabSize, config.hiddenSize);
     options.onProgress?.(++done, total, 'lm_head.weight');
-    lmHead = await storeLinear(denseLinear(w.data, config.vocabSize, config.hiddenSize), store);
+    lmHead = await storeLinear(w, store);
   }
   return { embedTokens, finalNorm, lmHead, layers };
 }
