@@ -8,8 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 /**
  * Every package must work as a single npm install: pack each one as it would be published,
- * install the tarballs into a fresh npm project, import every public entry point and run the
- * README's example. Needs the packages built (turbo runs build before test) and the npm registry.
+ * install the tarballs into a fresh npm project, import every public entry point and run every
+ * ```js example of its README; the CLI (@lora/cli) runs through `npx` from the tarball. Needs
+ * the packages built (turbo runs build before test) and the npm registry.
  */
 const repo = fileURLToPath(new URL('../../../', import.meta.url));
 const packageDirs = readdirSync(join(repo, 'packages'))
@@ -19,6 +20,7 @@ const packages = packageDirs.map((dir) => ({
   dir,
   json: JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')),
 }));
+const cliDir = join(repo, 'apps', 'cli');
 
 function pnpm(args: string[], cwd: string): string {
   // Under `pnpm test`, npm_execpath is the running pnpm: a script (run with node) or, from
@@ -37,10 +39,9 @@ function pnpm(args: string[], cwd: string): string {
   });
 }
 
-/** The first ```js block under the README's "## Example" heading. */
-export function readmeExample(readme: string): string | undefined {
-  const section = readme.split(/^## Example\s*$/m)[1];
-  return section?.match(/```js\n([\s\S]*?)```/)?.[1];
+/** Every ```js block of a README, in order (```ts blocks are fragments and are not run). */
+export function readmeExamples(readme: string): string[] {
+  return [...readme.matchAll(/^```js\n([\s\S]*?)^```/gm)].map((m) => m[1]);
 }
 
 describe('packaging: each package installs alone from its tarball', () => {
@@ -48,7 +49,7 @@ describe('packaging: each package installs alone from its tarball', () => {
   beforeAll(async () => {
     project = await mkdtemp(join(tmpdir(), 'lora-pack-'));
     const tarballs: string[] = [];
-    for (const p of packages) {
+    for (const p of [...packages, { dir: cliDir, json: { name: '@lora/cli' } }]) {
       const out = pnpm(['pack', '--pack-destination', project], p.dir);
       const tgz = out
         .trim()
@@ -75,8 +76,10 @@ describe('packaging: each package installs alone from its tarball', () => {
 
   for (const p of packages) {
     describe(p.json.name, () => {
-      it('ships only dist, README and package.json, with types and an ESM entry', () => {
+      it('ships only dist, README, LICENSE and package.json, with types and an ESM entry', () => {
         const installed = join(project, 'node_modules', p.json.name);
+        expect(readFileSync(join(installed, 'LICENSE'), 'utf8')).toMatch(/^MIT License/);
+        expect(existsSync(join(installed, 'README.md'))).toBe(true);
         expect(existsSync(join(installed, 'dist', 'index.js'))).toBe(true);
         expect(existsSync(join(installed, 'dist', 'index.d.ts'))).toBe(true);
         expect(existsSync(join(installed, 'src'))).toBe(false);
@@ -105,22 +108,79 @@ describe('packaging: each package installs alone from its tarball', () => {
         }
       });
 
-      it("runs the README's example", async () => {
+      it('runs every ```js example of its README', async () => {
         const readme = readFileSync(join(p.dir, 'README.md'), 'utf8');
-        const example = readmeExample(readme);
+        const examples = readmeExamples(readme);
         expect(
-          example,
-          `${p.json.name}/README.md needs a \`\`\`js block under "## Example"`,
-        ).toBeDefined();
-        const file = join(project, `example-${p.json.name.replace(/\W/g, '_')}.mjs`);
-        await writeFile(file, example!);
-        const out = execFileSync(process.execPath, [file], {
-          cwd: project,
-          encoding: 'utf8',
-          timeout: 60_000,
-        });
-        expect(out.trim().length).toBeGreaterThan(0);
+          examples.length,
+          `${p.json.name}/README.md needs a \`\`\`js example`,
+        ).toBeGreaterThan(0);
+        for (const [i, example] of examples.entries()) {
+          const file = join(project, `example-${p.json.name.replace(/\W/g, '_')}-${i + 1}.mjs`);
+          await writeFile(file, example);
+          const out = execFileSync(process.execPath, [file], {
+            cwd: project,
+            encoding: 'utf8',
+            timeout: 60_000,
+          });
+          expect(
+            out.trim().length,
+            `${p.json.name} README example ${i + 1} printed nothing`,
+          ).toBeGreaterThan(0);
+        }
       });
     });
   }
+
+  describe('@lora/cli', () => {
+    let elsewhere: string;
+    beforeAll(async () => {
+      elsewhere = await mkdtemp(join(tmpdir(), 'lora-cli-cwd-'));
+      // A small safetensors file to inspect, written by the installed @lora/core.
+      execFileSync(
+        process.execPath,
+        [
+          '--input-type=module',
+          '-e',
+          `import { tensor, writeSafetensors } from '@lora/core';
+           await writeSafetensors(${JSON.stringify(join(elsewhere, 'w.safetensors'))},
+             new Map([['layers.0.q_proj.weight', tensor('f32', [4, 8], new Float32Array(32).fill(0.5))]]));`,
+        ],
+        { cwd: project },
+      );
+    });
+    afterAll(async () => {
+      if (elsewhere) await rm(elsewhere, { recursive: true, force: true });
+    });
+
+    it('`npx @lora/cli inspect` runs the packed binary', () => {
+      const out = execFileSync(
+        'npx',
+        ['--no-install', '@lora/cli', 'inspect', join(elsewhere, 'w.safetensors')],
+        {
+          cwd: project,
+          encoding: 'utf8',
+        },
+      );
+      expect(out).toMatch(/layers\.0\.q_proj\.weight/);
+      expect(out).toMatch(/32/); // parameters
+    });
+
+    it('the installed `lora` binary runs from any folder, with relative paths', () => {
+      const bin = join(project, 'node_modules', '.bin', 'lora');
+      const out = execFileSync(bin, ['inspect', 'w.safetensors', '--json'], {
+        cwd: elsewhere,
+        encoding: 'utf8',
+      });
+      expect(JSON.stringify(JSON.parse(out))).toMatch(/q_proj/);
+      const pj = JSON.parse(
+        readFileSync(join(project, 'node_modules', '@lora', 'cli', 'package.json'), 'utf8'),
+      );
+      expect(pj.bin).toEqual({ lora: './bin/lora.js' });
+      expect(pj.private).toBeUndefined();
+      expect(
+        readFileSync(join(project, 'node_modules', '@lora', 'cli', 'LICENSE'), 'utf8'),
+      ).toMatch(/^MIT License/);
+    });
+  });
 });
