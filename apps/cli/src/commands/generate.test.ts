@@ -238,7 +238,10 @@ describe('lora generate: bad usage', () => {
   it('exits 2 with a message for missing or bad flags and a missing model', async () => {
     const cases: [string[], RegExp][] = [
       [['generate', '--prompt', 'x'], /--model <dir> is required/],
-      [['generate', '--model', stories], /--prompt <text> \(or --batch <file.jsonl>\) is required/],
+      [
+        ['generate', '--model', stories],
+        /--prompt <text>, --prompt-file <path> or --batch <file.jsonl> is required/,
+      ],
       [
         ['generate', '--model', stories, '--prompt', 'x', '--quant', 'q8'],
         /--quant must be one of nf4, fp4, int4, uint4/,
