@@ -145,13 +145,10 @@ export async function dequantizeModel(
     await refuseNothingQuantized(input, [input]);
     return dequantizeSafetensors(input, output, dtype); // writeSafetensors itself is atomic
   }
-  if (info.isDirectory()) {
-    const shards = (await readdir(input)).filter((f) => f.endsWith('.safetensors'));
-    await refuseNothingQuantized(
-      input,
-      shards.map((f) => join(input, f)),
-    );
-  }
+  const inputs = info.isDirectory()
+    ? (await readdir(input)).filter((f) => f.endsWith('.safetensors')).map((f) => join(input, f))
+    : [input];
+  await refuseNothingQuantized(input, inputs);
   return writeFolderAtomic(
     output,
     async (tmp) => {

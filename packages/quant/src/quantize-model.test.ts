@@ -208,6 +208,17 @@ describe('quantizeModel refuses inputs whose output would be useless, writing no
       }
     }
     expect((await readdir(root)).some((n) => n.startsWith('refused-out'))).toBe(false);
+
+    // The other way round: dequantizing a model without 4-bit weights would only copy it.
+    for (const input of [model, join(model, 'model.safetensors')]) {
+      for (const out of [join(root, 'refused-deq'), join(root, 'refused-deq.safetensors')]) {
+        await expect(dequantizeModel(input, out), input).rejects.toMatchObject({
+          code: 'QUANT_NOTHING',
+          message: expect.stringMatching(/holds no 4-bit weights/),
+        });
+        expect(existsSync(out), out).toBe(false);
+      }
+    }
   });
 });
 
