@@ -22,16 +22,16 @@ function maxAbsDiff(a: Tensor, b: Tensor): number {
   return d;
 }
 
-describe('PEFT add_weighted_adapter ties (reference values from PEFT)', async () => {
-  const dir = join(DATA, 'peft-ties');
-  const cases = JSON.parse(await readFile(join(dir, 'cases.json'), 'utf8')) as {
-    density: number;
-    cases: { name: string; weights: number[]; majority_sign_method: 'total' | 'frequency' }[];
-  };
-  const { tensors: expected } = await readSafetensors(join(dir, 'expected.safetensors'));
-  const first = (await loadPeftAdapter(join(dir, 'first'))).adapter;
-  const second = (await loadPeftAdapter(join(dir, 'second'))).adapter;
+const tiesDir = join(DATA, 'peft-ties');
+const cases = JSON.parse(await readFile(join(tiesDir, 'cases.json'), 'utf8')) as {
+  density: number;
+  cases: { name: string; weights: number[]; majority_sign_method: 'total' | 'frequency' }[];
+};
+const { tensors: expected } = await readSafetensors(join(tiesDir, 'expected.safetensors'));
+const first = (await loadPeftAdapter(join(tiesDir, 'first'))).adapter;
+const second = (await loadPeftAdapter(join(tiesDir, 'second'))).adapter;
 
+describe('PEFT add_weighted_adapter ties (reference values from PEFT)', () => {
   it.each(cases.cases)('$name: A and B equal PEFT to float32 rounding', (c) => {
     const { adapter } = combineAdapters(
       [
