@@ -19,6 +19,7 @@ import {
   readBatchFile,
 } from './generate-adapters.js';
 import { resolveModelPath } from '../model-source.js';
+import { startProgress } from '../progress.js';
 
 /** 4-bit formats `--quant` accepts for the base weights. */
 const QUANT_FORMATS = ['nf4', 'fp4', 'int4', 'uint4'] as const;
@@ -130,13 +131,17 @@ async function openModel(options: GenerateCommandOptions): Promise<OpenedModel> 
   const lora = rows.some((r) => r.adapters.length > 0)
     ? await prepareAdapters(rows, options.merged ?? false)
     : undefined;
+  const loading = startProgress(options, 'loading');
   const modelOptions = {
     logits: 'last' as const,
     quant: options.quant,
     device: options.device,
     warn: (m: string) => log(options, m),
+    onProgress: (done: number, total: number, name: string) => loading.update(done, total, name),
   };
-  const model = lora ? await lora.open(dir, modelOptions) : await loadLlama(dir, modelOptions);
+  const model = await (lora ? lora.open(dir, modelOptions) : loadLlama(dir, modelOptions)).finally(
+    () => loading.stop(),
+  );
   const eosIds = await modelEosIds(dir, model.config, tokenizer);
   return {
     tokenizer,
