@@ -11,6 +11,7 @@ export * from './graph/serialize.js';
 export * from './graph/types.js';
 export * from './session/device.js';
 export * from './session/session.js';
+export * from './session/weight-file.js';
 export * from './models/linear.js';
 export * from './models/llama/config.js';
 export * from './models/llama/graph.js';
