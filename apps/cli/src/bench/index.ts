@@ -7,6 +7,7 @@ import { loraBench } from './lora.js';
 import { mergeBench } from './merge.js';
 import { quantBench, quantStreamBench } from './quant.js';
 import { safetensorsBench } from './safetensors.js';
+import { serveBench } from './serve.js';
 import { trainBench } from './train.js';
 import { runtimeBench } from './runtime.js';
 import type { BenchSection } from './types.js';
@@ -25,4 +26,5 @@ export const sections: readonly BenchSection[] = [
   quantStreamBench,
   gradBench,
   trainBench,
+  serveBench,
 ];

@@ -3,13 +3,28 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  type ServeFixture,
-  writeServeFixture,
-} from '../../../../packages/serve/src/test-utils/fixture.js';
 import { runCli } from '../test-utils/run-cli.js';
 
 const bin = fileURLToPath(new URL('../../bin/lora.js', import.meta.url));
+
+/** The serve package's test model and adapters (loaded by URL: it lives outside this package). */
+interface ServeFixture {
+  root: string;
+  model: string;
+  adapters: string;
+  names: string[];
+  remove(): Promise<void>;
+}
+const fixtureModule = new URL(
+  '../../../../packages/serve/src/test-utils/fixture.ts',
+  import.meta.url,
+).href;
+async function writeServeFixture(count: number): Promise<ServeFixture> {
+  const m = (await import(/* @vite-ignore */ fixtureModule)) as {
+    writeServeFixture(count: number): Promise<ServeFixture>;
+  };
+  return m.writeServeFixture(count);
+}
 const PROMPTS = ['Once upon', 'The cat sat on'];
 const MAX_TOKENS = 10;
 
@@ -67,7 +82,8 @@ async function complete(model: string, prompt: string, maxTokens = MAX_TOKENS) {
     body: JSON.stringify({ model, prompt, max_tokens: maxTokens, temperature: 0 }),
   });
   expect(r.status).toBe(200);
-  return (await r.json()).choices[0].text as string;
+  const body = (await r.json()) as { choices: { text: string }[] };
+  return body.choices[0].text;
 }
 
 describe('lora serve (the executable)', () => {
