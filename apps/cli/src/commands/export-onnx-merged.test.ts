@@ -181,7 +181,16 @@ describe.skipIf(!haveStories)('lora export-onnx --merged', () => {
 /** Name -> raw bytes of every initializer of an .onnx file (read with onnx-proto, runtime-onnx's dependency). */
 async function initializers(path: string): Promise<Map<string, Buffer>> {
   const require = createRequire(import.meta.resolve('@lora/runtime-onnx'));
-  const { onnx } = require('onnx-proto') as typeof import('onnx-proto');
+  // onnx-proto is not a dependency of the CLI: typed here by the little this test reads.
+  type Initializer = { name?: string | null; rawData?: Uint8Array | null } & Record<
+    string,
+    unknown
+  >;
+  const { onnx } = require('onnx-proto') as {
+    onnx: {
+      ModelProto: { decode(b: Uint8Array): { graph?: { initializer?: Initializer[] } | null } };
+    };
+  };
   const model = onnx.ModelProto.decode(await readFile(path));
   const out = new Map<string, Buffer>();
   for (const t of model.graph?.initializer ?? []) {
