@@ -244,7 +244,7 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
           packing: s.packing,
         })
       : undefined;
-    const seqLen = Math.max(2, s.seqLen ?? Math.max(dataset.maxLength, evalSet?.maxLength ?? 0));
+    const seqLen = Math.max(2, s.seqLen ?? dataset.maxLength);
     if (maxContext !== undefined && seqLen > maxContext) {
       throw new TrainError(
         'SEQ_LEN_TOO_LONG',
