@@ -48,7 +48,7 @@ describe.skipIf(!cliBuilt)('lora plan vs what lora generate uses', () => {
     // Reports the child's peak resident memory when it exits.
     await writeFile(
       join(dir, 'peak.mjs'),
-      "process.on('exit', () => process.stderr.write(`PEAK_RSS ${process.resourceUsage().maxRSS * 1024}\\n`));\n",
+      "process.on('exit', () => process.stderr.write('PEAK_RSS ' + process.resourceUsage().maxRSS * 1024 + '\\n'));\n",
     );
   });
   afterAll(async () => {
