@@ -1,4 +1,4 @@
-import { mkdir, symlink, writeFile } from 'node:fs/promises';
+import { cp, mkdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -321,5 +321,27 @@ describe('models and adapters', () => {
     } finally {
       await small.close();
     }
+  });
+
+  it('an adapter changed on disk is served fresh after DELETE /v1/adapters/{name}', async () => {
+    const ask = async () =>
+      (
+        await client.completions.create({
+          model: 'a7',
+          prompt: PROMPTS[0],
+          max_tokens: MAX_TOKENS,
+          temperature: 0,
+        })
+      ).choices[0].text;
+    expect(await ask()).toBe(references.get('a7')![0].text);
+    await rm(join(fx.adapters, 'a7'), { recursive: true });
+    await cp(join(fx.adapters, 'a6'), join(fx.adapters, 'a7'), { recursive: true });
+    expect(await ask()).toBe(references.get('a7')![0].text); // still the loaded copy
+    const del = await fetch(`${server.url}/v1/adapters/a7`, { method: 'DELETE' });
+    expect(del.status).toBe(200);
+    expect(await ask()).toBe(references.get('a6')![0].text);
+    expect((await fetch(`${server.url}/v1/adapters/a7`, { method: 'DELETE' })).status).toBe(200);
+    const again = await fetch(`${server.url}/v1/adapters/a7`, { method: 'DELETE' });
+    expect(again.status).toBe(404);
   });
 });
