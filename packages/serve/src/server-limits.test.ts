@@ -5,6 +5,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type LoraServer, startServer } from './server.js';
 import { type ServeFixture, writeServeFixture } from './test-utils/fixture.js';
 
+/** A response's JSON body, loosely typed for assertions. */
+// biome-ignore lint/suspicious/noExplicitAny: test assertions read arbitrary fields
+const json = (r: Response): Promise<any> => r.json();
+
 const KEY = 'test-key-123';
 let fx: ServeFixture;
 let server: LoraServer;
@@ -51,7 +55,7 @@ const send = (path: string, body: string | unknown, headers: Record<string, stri
 async function errorOf(
   r: Response,
 ): Promise<{ status: number; code: string; message: string; type: string }> {
-  const body = await r.json();
+  const body = await json(r);
   return { status: r.status, ...body.error };
 }
 
@@ -230,7 +234,7 @@ describe('shutdown', () => {
     expect([503, 'refused']).toContain(late);
     const r = await inFlight;
     expect(r.status).toBe(200);
-    expect((await r.json()).choices[0].text.length).toBeGreaterThan(0);
+    expect((await json(r)).choices[0].text.length).toBeGreaterThan(0);
     await closing;
     await expect(fetch(`${other.url}/health`)).rejects.toThrow();
   });

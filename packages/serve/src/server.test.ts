@@ -6,6 +6,10 @@ import { type LoraServer, startServer } from './server.js';
 import { type ServeFixture, writeServeFixture } from './test-utils/fixture.js';
 import { referenceGenerate } from './test-utils/reference.js';
 
+/** A response's JSON body, loosely typed for assertions. */
+// biome-ignore lint/suspicious/noExplicitAny: test assertions read arbitrary fields
+const json = (r: Response): Promise<any> => r.json();
+
 const PROMPTS = ['Once upon', 'The cat sat on'];
 const MAX_TOKENS = 12;
 
@@ -94,7 +98,8 @@ describe('completions equal lora generate (greedy)', () => {
         }),
       ),
     );
-    answers.forEach((a, k) => expect(a.choices[0].text, jobs[k].model).toBe(jobs[k].ref.text));
+    for (const [k, a] of answers.entries())
+      expect(a.choices[0].text, jobs[k].model).toBe(jobs[k].ref.text);
     const passes = (await metric(server.url, 'lora_forward_passes_total{kind="decode"}')) - passes0;
     const rows = (await metric(server.url, 'lora_forward_rows_total{kind="decode"}')) - rows0;
     const mixed =
@@ -120,7 +125,7 @@ describe('completions equal lora generate (greedy)', () => {
       max_tokens: MAX_TOKENS,
       temperature: 0,
     });
-    const body = await r.json();
+    const body = await json(r);
     expect(r.status).toBe(200);
     expect(body.choices.map((c: { text: string }) => c.text)).toEqual(
       references.get('a2')!.map((x) => x.text),
@@ -230,7 +235,7 @@ describe('completions equal lora generate (greedy)', () => {
       max_tokens: MAX_TOKENS,
       temperature: 0,
     });
-    expect((await r.json()).choices[0].text).toBe(references.get('tiny-model')![0].text);
+    expect((await json(r)).choices[0].text).toBe(references.get('tiny-model')![0].text);
     const both = await post(server.url, '/v1/completions', {
       model: 'a0',
       adapters: [{ name: 'a1', scale: 0 }],
@@ -238,13 +243,13 @@ describe('completions equal lora generate (greedy)', () => {
       max_tokens: MAX_TOKENS,
       temperature: 0,
     });
-    expect((await both.json()).choices[0].text).toBe(references.get('a0')![0].text);
+    expect((await json(both)).choices[0].text).toBe(references.get('a0')![0].text);
   });
 });
 
 describe('models and adapters', () => {
   it('GET /v1/models lists the base and every adapter folder, loaded or not', async () => {
-    const body = await (await fetch(`${server.url}/v1/models`)).json();
+    const body = await json(await fetch(`${server.url}/v1/models`));
     const ids = body.data.map((m: { id: string }) => m.id);
     expect(ids[0]).toBe('tiny-model');
     expect(ids).toEqual(expect.arrayContaining([...fx.names, 'broken']));
@@ -262,7 +267,7 @@ describe('models and adapters', () => {
       }),
     ]);
     expect(bad.status).toBe(400);
-    const err = (await bad.json()).error;
+    const err = (await json(bad)).error;
     expect(err.message).toMatch(/broken/);
     expect(err.message).toMatch(/adapter_model\.safetensors/);
     expect(err.type).toBe('invalid_request_error');
@@ -273,11 +278,11 @@ describe('models and adapters', () => {
     for (const model of ['../tiny-model', '/etc', 'escape', '..']) {
       const r = await post(server.url, '/v1/completions', { model, prompt: 'x', max_tokens: 2 });
       expect([400, 404], model).toContain(r.status);
-      expect((await r.json()).error.message).toBeTruthy();
+      expect((await json(r)).error.message).toBeTruthy();
     }
     const viaLoad = await post(server.url, '/v1/adapters', { name: 'escape' });
     expect(viaLoad.status).toBe(400);
-    expect((await viaLoad.json()).error.code).toBe('ADAPTER_NAME_INVALID');
+    expect((await json(viaLoad)).error.code).toBe('ADAPTER_NAME_INVALID');
     const del = await fetch(`${server.url}/v1/adapters/..%2F..`, { method: 'DELETE' });
     expect(del.status).toBe(400);
   });
@@ -312,11 +317,11 @@ describe('models and adapters', () => {
         ),
       );
       await admin;
-      answers.forEach((a, k) =>
-        expect(a.choices[0].text).toBe(references.get(jobs[k].model)![jobs[k].i].text),
-      );
+      for (const [k, a] of answers.entries()) {
+        expect(a.choices[0].text).toBe(references.get(jobs[k].model)![jobs[k].i].text);
+      }
       expect(await metric(small.url, 'lora_adapter_evictions_total')).toBeGreaterThan(0);
-      const models = (await (await fetch(`${small.url}/v1/models`)).json()).data;
+      const models = (await json(await fetch(`${small.url}/v1/models`))).data;
       expect(models.filter((m: { loaded: boolean }) => m.loaded).length).toBeLessThanOrEqual(3);
     } finally {
       await small.close();

@@ -1,7 +1,7 @@
 import { randomUUID, timingSafeEqual } from 'node:crypto';
 import { isLoraError } from '@lora/core';
 import type { RowEvent } from '@lora/runtime-onnx';
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { ServeError } from './errors.js';
 import {
   type CompletionChoice,
@@ -257,7 +257,7 @@ export function buildApp(service: CompletionService, apiKey?: string): FastifyIn
   app.post('/v1/completions', { schema: { body: completionSchema } }, async (request, reply) => {
     const body = request.body as SamplingBody & { prompt: string | string[] };
     const prompts = typeof body.prompt === 'string' ? [body.prompt] : body.prompt;
-    return respond(service, request, reply, 'text_completion', body, { prompts });
+    return respond(service, reply, 'text_completion', body, { prompts });
   });
 
   app.post('/v1/chat/completions', { schema: { body: chatSchema } }, async (request, reply) => {
@@ -270,7 +270,7 @@ export function buildApp(service: CompletionService, apiKey?: string): FastifyIn
         { param: 'messages' },
       );
     }
-    return respond(service, request, reply, 'chat.completion', body, {
+    return respond(service, reply, 'chat.completion', body, {
       messages: body.messages.map((m) => ({ role: m.role, content: m.content })),
     });
   });
@@ -281,7 +281,6 @@ export function buildApp(service: CompletionService, apiKey?: string): FastifyIn
 /** Runs a completion or chat request and answers in JSON or as server-sent events. */
 async function respond(
   service: CompletionService,
-  request: FastifyRequest,
   reply: FastifyReply,
   object: 'text_completion' | 'chat.completion',
   body: SamplingBody,
