@@ -194,7 +194,7 @@ describe.skipIf(!cliBuilt)('real kills during writes', () => {
       for (const r of refs) expect(r.code, r.stderr).toBe(0);
       const [oldState, newState] = [state(oldRef), state(newRef)];
       expect(oldState).not.toBe(newState);
-      const delays = [0, 20, 60, 150]; // ms after the first temporary appears
+      const delays = [0, 150]; // ms after the first temporary appears
       const outcomes = await Promise.all(
         delays.map(async (delay) => {
           const sub = join(dir, `kill-${delay}`);
