@@ -36,6 +36,7 @@ describe('WeightFile', () => {
     expect(standIn.data).toBeInstanceOf(Float32Array);
     expect(standIn.data.every((v) => v === 0)).toBe(true);
     expect(file.placement(standIn)).toEqual({ location: WEIGHT_FILE_NAME, offset: 0 });
+    await file.flush();
     const onDisk = await readFile(join(file.dir, WEIGHT_FILE_NAME));
     expect(Buffer.compare(onDisk, Buffer.from(tensorBytes(w)))).toBe(0);
 

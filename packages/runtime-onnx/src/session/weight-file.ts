@@ -24,6 +24,7 @@ export class WeightFile {
   private readonly offsets = new WeakMap<object, number>();
   private zero = new ArrayBuffer(0);
   private handle: FileHandle | undefined;
+  private pending: Promise<void> = Promise.resolve();
 
   private constructor(
     /** The temporary folder; {@link WeightFile.remove} deletes it. */
@@ -53,25 +54,33 @@ export class WeightFile {
     return this.end;
   }
 
-  /** Appends a tensor's bytes (once per tensor); the graph keeps using `t`. */
+  /**
+   * Appends a tensor's bytes (once per tensor); the graph keeps using `t`. Returns once the
+   * previous tensor is on disk and this one's write has started, so preparing the next tensor
+   * overlaps with writing this one (one write in flight; {@link WeightFile.close} waits for it).
+   */
   async add(t: Tensor): Promise<void> {
     if (this.offsets.has(t.data)) return;
+    await this.pending;
     const handle = this.handle;
     if (!handle)
       throw new RuntimeError('WEIGHT_FILE', `${this.dir}: the weight file is already closed.`);
     const start = Math.ceil(this.end / ALIGN) * ALIGN;
-    try {
-      if (start > this.end) await writeAll(handle, new Uint8Array(start - this.end));
+    const padding = start - this.end;
+    this.offsets.set(t.data, start);
+    this.end = start + t.data.byteLength;
+    this.pending = (async () => {
+      if (padding > 0) await writeAll(handle, new Uint8Array(padding));
       await writeAll(handle, tensorBytes(t));
-    } catch (error) {
+    })().catch((error) => {
       throw new RuntimeError(
         'WEIGHT_FILE',
         `Cannot write the model's weights to ${this.dir} (${String(error)}); the temporary folder needs room for the weights (set TMPDIR elsewhere).`,
         { dir: this.dir },
       );
-    }
-    this.offsets.set(t.data, start);
-    this.end = start + t.data.byteLength;
+    });
+    // Marked handled here; the error is rethrown by the next add() or close().
+    this.pending.catch(() => {});
   }
 
   /**
@@ -99,10 +108,20 @@ export class WeightFile {
     return offset === undefined ? undefined : { location: WEIGHT_FILE_NAME, offset };
   }
 
-  /** Closes the file (the folder stays until {@link WeightFile.remove}). */
+  /** Waits until every tensor added so far is written (a write error is thrown here). */
+  async flush(): Promise<void> {
+    await this.pending;
+  }
+
+  /** Waits for the last write and closes the file (the folder stays until {@link WeightFile.remove}). */
   async close(): Promise<void> {
-    await this.handle?.close();
+    const handle = this.handle;
     this.handle = undefined;
+    try {
+      await this.flush();
+    } finally {
+      await handle?.close();
+    }
   }
 
   /**
