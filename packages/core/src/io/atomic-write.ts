@@ -42,7 +42,7 @@ export async function writeFileAtomic(
     untrackTemporary(tmp);
     throw isFsError(e) ? writeFailed(path, e) : e; // errors of ours pass through unchanged
   }
-  await syncDirectory(dirname(path));
+  await syncPath(dirname(path)); // makes the rename durable
 }
 
 /** Writes bytes or text atomically. */
@@ -74,8 +74,4 @@ export async function syncPath(path: string): Promise<void> {
   } catch {
     /* best effort */
   }
-}
-
-async function syncDirectory(dir: string): Promise<void> {
-  await syncPath(dir);
 }
