@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { bundledModelDir } from './bundled-model.js';
 import { UsageError } from './errors.js';
 import { cachedModel, hubCacheDir, isHubRepoId } from './hub/cache.js';
 import type { CommonOptions } from './output.js';
@@ -21,6 +22,14 @@ function parseHubName(value: string): { repoId: string; revision?: string } | un
  * into that cache (progress bar, resumable, `HF_TOKEN`, `HF_ENDPOINT`) when it is not there.
  * `HF_HUB_OFFLINE=1` forbids the download.
  */
+/** A model argument resolved by {@link resolveModelPath}, or the bundled tiny model when absent. */
+export async function resolveModelOrBundled(
+  value: string | undefined,
+  options: CommonOptions & { revision?: string } = {},
+): Promise<string> {
+  return value === undefined ? bundledModelDir() : resolveModelPath(value, options);
+}
+
 export async function resolveModelPath(
   value: string,
   options: CommonOptions & { revision?: string } = {},

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
+import { resolveModelOrBundled } from '../model-source.js';
 import { type CommonOptions, emit, log, parsePositiveInt } from '../output.js';
 
 const QUANTS = ['nf4', 'fp4', 'int4', 'uint4'] as const;
@@ -42,7 +43,7 @@ export function registerEval(program: Command): void {
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no log lines')
     .action(async (options: EvalCommandOptions) => {
-      if (!options.model) throw new UsageError('--model <dir> is required.');
+      options.model = await resolveModelOrBundled(options.model, options);
       if (!options.data) throw new UsageError('--data <file.jsonl> is required.');
       if (!['cpu', 'cuda', 'auto'].includes(options.device))
         throw new UsageError(`--device must be cpu, cuda or auto, got "${options.device}".`);

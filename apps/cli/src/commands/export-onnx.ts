@@ -21,7 +21,7 @@ import {
   log,
   parsePositiveInt,
 } from '../output.js';
-import { resolveModelPath } from '../model-source.js';
+import { resolveModelOrBundled } from '../model-source.js';
 
 interface ExportOnnxOptions extends CommonOptions {
   model?: string;
@@ -128,12 +128,7 @@ export function registerExportOnnx(program: Command): void {
 }
 
 async function exportOnnx(options: ExportOnnxOptions): Promise<ExportOnnxReport> {
-  if (!options.model) {
-    throw new UsageError(
-      '--model <dir> is required: the model folder to export (config.json + safetensors).',
-    );
-  }
-  options.model = await resolveModelPath(options.model, options);
+  options.model = await resolveModelOrBundled(options.model, options);
   if (!existsSync(options.model)) throw new UsageError(`--model ${options.model} does not exist.`);
   if (options.adapter?.length && !options.merged) {
     throw new UsageError(

@@ -237,7 +237,7 @@ describe('lora generate on a byte-level model (no tokenizer.json)', () => {
 describe('lora generate: bad usage', () => {
   it('exits 2 with a message for missing or bad flags and a missing model', async () => {
     const cases: [string[], RegExp][] = [
-      [['generate', '--prompt', 'x'], /--model <dir> is required/],
+      [['generate', '--model', '/nonexistent/model', '--prompt', 'x'], /nonexistent\/model/],
       [
         ['generate', '--model', stories],
         /--prompt <text>, --prompt-file <path> or --batch <file.jsonl> is required/,

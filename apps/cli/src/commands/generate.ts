@@ -18,7 +18,7 @@ import {
   prepareAdapters,
   readBatchFile,
 } from './generate-adapters.js';
-import { resolveModelPath } from '../model-source.js';
+import { resolveModelOrBundled } from '../model-source.js';
 import { startProgress } from '../progress.js';
 
 /** 4-bit formats `--quant` accepts for the base weights. */
@@ -89,9 +89,7 @@ export function registerGenerate(program: Command): void {
     .option('--quiet', 'no statistics on stderr')
     .option('--revision <rev>', 'for a hub model name: branch, tag or commit (default main)')
     .action(async (options: GenerateCommandOptions) => {
-      if (!options.model)
-        throw new UsageError('--model <dir> is required: the model folder to generate with.');
-      options.model = await resolveModelPath(options.model, options);
+      options.model = await resolveModelOrBundled(options.model, options);
       assertRegularInputs([options.model]);
       options.prompt = await readPrompt(options);
       if (options.prompt === undefined && !options.batch)

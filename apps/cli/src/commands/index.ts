@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { registerBench } from './bench.js';
 import { registerCombine } from './combine.js';
+import { registerDemo } from './demo.js';
 import { registerDequantize } from './dequantize.js';
 import { registerEval } from './eval.js';
 import { registerExportOnnx } from './export-onnx.js';
@@ -32,5 +33,6 @@ export const commands: ReadonlyArray<(program: Command) => void> = [
   registerTrain,
   registerEval,
   registerServe,
+  registerDemo,
   registerBench,
 ];

@@ -16,7 +16,7 @@ import {
   summarizeQuantizedWeights,
 } from '../inspect/quantized-weights.js';
 import { type CommonOptions, emit, formatBytes, table } from '../output.js';
-import { resolveModelPath } from '../model-source.js';
+import { resolveModelOrBundled } from '../model-source.js';
 
 interface InspectOptions extends CommonOptions {
   tensors?: boolean;
@@ -27,8 +27,8 @@ export function registerInspect(program: Command): void {
   program
     .command('inspect')
     .argument(
-      '<path>',
-      'a .safetensors or .onnx file, a model folder (config.json) or a PEFT adapter folder (adapter_config.json)',
+      '[path]',
+      'default: the bundled model; a .safetensors or .onnx file, a model folder (config.json) or a PEFT adapter folder (adapter_config.json)',
     )
     .description(
       'Show tensors, dtypes, shapes, parameter counts, LoRA config and bytes on disk and in memory.',
@@ -40,8 +40,8 @@ export function registerInspect(program: Command): void {
     )
     .option('--json', 'print one JSON document')
     .option('--revision <rev>', 'for a hub model name: branch, tag or commit (default main)')
-    .action(async (path: string, options: InspectOptions) => {
-      const report = await inspectPath(await resolveModelPath(path, options), options.base);
+    .action(async (path: string | undefined, options: InspectOptions) => {
+      const report = await inspectPath(await resolveModelOrBundled(path, options), options.base);
       emit(options, report, () => renderReport(report, options));
     });
 }

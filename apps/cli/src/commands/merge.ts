@@ -6,10 +6,10 @@ import { type AdapterSpec, collectAdapter, loadAdapters } from '../adapter-spec.
 import { UsageError } from '../errors.js';
 import { startProgress } from '../progress.js';
 import { type CommonOptions, checkOutput, emit, formatBytes, log, table } from '../output.js';
-import { resolveModelPath } from '../model-source.js';
+import { resolveModelOrBundled } from '../model-source.js';
 
 interface MergeOptions extends CommonOptions {
-  base: string;
+  base?: string;
   adapter: AdapterSpec[];
   output: string;
   dtype?: 'f32' | 'f16' | 'bf16';
@@ -23,9 +23,9 @@ export function registerMerge(program: Command): void {
     .description(
       'Write base + adapter(s) as a new model (W + Σ weight·s·B·A). Checks every module name and shape before writing, refuses NaN/Inf, writes atomically, and leaves a small unmerge residual so `lora unmerge` restores the base bit for bit.',
     )
-    .requiredOption(
+    .option(
       '--base <model>',
-      'base model folder (HF layout) or .safetensors file; a 4-bit bitsandbytes folder is dequantized',
+      'base model folder (HF layout) or .safetensors file; a 4-bit bitsandbytes folder is dequantized (default: the bundled model)',
     )
     .requiredOption(
       '--adapter <dir[:weight]>',
@@ -59,7 +59,7 @@ export function registerMerge(program: Command): void {
     .option('--quiet', 'no progress on stderr')
     .option('--revision <rev>', 'for a hub model name: branch, tag or commit (default main)')
     .action(async (options: MergeOptions) => {
-      options.base = await resolveModelPath(options.base, options);
+      options.base = await resolveModelOrBundled(options.base, options);
       if (!existsSync(options.base)) throw new UsageError(`--base ${options.base} does not exist.`);
       checkOutput(options.output, options, [options.base, ...options.adapter.map((a) => a.dir)]);
       const { sources, warnings } = await loadAdapters(options.adapter);

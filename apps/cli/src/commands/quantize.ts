@@ -20,7 +20,7 @@ import {
   parsePositiveInt,
   table,
 } from '../output.js';
-import { resolveModelPath } from '../model-source.js';
+import { resolveModelOrBundled } from '../model-source.js';
 
 interface QuantizeOptions extends CommonOptions {
   output: string;
@@ -37,7 +37,10 @@ interface QuantizeOptions extends CommonOptions {
 export function registerQuantize(program: Command): void {
   program
     .command('quantize')
-    .argument('<input>', 'a .safetensors file or a model folder (HF layout)')
+    .argument(
+      '[input]',
+      'a .safetensors file or a model folder (HF layout); default: the bundled model',
+    )
     .description(
       '4-bit quantization (bitsandbytes-exact nf4/fp4, MatMulNBits int4/uint4), tensor by tensor; prints per-tensor and total error (RMSE, max abs, SNR) and bits per parameter.',
     )
@@ -81,8 +84,8 @@ export function registerQuantize(program: Command): void {
     .option('--quiet', 'no progress on stderr')
     .option('--force', 'overwrite the output')
     .option('--revision <rev>', 'for a hub model name: branch, tag or commit (default main)')
-    .action(async (arg: string, options: QuantizeOptions) => {
-      const input = await resolveModelPath(arg, options);
+    .action(async (arg: string | undefined, options: QuantizeOptions) => {
+      const input = await resolveModelOrBundled(arg, options);
       if (!existsSync(input)) throw new UsageError(`${input} does not exist.`);
       checkOutput(options.output, options, [input]);
       const format = parseQuantFormat(options.format);

@@ -1,6 +1,7 @@
 import type { Device } from '@lora/runtime-onnx';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
+import { resolveModelOrBundled } from '../model-source.js';
 import { formatBytes, parsePositiveInt } from '../output.js';
 import { parseSize } from './plan.js';
 
@@ -98,8 +99,7 @@ export function registerServe(program: Command): void {
       parseQuant,
     )
     .action(async (options: ServeCommandOptions) => {
-      if (!options.model)
-        throw new UsageError('--model <dir> is required: the model folder to serve.');
+      options.model = await resolveModelOrBundled(options.model, {});
       await runServe(options);
     });
 }

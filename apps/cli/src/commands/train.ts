@@ -1,7 +1,9 @@
 import type { StepReport, TrainOptions, TrainResult } from '@lora/train';
 import cliProgress from 'cli-progress';
+import { writeBytesAtomic } from '@lora/core';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
+import { resolveModelOrBundled } from '../model-source.js';
 import type { ProgressStream } from '../progress.js';
 import {
   type CommonOptions,
@@ -54,6 +56,7 @@ export interface TrainCommandOptions extends CommonOptions {
   evalEvery?: number;
   device: 'cpu' | 'cuda' | 'auto';
   threads?: number;
+  report?: string;
 }
 
 function oneOf<T extends string>(name: string, values: readonly T[]) {
@@ -214,10 +217,13 @@ export function registerTrain(program: Command): void {
       '--json',
       'print one JSON document (steps, settings, eval, peak RSS, output) instead of progress',
     )
+    .option(
+      '--report <file>',
+      'also write the --json document to this file (the progress stays on the terminal)',
+    )
     .option('--quiet', 'no progress or log lines')
     .action(async (options: TrainCommandOptions) => {
-      if (!options.model)
-        throw new UsageError('--model <dir> is required: the model folder to fine-tune.');
+      options.model = await resolveModelOrBundled(options.model, options);
       if (!options.data) throw new UsageError('--data <file.jsonl> is required.');
       if (!options.output) throw new UsageError('-o, --output <dir> is required.');
       if (options.steps !== undefined && options.epochs !== undefined)
@@ -393,31 +399,30 @@ async function runTrain(options: TrainCommandOptions): Promise<void> {
     interrupt.restore();
   }
   const last = result.steps.at(-1);
-  emit(
-    options,
-    {
-      output: result.output ?? null,
-      interrupted: result.interrupted,
-      checkpoint: result.checkpoint ?? null,
-      settings: result.settings,
-      data: result.data,
-      trainableParameters: result.trainableParameters,
-      steps: result.steps.map(({ step, epoch, loss, lr, grad_norm, tokens, tokens_per_s }) => ({
-        step,
-        epoch,
-        loss,
-        lr,
-        grad_norm,
-        tokens,
-        tokens_per_s: Math.round(tokens_per_s * 10) / 10,
-      })),
-      eval: result.evals,
-      peakRssBytes: result.peakRssBytes,
-    },
-    () =>
-      result.interrupted
-        ? `interrupted after step ${result.checkpoint?.step ?? 0}; checkpoint in ${result.checkpoint?.dir}. Run the same command with --resume to continue.`
-        : `${result.steps.length} steps, final loss ${last?.loss.toFixed(4) ?? '-'}${result.evals.length ? `, eval loss ${result.evals.at(-1)!.loss.toFixed(4)}` : ''}; ${options.method === 'full' ? 'model' : 'adapter'} written to ${result.output}`,
+  const doc = {
+    output: result.output ?? null,
+    interrupted: result.interrupted,
+    checkpoint: result.checkpoint ?? null,
+    settings: result.settings,
+    data: result.data,
+    trainableParameters: result.trainableParameters,
+    steps: result.steps.map(({ step, epoch, loss, lr, grad_norm, tokens, tokens_per_s }) => ({
+      step,
+      epoch,
+      loss,
+      lr,
+      grad_norm,
+      tokens,
+      tokens_per_s: Math.round(tokens_per_s * 10) / 10,
+    })),
+    eval: result.evals,
+    peakRssBytes: result.peakRssBytes,
+  };
+  if (options.report) await writeBytesAtomic(options.report, `${JSON.stringify(doc, null, 2)}\n`);
+  emit(options, doc, () =>
+    result.interrupted
+      ? `interrupted after step ${result.checkpoint?.step ?? 0}; checkpoint in ${result.checkpoint?.dir}. Run the same command with --resume to continue.`
+      : `${result.steps.length} steps, final loss ${last?.loss.toFixed(4) ?? '-'}${result.evals.length ? `, eval loss ${result.evals.at(-1)!.loss.toFixed(4)}` : ''}; peak RSS ${(result.peakRssBytes / 2 ** 20).toFixed(0)} MiB; ${options.method === 'full' ? 'model' : 'adapter'} written to ${result.output}`,
   );
   if (result.interrupted) interrupt.exitAsInterrupted();
 }
