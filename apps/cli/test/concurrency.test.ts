@@ -9,6 +9,7 @@ import {
   hashTree,
   runCliChild,
   startCli,
+  stopChildren,
   temporariesIn,
   waitFor,
   writeSyntheticAdapter,
@@ -34,6 +35,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  await stopChildren();
   if (root) await rm(root, { recursive: true, force: true });
 });
 

@@ -8,6 +8,7 @@ import {
   hashTree,
   runCliChild,
   startCli,
+  stopChildren,
   temporariesIn,
   waitFor,
   writeSyntheticAdapter,
@@ -43,6 +44,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  await stopChildren();
   if (root) await rm(root, { recursive: true, force: true });
 });
 

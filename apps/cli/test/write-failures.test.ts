@@ -8,6 +8,7 @@ import {
   cliBuilt,
   hashTree,
   runCliChild,
+  stopChildren,
   writeSyntheticAdapter,
   writeSyntheticLlama,
 } from './helpers/child-cli.js';
@@ -33,6 +34,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  await stopChildren();
   for (const m of mounts) {
     try {
       execFileSync('umount', [m]);

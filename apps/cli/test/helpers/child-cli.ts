@@ -18,6 +18,24 @@ export interface ChildResult {
   stderr: string;
 }
 
+/** Children still running, so that a test ending early (timeout, failure) can stop them. */
+const live = new Set<ChildProcess>();
+
+/**
+ * Kills every child still running and waits for them: call before removing a test's folder, so
+ * that no process writes into it afterwards.
+ */
+export async function stopChildren(): Promise<void> {
+  const waits = [...live].map(
+    (c) =>
+      new Promise<void>((resolve) =>
+        c.exitCode !== null ? resolve() : c.once('close', () => resolve()),
+      ),
+  );
+  for (const c of live) c.kill('SIGKILL');
+  await Promise.all(waits);
+}
+
 /** Starts `lora <args>` as a child process. */
 export function startCli(
   args: readonly string[],
@@ -30,6 +48,8 @@ export function startCli(
         { cwd: options.cwd, stdio: 'pipe' },
       )
     : spawn(process.execPath, [LORA_BIN, ...args], { cwd: options.cwd, stdio: 'pipe' });
+  live.add(child);
+  child.once('close', () => live.delete(child));
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d) => {
