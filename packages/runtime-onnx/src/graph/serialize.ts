@@ -211,6 +211,11 @@ export async function saveModel(
     { beforeRename: removeOldModel },
   );
   const bytes = modelProto(graph, inits);
-  await writeFileAtomic(path, async (fh) => writeAll(fh, bytes));
+  try {
+    await writeFileAtomic(path, async (fh) => writeAll(fh, bytes));
+  } catch (e) {
+    await rm(dataPath, { force: true }); // no model refers to it any more
+    throw e;
+  }
   return { modelPath: path, dataPath, bytes: bytes.length + offset };
 }
