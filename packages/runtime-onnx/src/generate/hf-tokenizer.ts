@@ -30,6 +30,7 @@ export class HfTokenizer implements Tokenizer {
   private readonly inner: HfJsTokenizer;
   private readonly addBos: boolean | undefined;
   private readonly addEos: boolean | undefined;
+  private readonly source: string;
 
   /**
    * @param tokenizerJson the parsed `tokenizer.json`
@@ -48,6 +49,8 @@ export class HfTokenizer implements Tokenizer {
         { source },
       );
     }
+    checkTokenIds(tokenizerJson, source);
+    this.source = source;
     try {
       this.inner = new HfJsTokenizer(tokenizerJson, config);
     } catch (e) {
@@ -92,6 +95,13 @@ export class HfTokenizer implements Tokenizer {
     // The post-processor decides when the config is silent; an explicit config wins.
     const configDecides = this.addBos !== undefined || this.addEos !== undefined;
     const ids = this.inner.encode(text, { add_special_tokens: special && !configDecides }).ids;
+    if (!ids.every(Number.isInteger)) {
+      throw new RuntimeError(
+        'TOKENIZER_INVALID',
+        `${this.source}: the tokenizer maps text to no token id (its "model" section is incomplete). Use the model's original tokenizer.json.`,
+        { source: this.source },
+      );
+    }
     if (special && configDecides) {
       if (this.addBos) ids.unshift(this.bosId!);
       if (this.addEos) ids.push(this.eosId!);
@@ -100,6 +110,8 @@ export class HfTokenizer implements Tokenizer {
   }
 
   decode(ids: readonly number[], options: DecodeOptions = {}): string {
+    // the library throws on an empty list; nothing decodes to nothing
+    if (ids.length === 0) return '';
     return this.inner.decode(ids as number[], {
       skip_special_tokens: options.skipSpecialTokens ?? true,
     });
@@ -122,6 +134,46 @@ export class HfTokenizer implements Tokenizer {
     }
     return id;
   }
+}
+
+/**
+ * Largest token id accepted (exclusive): 2^24, far above any real vocabulary (the largest are about
+ * 256k). `@huggingface/tokenizers` sizes tables by the largest id, so an id such as 1e9 would
+ * stall or exhaust memory before anything could be refused.
+ */
+export const MAX_TOKEN_ID = 2 ** 24;
+
+/**
+ * Checks every token id a `tokenizer.json` declares (vocabulary values, `id`, `unk_id`, `ids`
+ * lists) is an integer in [0, {@link MAX_TOKEN_ID}), before the library builds anything from them.
+ */
+function checkTokenIds(json: object, source: string): void {
+  const bad = (where: string, value: unknown) =>
+    new RuntimeError(
+      'TOKENIZER_INVALID',
+      `${source}: token id ${JSON.stringify(value)?.slice(0, 40)} at ${where} is not an integer in [0, ${MAX_TOKEN_ID}). A real tokenizer's ids are small non-negative integers; the file is damaged or not a tokenizer.`,
+      { source, where },
+    );
+  const isId = (v: unknown) =>
+    Number.isInteger(v) && (v as number) >= 0 && (v as number) < MAX_TOKEN_ID;
+  const walk = (v: unknown, where: string): void => {
+    if (Array.isArray(v)) {
+      for (let i = 0; i < v.length; i++) walk(v[i], `${where}[${i}]`);
+      return;
+    }
+    if (v === null || typeof v !== 'object') return;
+    for (const [key, x] of Object.entries(v)) {
+      const at = `${where}.${key}`;
+      if ((key === 'id' || key === 'unk_id') && x !== null && !isId(x)) throw bad(at, x);
+      if (key === 'ids' && Array.isArray(x)) {
+        for (const id of x) if (!isId(id)) throw bad(at, id);
+      } else if (key === 'vocab' && x !== null && typeof x === 'object' && !Array.isArray(x)) {
+        for (const [token, id] of Object.entries(x))
+          if (!isId(id)) throw bad(`${at}[${JSON.stringify(token).slice(0, 40)}]`, id);
+      } else walk(x, at);
+    }
+  };
+  walk(json, '$');
 }
 
 async function readJson(path: string, required: boolean): Promise<unknown> {

@@ -1,0 +1,238 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { decodeOnnxAdapter, encodeOnnxAdapter, readAdapterConfig } from '@lora/adapters';
+import {
+  createLoraConfig,
+  LoraError,
+  loraConfigToJson,
+  parseModelConfig,
+  tensor,
+} from '@lora/core';
+import { loadTokenizer, parseLlamaConfig, readConfigJson } from '@lora/runtime-onnx';
+import { afterAll, describe, expect, it } from 'vitest';
+import { readBatchFile } from '../../src/commands/generate-adapters.js';
+import { fuzzRandom, mutateBytes, mutateJson } from './mutate.js';
+
+/**
+ * Every parser of user files, fed seeded mutations of a valid input: each case must read or raise
+ * the package's typed error (a LoraError, or the CLI's UsageError for command-line inputs), never
+ * another exception, within a time and memory bound. The outcome counts are printed as a table.
+ */
+
+const CASES = 250;
+/** Per case: a parser that takes longer is treated as hanging. */
+const MAX_CASE_MS = 2_000;
+/** RSS growth over all the cases of one parser. */
+const MAX_RSS_GROWTH = 512 * 2 ** 20;
+
+const work = mkdtempSync(join(tmpdir(), 'lora-fuzz-'));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+interface Tally {
+  ok: number;
+  typed: Map<string, number>;
+  untyped: string[];
+  slowest: number;
+}
+
+const summary = new Map<string, Tally>();
+afterAll(() => {
+  const rows = [...summary].map(
+    ([name, t]) =>
+      `${name.padEnd(28)} ${String(t.ok).padStart(5)} read  ${String([...t.typed.values()].reduce((a, b) => a + b, 0)).padStart(5)} refused (${t.typed.size} codes)  ${t.untyped.length} untyped  slowest ${t.slowest.toFixed(0)} ms`,
+  );
+  process.stderr.write(`\nparser fuzz (${CASES} seeded cases each):\n${rows.join('\n')}\n`);
+});
+
+function isTyped(e: unknown): string | undefined {
+  if (e instanceof LoraError) return e.code;
+  if (e instanceof Error && e.name === 'UsageError') return 'USAGE';
+  return undefined;
+}
+
+async function fuzz(
+  name: string,
+  seed: number,
+  makeCase: (rand: (n: number) => number, i: number) => () => unknown,
+) {
+  const rand = fuzzRandom(seed);
+  const tally: Tally = { ok: 0, typed: new Map(), untyped: [], slowest: 0 };
+  summary.set(name, tally);
+  const rss0 = process.memoryUsage().rss;
+  for (let i = 0; i < CASES; i++) {
+    const run = makeCase(rand, i);
+    const t0 = performance.now();
+    try {
+      await run();
+      tally.ok++;
+    } catch (e) {
+      const code = isTyped(e);
+      if (code) tally.typed.set(code, (tally.typed.get(code) ?? 0) + 1);
+      else
+        tally.untyped.push(
+          `case ${i}: ${(e as Error)?.name}: ${String((e as Error)?.message).slice(0, 200)}`,
+        );
+    }
+    tally.slowest = Math.max(tally.slowest, performance.now() - t0);
+  }
+  expect(tally.untyped, `${name}: exceptions that are not the package's typed error`).toEqual([]);
+  expect(tally.slowest).toBeLessThan(MAX_CASE_MS);
+  expect(process.memoryUsage().rss - rss0).toBeLessThan(MAX_RSS_GROWTH);
+  // the mutations must exercise both outcomes, or the fuzzer tests nothing
+  expect(tally.typed.size).toBeGreaterThan(0);
+}
+
+const VALID_LLAMA = {
+  architectures: ['LlamaForCausalLM'],
+  model_type: 'llama',
+  hidden_size: 64,
+  intermediate_size: 176,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  vocab_size: 300,
+  max_position_embeddings: 128,
+  rms_norm_eps: 1e-5,
+  rope_theta: 10000,
+  rope_scaling: {
+    rope_type: 'llama3',
+    factor: 8,
+    low_freq_factor: 1,
+    high_freq_factor: 4,
+    original_max_position_embeddings: 64,
+  },
+  tie_word_embeddings: false,
+  bos_token_id: 1,
+  eos_token_id: [2, 3],
+};
+
+describe('parser fuzz', () => {
+  it('adapter_config.json', async () => {
+    const valid = loraConfigToJson(
+      createLoraConfig({
+        r: 8,
+        lora_alpha: 16,
+        target_modules: ['q_proj', 'v_proj'],
+        rank_pattern: { 'layers.0.q_proj': 4 },
+      }),
+    );
+    const dir = join(work, 'adapter');
+    const { mkdirSync } = await import('node:fs');
+    mkdirSync(dir, { recursive: true });
+    await fuzz('adapter_config.json', 1, (rand) => {
+      const text = mutateJson(valid, rand);
+      return async () => {
+        writeFileSync(join(dir, 'adapter_config.json'), text);
+        await readAdapterConfig(join(dir, 'adapter_config.json'));
+      };
+    });
+  });
+
+  it('model config.json (runtime and accounting)', async () => {
+    const dir = join(work, 'model');
+    const { mkdirSync } = await import('node:fs');
+    mkdirSync(dir, { recursive: true });
+    await fuzz('config.json', 2, (rand) => {
+      const text = mutateJson(VALID_LLAMA, rand);
+      return async () => {
+        writeFileSync(join(dir, 'config.json'), text);
+        const { json, path } = await readConfigJson(dir);
+        parseLlamaConfig(json, path);
+        parseModelConfig(json, path);
+      };
+    });
+  });
+
+  it('tokenizer.json', async () => {
+    const dir = join(work, 'tokenizer');
+    const { mkdirSync } = await import('node:fs');
+    mkdirSync(dir, { recursive: true });
+    const vocab: Record<string, number> = { '<s>': 0, '</s>': 1 };
+    for (let i = 0; i < 40; i++)
+      vocab[String.fromCharCode(97 + (i % 26)) + (i >= 26 ? 'x' : '')] = i + 2;
+    const valid = {
+      version: '1.0',
+      added_tokens: [
+        {
+          id: 0,
+          content: '<s>',
+          special: true,
+          single_word: false,
+          lstrip: false,
+          rstrip: false,
+          normalized: false,
+        },
+      ],
+      normalizer: null,
+      pre_tokenizer: { type: 'Whitespace' },
+      post_processor: null,
+      decoder: null,
+      model: {
+        type: 'BPE',
+        vocab,
+        merges: ['a b'],
+        unk_token: null,
+        dropout: null,
+        fuse_unk: false,
+        byte_fallback: false,
+      },
+    };
+    await fuzz('tokenizer.json', 3, (rand) => {
+      const text = mutateJson(valid, rand);
+      return async () => {
+        writeFileSync(join(dir, 'tokenizer.json'), text);
+        const t = await loadTokenizer(dir);
+        t.decode(t.encode('abc abcx'));
+      };
+    });
+  });
+
+  it('tokenizer.json with a token id of 1e9 is refused before the library sizes tables by it', async () => {
+    const dir = join(work, 'tokenizer-bomb');
+    const { mkdirSync } = await import('node:fs');
+    mkdirSync(dir, { recursive: true });
+    const model = { type: 'BPE', vocab: { a: 0, b: 1e9 }, merges: [], unk_token: null };
+    writeFileSync(
+      join(dir, 'tokenizer.json'),
+      JSON.stringify({ version: '1.0', added_tokens: [], model }),
+    );
+    await expect(loadTokenizer(dir)).rejects.toMatchObject({
+      code: 'TOKENIZER_INVALID',
+      message: expect.stringContaining('16777216'),
+    });
+  });
+
+  it('--batch JSONL rows', async () => {
+    const file = join(work, 'batch.jsonl');
+    const validRow = { prompt: 'Hello', adapter: ['a:0.5', 'b'] };
+    await fuzz('--batch JSONL', 4, (rand) => {
+      const lines = Array.from({ length: 1 + rand(4) }, () =>
+        rand(2) ? JSON.stringify(validRow) : mutateJson(validRow, rand),
+      );
+      return async () => {
+        writeFileSync(file, `${lines.join('\n')}\n`);
+        await readBatchFile(file, []);
+      };
+    });
+  });
+
+  it('.onnx_adapter', async () => {
+    const valid = encodeOnnxAdapter(
+      new Map([
+        [
+          'model.layers.0.attn.q_proj.lora_A.weight',
+          tensor('f32', [8, 2], new Float32Array(16).fill(0.5)),
+        ],
+        [
+          'model.layers.0.attn.q_proj.lora_B.weight',
+          tensor('f16', [2, 8], new Uint16Array(16).fill(0x3c00)),
+        ],
+      ]),
+    );
+    await fuzz('.onnx_adapter', 5, (rand) => {
+      const bytes = mutateBytes(valid, rand);
+      return () => decodeOnnxAdapter(bytes, 'fuzz.onnx_adapter');
+    });
+  });
+});
