@@ -81,9 +81,11 @@ export const loadBench: BenchSection = {
       ctx.log('loading with loadLlama (logits: last)');
       const t0 = performance.now();
       let lastLog = 0;
+      let preparedAt = t0;
       const model = await loadLlama(dir, {
         logits: 'last',
         onProgress: (done, total) => {
+          preparedAt = performance.now();
           if (done - lastLog >= total / 4) {
             lastLog = done;
             ctx.log(`  ${done}/${total} tensors`);
@@ -91,6 +93,7 @@ export const loadBench: BenchSection = {
         },
       });
       const loadSeconds = (performance.now() - t0) / 1000;
+      const prepareSeconds = (preparedAt - t0) / 1000;
       const prompt = Array.from({ length: 16 }, (_, i) => (i * 37 + 1) % config.vocabSize);
       const steps = 8;
       let decodeMs = 0;
@@ -129,6 +132,8 @@ export const loadBench: BenchSection = {
           ['weights as the session holds them (f32)', weightBytes / MiB, 'MiB'],
           ['read the checkpoint (safetensors reader)', readSeconds, 's'],
           ['load (loadLlama, to a ready session)', loadSeconds, 's'],
+          ['  of which read + widen + lay out + write (last tensor prepared)', prepareSeconds, 's'],
+          ['  of which session creation', loadSeconds - prepareSeconds, 's'],
           ['load rate (checkpoint bytes)', loadGbs, 'GB/s'],
           ['load vs plain read', loadSeconds / readSeconds, 'x'],
           ['decode (after load)', decodeMs, 'ms/token'],
