@@ -77,6 +77,17 @@ export function parseModelConfig(json: unknown, source: string): ModelShape {
         { source, field },
       );
     }
+    const tooLarge = modelShapeLimitExceeded(field, v as number);
+    if (tooLarge) {
+      throw new CoreError(
+        'MODEL_CONFIG_TOO_LARGE',
+        `${source}: ${tooLarge}. Check the model's config.json.`,
+        {
+          source,
+          field,
+        },
+      );
+    }
     return v as number;
   };
   const bool = (field: string, fallback: boolean): boolean => {
@@ -96,7 +107,7 @@ export function parseModelConfig(json: unknown, source: string): ModelShape {
   const attentionBias = bool('attention_bias', false);
   // Qwen2 has q/k/v biases and no attention_bias field.
   const qkvBias = modelType === 'qwen2' ? true : attentionBias;
-  return {
+  const shape: ModelShape = {
     model_type: modelType,
     hidden_size: hidden,
     intermediate_size: int('intermediate_size'),
@@ -111,6 +122,17 @@ export function parseModelConfig(json: unknown, source: string): ModelShape {
     o_bias: modelType === 'qwen2' ? false : attentionBias,
     mlp_bias: bool('mlp_bias', false),
   };
+  const tooMany = modelParametersExceeded(shape);
+  if (tooMany) {
+    throw new CoreError(
+      'MODEL_CONFIG_TOO_LARGE',
+      `${source}: ${tooMany}. Check the model's config.json.`,
+      {
+        source,
+      },
+    );
+  }
+  return shape;
 }
 
 /** Every linear layer with HF names (`model.layers.0.self_attn.q_proj`, ..., `lm_head`). */
@@ -152,10 +174,11 @@ export function countModelParameters(shape: ModelShape): ModelParameterCount {
   const embedding = shape.vocab_size * shape.hidden_size;
   let layerLinears = 0;
   let lmHead = 0;
-  for (const m of linearModules(shape)) {
+  // Layers are identical: count one and multiply (O(1) in the depth, so shape searches stay cheap).
+  for (const m of linearModules({ ...shape, num_hidden_layers: 1 })) {
     const n = m.inFeatures * m.outFeatures + (m.bias ? m.outFeatures : 0);
     if (m.name === 'lm_head') lmHead = shape.tie_word_embeddings ? 0 : n;
-    else layerLinears += n;
+    else layerLinears += n * shape.num_hidden_layers;
   }
   const norms = (2 * shape.num_hidden_layers + 1) * shape.hidden_size;
   return {
@@ -165,6 +188,40 @@ export function countModelParameters(shape: ModelShape): ModelParameterCount {
     lmHead,
     total: embedding + layerLinears + norms + lmHead,
   };
+}
+
+/**
+ * Upper bounds on a model config's fields, far above every published model (Llama-3.1-405B: 126
+ * layers, hidden 16384, vocabulary 128256), so a config claiming terabytes is refused before
+ * anything is sized by it.
+ */
+export const MODEL_SHAPE_LIMITS: Readonly<Record<string, number>> = Object.freeze({
+  hidden_size: 2 ** 17,
+  intermediate_size: 2 ** 20,
+  num_attention_heads: 2 ** 12,
+  num_key_value_heads: 2 ** 12,
+  head_dim: 2 ** 12,
+  num_hidden_layers: 2 ** 12,
+  vocab_size: 2 ** 24,
+});
+
+/** The largest parameter count accepted (1e13: five times the largest published models). */
+export const MAX_MODEL_PARAMETERS = 1e13;
+
+/** The limit named in {@link MODEL_SHAPE_LIMITS} that `value` exceeds, as a sentence, or undefined. */
+export function modelShapeLimitExceeded(field: string, value: number): string | undefined {
+  const limit = MODEL_SHAPE_LIMITS[field];
+  return limit !== undefined && value > limit
+    ? `"${field}" is ${value}, above the limit of ${limit} (far beyond any published model)`
+    : undefined;
+}
+
+/** A sentence when the shape's parameter count exceeds {@link MAX_MODEL_PARAMETERS}, else undefined. */
+export function modelParametersExceeded(shape: ModelShape): string | undefined {
+  const total = countModelParameters(shape).total;
+  return total > MAX_MODEL_PARAMETERS
+    ? `the config declares ${total.toExponential(2)} parameters, above the limit of ${MAX_MODEL_PARAMETERS.toExponential(0)}`
+    : undefined;
 }
 
 /** Published LLaMA shapes, used to give `--params` a concrete architecture. */
@@ -213,6 +270,12 @@ export function shapeForParameterCount(params: number): { shape: ModelShape; nam
     throw new CoreError(
       'MODEL_PARAMS_INVALID',
       `A parameter count must be a positive number, got ${params}.`,
+    );
+  }
+  if (params > MAX_MODEL_PARAMETERS) {
+    throw new CoreError(
+      'MODEL_PARAMS_INVALID',
+      `A parameter count of ${params.toExponential(2)} is above the limit of ${MAX_MODEL_PARAMETERS.toExponential(0)} (five times the largest published models).`,
     );
   }
   let best: { shape: ModelShape; name: string; err: number } | undefined;

@@ -163,7 +163,7 @@ export function parseLoraConfig(json: unknown, source: string): ParsedLoraConfig
 
   const config: LoraConfig = {
     peft_type: 'LORA',
-    r: get('r', isPositiveInt, 'a positive integer'),
+    r: get('r', isRank, `a positive integer up to ${MAX_LORA_RANK}`),
     lora_alpha: get('lora_alpha', isFiniteNumber, 'a finite number'),
     lora_dropout: get('lora_dropout', isProbability, 'a number in [0, 1)'),
     target_modules: get(
@@ -195,7 +195,7 @@ export function parseLoraConfig(json: unknown, source: string): ParsedLoraConfig
     rank_pattern: get(
       'rank_pattern',
       isRankPattern,
-      'an object mapping patterns to positive integers',
+      `an object mapping patterns to positive integers up to ${MAX_LORA_RANK}`,
     ),
     alpha_pattern: get(
       'alpha_pattern',
@@ -310,6 +310,12 @@ function describe(v: unknown): string {
 const isBoolean = (v: unknown): v is boolean => typeof v === 'boolean';
 const isFiniteNumber = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
 const isPositiveInt = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) > 0;
+/**
+ * The largest LoRA rank accepted: 2^16. A rank is at most a layer's smaller side, and no published
+ * model has a hidden size that large; a config claiming r = 1e9 is refused before anything is sized by it.
+ */
+export const MAX_LORA_RANK = 2 ** 16;
+const isRank = (v: unknown): v is number => isPositiveInt(v) && v <= MAX_LORA_RANK;
 const isProbability = (v: unknown): v is number => isFiniteNumber(v) && v >= 0 && v < 1;
 const isStringOrNull = (v: unknown): v is string | null => v === null || typeof v === 'string';
 const isBooleanOrString = (v: unknown): v is boolean | string =>
@@ -328,5 +334,5 @@ const isRecordOf =
   <T>(check: (x: unknown) => x is T) =>
   (v: unknown): v is Record<string, T> =>
     v !== null && typeof v === 'object' && !Array.isArray(v) && Object.values(v).every(check);
-const isRankPattern = isRecordOf(isPositiveInt);
+const isRankPattern = isRecordOf(isRank);
 const isAlphaPattern = isRecordOf(isFiniteNumber);

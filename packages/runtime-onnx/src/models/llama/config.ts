@@ -1,3 +1,4 @@
+import { modelParametersExceeded, modelShapeLimitExceeded } from '@lora/core';
 import { RuntimeError } from '../../errors.js';
 import { parseRope, type Rope, ropeFrequencies } from './rope.js';
 
@@ -52,6 +53,9 @@ function positiveInt(
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
     throw invalid(source, `"${field}"`, `must be a positive integer, got ${JSON.stringify(v)}.`);
   }
+  const tooLarge = modelShapeLimitExceeded(field, v);
+  if (tooLarge)
+    throw new RuntimeError('CONFIG_INVALID', `${source}: ${tooLarge}.`, { file: source, field });
   return v;
 }
 
@@ -169,15 +173,33 @@ export function parseLlamaConfig(json: unknown, source = 'config.json'): LlamaCo
   const rope = parseRope(c, headDim, maxPositionEmbeddings, source);
   const isQwen2 = modelType === 'qwen2';
   const attentionBias = c.attention_bias === true;
+  const intermediateSize = positiveInt(c, 'intermediate_size', source);
+  const numLayers = positiveInt(c, 'num_hidden_layers', source);
+  const vocabSize = positiveInt(c, 'vocab_size', source);
+  const tooMany = modelParametersExceeded({
+    model_type: modelType,
+    hidden_size: hiddenSize,
+    intermediate_size: intermediateSize,
+    num_attention_heads: numHeads,
+    num_key_value_heads: numKvHeads,
+    head_dim: headDim,
+    num_hidden_layers: numLayers,
+    vocab_size: vocabSize,
+    tie_word_embeddings: c.tie_word_embeddings === true,
+    qkv_bias: false,
+    o_bias: false,
+    mlp_bias: false,
+  });
+  if (tooMany) throw new RuntimeError('CONFIG_INVALID', `${source}: ${tooMany}.`, { file: source });
   return {
     modelType,
     hiddenSize,
-    intermediateSize: positiveInt(c, 'intermediate_size', source),
-    numLayers: positiveInt(c, 'num_hidden_layers', source),
+    intermediateSize,
+    numLayers,
     numHeads,
     numKvHeads,
     headDim,
-    vocabSize: positiveInt(c, 'vocab_size', source),
+    vocabSize,
     rmsNormEps: positiveNumber(c, 'rms_norm_eps', source, 1e-6),
     rope,
     tieWordEmbeddings: c.tie_word_embeddings === true,

@@ -1,0 +1,112 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { runCli } from '../src/test-utils/run-cli.js';
+
+/**
+ * Resource bombs: inputs that claim absurd sizes are refused with a message naming the limit,
+ * before anything is sized by them (each case used to take tens of seconds and gigabytes).
+ * The outcomes are printed as a table.
+ */
+
+const work = mkdtempSync(join(tmpdir(), 'lora-bombs-'));
+const outcomes: string[] = [];
+afterAll(() => {
+  rmSync(work, { recursive: true, force: true });
+  process.stderr.write(`\nresource bombs:\n${outcomes.join('\n')}\n`);
+});
+
+async function refused(name: string, args: string[], limit: RegExp) {
+  const rssBefore = process.memoryUsage().rss;
+  const r = await runCli(args);
+  const grew = (process.memoryUsage().rss - rssBefore) / 2 ** 20;
+  const line = r.stderr.trim().split('\n')[0] ?? '';
+  outcomes.push(
+    `${name.padEnd(36)} exit ${r.code}  +${grew.toFixed(0)} MiB  ${line.slice(0, 110)}`,
+  );
+  expect(r.code, r.stderr).not.toBe(0);
+  expect(r.stderr).toMatch(limit);
+  // refused before allocation: far below what the claimed size would take
+  expect(grew).toBeLessThan(256);
+}
+
+const LLAMA = {
+  architectures: ['LlamaForCausalLM'],
+  model_type: 'llama',
+  hidden_size: 64,
+  intermediate_size: 176,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  vocab_size: 300,
+  max_position_embeddings: 128,
+  rms_norm_eps: 1e-5,
+};
+
+function modelDir(name: string, patch: Record<string, unknown>): string {
+  const dir = join(work, name);
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...LLAMA, ...patch }));
+  return dir;
+}
+
+describe('resource bombs', () => {
+  it('plan --params 1e30 is refused naming the limit; 1e12 is planned', async () => {
+    await refused('plan --params 1e30', ['plan', '--params', '1e30'], /limit of 1e\+13/);
+    const r = await runCli(['plan', '--params', '1e12']);
+    outcomes.push(`${'plan --params 1e12'.padEnd(36)} exit ${r.code}  (planned)`);
+    expect(r.code, r.stderr).toBe(0);
+  });
+
+  const configs: [string, Record<string, unknown>, RegExp][] = [
+    [
+      'num_hidden_layers 1e6',
+      { num_hidden_layers: 1e6 },
+      /"num_hidden_layers" is 1000000, above the limit of 4096/,
+    ],
+    [
+      'vocab_size 1e12',
+      { vocab_size: 1e12 },
+      /"vocab_size" is 1000000000000, above the limit of 16777216/,
+    ],
+    ['hidden_size 1e6', { hidden_size: 2 ** 20, num_attention_heads: 8192 }, /above the limit/],
+    [
+      'every field at its limit (2e15 params)',
+      {
+        hidden_size: 2 ** 17,
+        intermediate_size: 2 ** 20,
+        num_hidden_layers: 4096,
+        num_attention_heads: 1024,
+        num_key_value_heads: 1024,
+      },
+      /parameters, above the limit of 1e\+13/,
+    ],
+  ];
+  for (const [name, patch, limit] of configs) {
+    it(`config.json ${name}: plan and generate refuse it`, async () => {
+      const dir = modelDir(name.replace(/\W+/g, '-'), patch);
+      await refused(`plan: ${name}`, ['plan', dir], limit);
+      await refused(`generate: ${name}`, ['generate', '--model', dir, '--prompt', 'hi'], limit);
+    });
+  }
+
+  it('adapter_config.json r = 1e9 is refused naming the limit', async () => {
+    const dir = join(work, 'adapter-r');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(
+      join(dir, 'adapter_config.json'),
+      JSON.stringify({ peft_type: 'LORA', r: 1e9, lora_alpha: 16, target_modules: ['q_proj'] }),
+    );
+    // an empty but valid safetensors file: 8-byte header length, then `{}` padded to 8 bytes
+    const header = Buffer.from('{}      ');
+    const lengthPrefix = Buffer.alloc(8);
+    lengthPrefix.writeBigUInt64LE(BigInt(header.length));
+    writeFileSync(join(dir, 'adapter_model.safetensors'), Buffer.concat([lengthPrefix, header]));
+    await refused(
+      'inspect: adapter r = 1e9',
+      ['inspect', dir],
+      /"?r"? must be a positive integer up to 65536/,
+    );
+  });
+});
