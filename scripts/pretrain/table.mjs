@@ -64,6 +64,7 @@ const METHODS = [
 rmSync(values.work, { recursive: true, force: true });
 mkdirSync(values.work, { recursive: true });
 const results = [];
+const totalParams = run(['inspect', model, '--json']).params;
 for (const task of values.tasks.split(',')) {
   const train = join(model, 'tasks', task, 'train.jsonl');
   const evalData = join(model, 'tasks', task, 'eval.jsonl');
@@ -129,7 +130,6 @@ for (const task of values.tasks.split(',')) {
 
 const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const spread = (xs) => (xs.length > 1 ? (Math.max(...xs) - Math.min(...xs)) / 2 : 0);
-const totalParams = 1_624_320;
 const lines = [
   '| task | method | exact match (mean ± half-range) | trainable params | peak RSS | tokens/s | wall time |',
   '|---|---|---|---|---|---|---|',

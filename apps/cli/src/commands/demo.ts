@@ -133,7 +133,7 @@ function printAnswers(rows: readonly Row[], columns: Record<string, string[]>): 
       const got = columns[n][i].trim();
       return `${n}: ${JSON.stringify(got)} ${got === expected ? '✓' : '✗'}`;
     });
-    process.stdout.write(`  ${row.prompt} ${expected.padEnd(10)}  ${cells.join('   ')}\n`);
+    process.stdout.write(`  ${row.prompt.padEnd(18)} ${expected.padEnd(9)} ${cells.join('   ')}\n`);
   }
 }
 
@@ -233,7 +233,14 @@ async function runDemo(options: DemoOptions): Promise<void> {
   if (options.qlora) {
     heading('The same with QLoRA: the base held in 4 bits (NF4 + double quantization)');
     const nf4 = join(work, 'tiny-nf4');
-    lora(['quantize', shown(model), '-o', shown(nf4), '--format', 'nf4', '--double-quant']);
+    // the per-tensor error table is long: show its total and the size on disk
+    const quantized = lora(
+      ['quantize', shown(model), '-o', shown(nf4), '--format', 'nf4', '--double-quant'],
+      true,
+    );
+    for (const line of quantized.split('\n')) {
+      if (/^total|MiB ->/.test(line)) process.stdout.write(`${line}\n`);
+    }
     const qloraDir = join(work, `${options.task}-qlora`);
     const qloraReportFile = join(work, `${options.task}-qlora-training.json`);
     t0 = Date.now();
