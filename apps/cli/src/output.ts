@@ -65,7 +65,9 @@ export function table(
     header,
     ...rows.map((r) => r.map((c) => (typeof c === 'number' ? formatNumber(c) : c))),
   ];
-  const widths = header.map((_, i) => Math.max(...cells.map((r) => String(r[i] ?? '').length)));
+  const widths = header.map((_, i) =>
+    cells.reduce((w, r) => Math.max(w, String(r[i] ?? '').length), 0),
+  );
   const numeric = header.map(
     (_, i) => rows.length > 0 && rows.every((r) => typeof r[i] === 'number'),
   );

@@ -217,7 +217,7 @@ export class LlamaStepper implements TokenStepper {
     if (prompts.length === 0 || prompts.some((p) => p.length === 0)) {
       throw new RuntimeError('INPUT_INVALID', 'start: every prompt needs at least one token.');
     }
-    const L = Math.max(...prompts.map((p) => p.length));
+    const L = prompts.reduce((m, p) => Math.max(m, p.length), 0);
     const ids = prompts.map((p) => [...new Array<number>(L - p.length).fill(0), ...p]);
     this.mask = prompts.map((p) => [
       ...new Array<number>(L - p.length).fill(0),
