@@ -164,7 +164,9 @@ function checkTokenIds(json: object, source: string): void {
     if (v === null || typeof v !== 'object') return;
     for (const [key, x] of Object.entries(v)) {
       const at = `${where}.${key}`;
-      if ((key === 'id' || key === 'unk_id') && x !== null && !isId(x)) throw bad(at, x);
+      // string ids name template pieces (TemplateProcessing's "$A", "<s>"), not token ids
+      if ((key === 'id' || key === 'unk_id') && x !== null && typeof x !== 'string' && !isId(x))
+        throw bad(at, x);
       if (key === 'ids' && Array.isArray(x)) {
         for (const id of x) if (!isId(id)) throw bad(at, id);
       } else if (key === 'vocab' && x !== null && typeof x === 'object' && !Array.isArray(x)) {
