@@ -56,7 +56,8 @@ const METHODS = [
       '--lr',
       '3e-3',
     ],
-    evalArgs: ['--quant', 'nf4'],
+    // evaluated on the same 4-bit base it trained on (NF4 + double quant, written by lora quantize)
+    evalBase: 'nf4',
   },
   { name: 'full fine-tuning', args: ['--method', 'full', '--lr', '3e-4'], full: true },
 ];
@@ -64,6 +65,8 @@ const METHODS = [
 rmSync(values.work, { recursive: true, force: true });
 mkdirSync(values.work, { recursive: true });
 const results = [];
+const nf4 = join(values.work, 'tiny-nf4');
+run(['quantize', model, '-o', nf4, '--format', 'nf4', '--double-quant', '--json']);
 const totalParams = run(['inspect', model, '--json']).params;
 for (const task of values.tasks.split(',')) {
   const train = join(model, 'tasks', task, 'train.jsonl');
@@ -113,7 +116,7 @@ for (const task of values.tasks.split(',')) {
       row.seconds.push((Date.now() - started) / 1000);
       const evalArgs = m.full
         ? ['--model', out]
-        : ['--model', model, '--adapter', out, ...(m.evalArgs ?? [])];
+        : ['--model', m.evalBase ? nf4 : model, '--adapter', out];
       const ev = run(['eval', ...evalArgs, '--data', evalData, '--json']);
       row.accuracy.push(ev.exactMatch.accuracy);
       row.params = report.trainableParameters;
