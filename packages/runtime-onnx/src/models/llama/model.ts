@@ -103,6 +103,7 @@ export class LlamaModel {
       const weights = await prepareLlamaWeights(config, source, {
         quant: resolveQuant(options.quant),
         store: (t) => weightFile.spill(t),
+        reuseBuffers: true,
         onProgress: options.onProgress,
       });
       graph = buildLlamaGraph(config, weights, options);

@@ -98,8 +98,12 @@ let f16Table: Float32Array | undefined;
  * and transposed in one tiled pass: bf16 is f32's upper half (exact), f16 goes through a
  * 65536-entry table (exact), f32 is copied. One pass instead of a widen pass and a transpose pass.
  */
-export function widenTransposed(t: Tensor, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(rows * cols);
+export function widenTransposed(
+  t: Tensor,
+  rows: number,
+  cols: number,
+  out: Float32Array = new Float32Array(rows * cols),
+): Float32Array {
   // One loop per dtype, no per-element callback: a shared callback site turns megamorphic and
   // runs several times slower.
   if (t.dtype === 'bf16') {
@@ -136,11 +140,8 @@ export function widenTransposed(t: Tensor, rows: number, cols: number): Float32A
       }
     }
   } else {
-    return transpose2d(
-      t.dtype === 'f32' ? (t.data as Float32Array) : toFloat32Array(t),
-      rows,
-      cols,
-    );
+    const src = t.dtype === 'f32' ? (t.data as Float32Array) : toFloat32Array(t);
+    out.set(transpose2d(src, rows, cols));
   }
   return out;
 }
@@ -151,6 +152,7 @@ async function readDenseLinear(
   name: string,
   out: number,
   inF: number,
+  scratch?: (elements: number) => Float32Array,
 ): Promise<LinearWeight> {
   if (storedQuantization(source, name))
     return denseLinear((await readDequantized(source, name)).data, out, inF);
@@ -159,7 +161,7 @@ async function readDenseLinear(
     kind: 'dense',
     inFeatures: inF,
     outFeatures: out,
-    weightT: tensor('f32', [inF, out], widenTransposed(t, out, inF)),
+    weightT: tensor('f32', [inF, out], widenTransposed(t, out, inF, scratch?.(out * inF))),
   };
 }
 
@@ -170,9 +172,10 @@ async function readLinear(
   out: number,
   inF: number,
   quant: BaseQuantOptions | undefined,
+  scratch?: (elements: number) => Float32Array,
 ): Promise<LinearWeight> {
   if (storedQuantization(source, name)) return readQuantizedLinear(source, name, [out, inF]);
-  if (!quant) return readDenseLinear(source, name, out, inF);
+  if (!quant) return readDenseLinear(source, name, out, inF, scratch);
   const w = await readF32(source, name);
   return quantizeLinear(w.data, out, inF, quant, name);
 }
@@ -186,6 +189,13 @@ export interface PrepareOptions {
    * stand-in), so the prepared model is never held in memory whole. Default: kept as is.
    */
   readonly store?: <T extends Tensor>(t: T) => Promise<T>;
+  /**
+   * With `store` only: lay dense linears out in two scratch buffers used in turn instead of a
+   * fresh array each (fresh memory costs a page fault per 4 KiB, which dominated loading). `store`
+   * must be done with a tensor's data once the next `store` call has resolved, as
+   * {@link WeightFile.spill} is.
+   */
+  readonly reuseBuffers?: boolean;
   /** Called after each tensor of the checkpoint is read and prepared: how many of how many, and its name. */
   readonly onProgress?: (done: number, total: number, name: string) => void;
 }
@@ -222,6 +232,17 @@ export async function prepareLlamaWeights(
 ): Promise<LlamaGraphWeights> {
   validateLlamaWeights(config, source);
   const store = options.store ?? (async <T extends Tensor>(t: T) => t);
+  // Two buffers in turn: the one `store` may still be writing, and the one being filled.
+  const buffers: Float32Array[] = [new Float32Array(0), new Float32Array(0)];
+  let turn = 0;
+  const scratch =
+    options.store && options.reuseBuffers
+      ? (elements: number) => {
+          turn ^= 1;
+          if (buffers[turn].length < elements) buffers[turn] = new Float32Array(elements);
+          return buffers[turn].subarray(0, elements);
+        }
+      : undefined;
   const total = llamaWeightSpec(config).length;
   let done = 0;
   const read = async (name: string) => {
@@ -243,7 +264,7 @@ export async function prepareLlamaWeights(
     for (const linear of LLAMA_LINEARS) {
       const module = llamaModuleName(l, linear);
       const [out, inF] = llamaLinearShape(config, linear);
-      const w = await readLinear(source, `${module}.weight`, out, inF, options.quant);
+      const w = await readLinear(source, `${module}.weight`, out, inF, options.quant, scratch);
       options.onProgress?.(++done, total, `${module}.weight`);
       linears[linear] = await storeLinear(w, store);
       if (llamaLinearHasBias(config, linear)) biases[linear] = await read(`${module}.bias`);
@@ -258,7 +279,13 @@ export async function prepareLlamaWeights(
   const finalNorm = await read('model.norm.weight');
   let lmHead = tiedHead;
   if (!lmHead) {
-    const w = await readDenseLinear(source, 'lm_head.weight', config.vocabSize, config.hiddenSize);
+    const w = await readDenseLinear(
+      source,
+      'lm_head.weight',
+      config.vocabSize,
+      config.hiddenSize,
+      scratch,
+    );
     options.onProgress?.(++done, total, 'lm_head.weight');
     lmHead = await storeLinear(w, store);
   }
