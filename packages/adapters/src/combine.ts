@@ -225,6 +225,20 @@ export function combineAdapters(
       }
       mod.bias = tensor('f32', [outF], Float32Array.from(b));
     }
+    for (const [part, t] of [
+      ['A', mod.A],
+      ['B', mod.B],
+      ['bias', mod.bias],
+    ] as const) {
+      const bad = t ? (t.data as Float32Array).findIndex((v) => !Number.isFinite(v)) : -1;
+      if (bad >= 0) {
+        throw new AdapterError(
+          'COMBINE_NOT_FINITE',
+          `module ${name}: the combined ${part} has ${(t!.data as Float32Array)[bad]} at flat index ${bad} (beyond float32: a weight or an input value is too large). Nothing was written; use smaller --adapter weights.`,
+          { module: name },
+        );
+      }
+    }
     modules.set(name, mod);
     ranks.set(name, r);
   }

@@ -119,6 +119,13 @@ export async function extractAdapter(
       for (let i = 0; i < diff.length; i++) {
         diff[i] = wt[i] - wb[i];
         if (diff[i] !== 0) changed = true;
+        if (!Number.isFinite(diff[i])) {
+          throw new AdapterError(
+            'EXTRACT_NOT_FINITE',
+            `${name}: tuned ${wt[i]} minus base ${wb[i]} at flat index ${i} is not a finite float32. Nothing was written; check both models for NaN/Inf weights.`,
+            { tensor: name, index: i },
+          );
+        }
       }
       if (!changed) continue;
       if (shape.length !== 2) {
@@ -186,6 +193,13 @@ export async function extractAdapter(
           for (let i = 0; i < rows; i++) A[t * rows + i] = u[i * uCols + t] * root;
         }
       }
+      if (!A.every(Number.isFinite) || !B.every(Number.isFinite)) {
+        throw new AdapterError(
+          'EXTRACT_NOT_FINITE',
+          `${name}: the LoRA factors overflow float32 (the difference divided by the scaling alpha / r = ${scaling} is too large). Nothing was written; raise --alpha.`,
+          { tensor: name },
+        );
+      }
       const mod: { -readonly [K in keyof LoraModule]: LoraModule[K] } = {
         A: tensor('f32', [rank, inF], A),
         B: tensor('f32', [outF, rank], B),
@@ -200,6 +214,14 @@ export async function extractAdapter(
         embedding,
       });
       options.onProgress?.({ module, done: ++done, total: candidates.length });
+    }
+    const tunedCount = tunedModel.names().length;
+    if (modules.size === 0 && candidates.length * 2 < tunedCount) {
+      throw new AdapterError(
+        'EXTRACT_UNRELATED',
+        `${tuned} and ${base} share only ${candidates.length} of ${tunedCount} weights by name and shape${skipped.length > 0 ? ` (${skipped.length} same-named tensors have other shapes, e.g. ${skipped[0].tensor}: ${skipped[0].reason})` : ''}: they are not the same architecture, so no adapter can turn one into the other. Pass the base model the tuned model was trained from.`,
+        { base, tuned },
+      );
     }
     if (modules.size === 0) {
       throw new AdapterError(

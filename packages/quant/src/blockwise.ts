@@ -54,7 +54,7 @@ export function blockCount(length: number, blockSize: number): number {
   return Math.ceil(length / blockSize);
 }
 
-/** Throws QUANT_SHAPE unless the arrays have the sizes the layout requires. */
+/** Throws QUANT_SHAPE unless the arrays have the sizes the layout requires, QUANT_NON_FINITE on a NaN/Inf absmax. */
 export function assertBlockwiseLayout(q: Blockwise4Bit): void {
   assertArrayType(q.packed, 'Uint8Array', 'packed', 'dequantizeBlockwise');
   assertArrayType(q.absmax, 'Float32Array', 'absmax', 'dequantizeBlockwise');
@@ -66,6 +66,16 @@ export function assertBlockwiseLayout(q: Blockwise4Bit): void {
       `${q.format} blocks of ${q.blockSize} over ${q.length} values need ${wantPacked} packed bytes and ${wantAbsmax} absmax values, got ${q.packed.length} and ${q.absmax.length}.`,
       { length: q.length, blockSize: q.blockSize },
     );
+  }
+  // A NaN or infinite scale makes its whole block NaN/Inf: refuse rather than write such weights.
+  for (let b = 0; b < q.absmax.length; b++) {
+    if (!Number.isFinite(q.absmax[b])) {
+      throw new QuantError(
+        'QUANT_NON_FINITE',
+        `absmax of block ${b} is ${q.absmax[b]}: the stored quantization state is damaged and would give non-finite weights. Re-quantize the model from its original weights.`,
+        { block: b },
+      );
+    }
   }
 }
 
