@@ -28,6 +28,8 @@ beforeAll(async () => {
     port: 0,
     apiKey: KEY,
     maxBatch: 2,
+    preload: ['a1'],
+    memoryBudgetBytes: 1 << 20,
     limits: {
       bodyBytes: 4096,
       promptTokens: 32,
@@ -74,6 +76,16 @@ describe('limits and bad input: each a 4xx naming the problem, in the OpenAI err
     expect((await fetch(`${server.url}/health`)).status).toBe(200);
     const ok = await send('/v1/completions', { model: 'base', prompt: 'x', max_tokens: 2 });
     expect(ok.status).toBe(200);
+  });
+
+  it('--preload: the adapter is loaded at startup; /v1/models says which are loaded', async () => {
+    const r = await fetch(`${server.url}/v1/models`, { headers: auth });
+    const models = (await json(r)).data as { id: string; loaded: boolean }[];
+    expect(models.map((m) => [m.id, m.loaded])).toEqual([
+      ['base', true],
+      ['a0', false],
+      ['a1', true],
+    ]);
   });
 
   it('malformed JSON, wrong types, n > 1, unknown model, missing fields', async () => {
