@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { guardOutput } from '@lora/core';
 import { UsageError } from './errors.js';
 
@@ -107,6 +108,20 @@ export function parsePositiveInt(name: string) {
       throw new UsageError(`--${name} must be a positive integer, got "${value}".`);
     return n;
   };
+}
+
+/**
+ * Parses `--threads`: a positive integer up to the CPUs of this machine (`os.availableParallelism()`).
+ * More threads than CPUs add memory (one worker or thread pool each) and no speed.
+ */
+export function parseThreads(value: string): number {
+  const n = parsePositiveInt('threads')(value);
+  const cpus = availableParallelism();
+  if (n > cpus)
+    throw new UsageError(
+      `--threads ${n} is above the ${cpus} CPUs of this machine (the limit): more threads only add memory. Use --threads ${cpus} or fewer.`,
+    );
+  return n;
 }
 
 /** Parses a number flag value (accepts 65e9, 0.5, ...). */

@@ -1,5 +1,5 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { runCli } from '../src/test-utils/run-cli.js';
@@ -90,6 +90,23 @@ describe('resource bombs', () => {
       await refused(`generate: ${name}`, ['generate', '--model', dir, '--prompt', 'hi'], limit);
     });
   }
+
+  it('--threads 1000 is refused naming the CPU limit (quantize, train)', async () => {
+    const cpus = availableParallelism();
+    const limit = new RegExp(
+      `--threads 1000 is above the ${cpus} CPUs of this machine \\(the limit\\)`,
+    );
+    await refused(
+      'quantize --threads 1000',
+      ['quantize', work, '-o', join(work, 'q'), '--threads', '1000'],
+      limit,
+    );
+    await refused(
+      'train --threads 1000',
+      ['train', '--model', work, '--data', 'x.jsonl', '--threads', '1000', '-o', join(work, 't')],
+      limit,
+    );
+  });
 
   it('adapter_config.json r = 1e9 is refused naming the limit', async () => {
     const dir = join(work, 'adapter-r');

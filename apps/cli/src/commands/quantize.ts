@@ -18,6 +18,7 @@ import {
   emit,
   formatBytes,
   parsePositiveInt,
+  parseThreads,
   table,
 } from '../output.js';
 import { resolveModelOrBundled } from '../model-source.js';
@@ -78,7 +79,7 @@ export function registerQuantize(program: Command): void {
     .option(
       '--threads <n>',
       'threads for large nf4/fp4 tensors (default: all CPUs)',
-      parsePositiveInt('threads'),
+      parseThreads,
     )
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')

@@ -12,6 +12,7 @@ import {
   log,
   parseNumber,
   parsePositiveInt,
+  parseThreads,
 } from '../output.js';
 
 const METHODS = ['lora', 'qlora', 'full'] as const;
@@ -210,7 +211,7 @@ export function registerTrain(program: Command): void {
     .option(
       '--threads <n>',
       'onnxruntime threads per op (default: all cores)',
-      parsePositiveInt('threads'),
+      parseThreads,
     )
     .option('--force', 'replace an existing output folder')
     .option(
