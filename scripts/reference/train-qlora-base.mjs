@@ -19,7 +19,12 @@ for (const name of file.names()) {
     out.set(name, t);
     continue;
   }
-  const q = quantizeBnb4(t.data, t.shape, { format: 'nf4', blockSize: 64, doubleQuant: true, name });
+  const q = quantizeBnb4(t.data, t.shape, {
+    format: 'nf4',
+    blockSize: 64,
+    doubleQuant: true,
+    name,
+  });
   out.set(name, { dtype: 'f32', shape: t.shape, data: dequantizeBnb4(q) });
 }
 await file.close();

@@ -89,7 +89,8 @@ export class LoraSlotCache {
   forget(name: string): void {
     for (let i = 1; i < this.#state.length; i++) {
       const s = this.#state[i];
-      if (s.key?.split('\u0001').some((part) => part.split('\u0000')[0] === name)) s.key = undefined;
+      if (s.key?.split('\u0001').some((part) => part.split('\u0000')[0] === name))
+        s.key = undefined;
     }
   }
 
