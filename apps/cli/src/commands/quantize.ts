@@ -76,11 +76,7 @@ export function registerQuantize(program: Command): void {
         .choices(['f32', 'f16', 'bf16'])
         .default('f32'),
     )
-    .option(
-      '--threads <n>',
-      'threads for large nf4/fp4 tensors (default: all CPUs)',
-      parseThreads,
-    )
+    .option('--threads <n>', 'threads for large nf4/fp4 tensors (default: all CPUs)', parseThreads)
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
     .option('--force', 'overwrite the output')

@@ -208,11 +208,7 @@ export function registerTrain(program: Command): void {
       oneOf('device', ['cpu', 'cuda', 'auto'] as const),
       'cpu',
     )
-    .option(
-      '--threads <n>',
-      'onnxruntime threads per op (default: all cores)',
-      parseThreads,
-    )
+    .option('--threads <n>', 'onnxruntime threads per op (default: all cores)', parseThreads)
     .option('--force', 'replace an existing output folder')
     .option(
       '--json',
