@@ -1,8 +1,9 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { runCli } from '../src/test-utils/run-cli.js';
+import { writeSyntheticAdapter, writeSyntheticLlama } from '../src/test-utils/synthetic-model.js';
 
 /**
  * Resource bombs: inputs that claim absurd sizes are refused with a message naming the limit,
@@ -105,6 +106,34 @@ describe('resource bombs', () => {
       'train --threads 1000',
       ['train', '--model', work, '--data', 'x.jsonl', '--threads', '1000', '-o', join(work, 't')],
       limit,
+    );
+  });
+
+  it('a catastrophic target_modules regex is refused before matching (merge used to hang)', async () => {
+    const model = join(work, 'regex-model');
+    const adapter = join(work, 'regex-adapter');
+    await writeSyntheticLlama(model);
+    await writeSyntheticAdapter(adapter, 1);
+    const configPath = join(adapter, 'adapter_config.json');
+    const config = JSON.parse(readFileSync(configPath, 'utf8'));
+    writeFileSync(configPath, JSON.stringify({ ...config, target_modules: '(.*)*x' }));
+    // The regex only feeds merge's target check (warnings); the weights present are merged.
+    const r = await runCli([
+      'merge',
+      '--base',
+      model,
+      '--adapter',
+      adapter,
+      '-o',
+      join(work, 'regex-merged'),
+    ]);
+    const warning = r.stderr.split('\n').find((l) => l.includes('target_modules')) ?? '';
+    outcomes.push(
+      `${'merge: target_modules "(.*)*x"'.padEnd(36)} exit ${r.code}  ${warning.slice(0, 110)}`,
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect(warning).toMatch(
+      /repeats a group that itself repeats .*the limit: no nested repetition/,
     );
   });
 

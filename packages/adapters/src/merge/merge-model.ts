@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import {
   type FloatDType,
   isFloatDType,
+  LoraError,
   type Tensor,
   type TensorToWrite,
   temporaryPath,
@@ -439,8 +440,11 @@ function targetWarnings(sources: readonly AdapterSource[], names: readonly strin
     let check: ReturnType<typeof checkAdapterTargets>;
     try {
       check = checkAdapterTargets(s.adapter, modules);
-    } catch {
-      return; // e.g. target_modules null with no model type: nothing to compare against
+    } catch (e) {
+      // e.g. target_modules null with no model type: nothing to compare against. An unsafe or
+      // invalid regex is reported; the weights present are merged all the same.
+      if (e instanceof LoraError && e.code.startsWith('REGEX_')) out.push(`${label}: ${e.message}`);
+      return;
     }
     if (check.missingWeights.length > 0) {
       out.push(

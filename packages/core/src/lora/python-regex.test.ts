@@ -31,3 +31,21 @@ describe('translatePythonRegex', () => {
     expect(() => translatePythonRegex('(?x)a b', 't')).toThrow(/inline flag/);
   });
 });
+
+describe('nested repetition (exponential backtracking) is refused before matching', () => {
+  it('refuses a repeated group that repeats, accepts the patterns PEFT configs use', () => {
+    for (const p of ['(a+)+$', '(.*)*x', '(?:a|b*){2,}', '((a+))+', '(a{2,5})+'])
+      expect(() => pythonFullmatchRegExp(p, 't'), p).toThrow(/repeats a group that itself repeats/);
+    for (const p of [
+      '.*\\.(q_proj|v_proj)',
+      '^(?!.*vision).*\\.(q|k|v)_proj$',
+      '(.*\\.)?(q_proj)',
+      'model\\.layers\\.\\d+\\.self_attn\\.(q|v)_proj',
+      '(a+){1}',
+      '[(]a+[)]+',
+      '\\(a+\\)+',
+      '(ab)+c*',
+    ])
+      expect(() => pythonFullmatchRegExp(p, 't'), p).not.toThrow();
+  });
+});

@@ -105,12 +105,58 @@ export function translatePythonRegex(
     i++;
   }
   if (inClass) throw invalid(pattern, where, 'an unclosed character class');
+  if (hasNestedRepeat(out)) {
+    throw new CoreError(
+      'REGEX_UNSAFE',
+      `${where}: the regular expression "${pattern.slice(0, 200)}" repeats a group that itself repeats (like "(a+)+"), which can take exponential time to match (the limit: no nested repetition). List the module names, or rewrite it without a repeated group that contains * + or {n,m}.`,
+      { pattern, where },
+    );
+  }
   try {
     new RegExp(out, flags);
   } catch (e) {
     throw invalid(pattern, where, (e as Error).message);
   }
   return { source: out, flags };
+}
+
+/**
+ * Whether a JS regex source repeats (`*`, `+`, `{n,}`, `{n,m}` with m > 1) a group that contains a
+ * repetition: the star height above 1 that makes backtracking engines exponential (`(a+)+$`,
+ * `(.*)*x`). Checked before compiling, since JS RegExp has no match-time budget.
+ */
+function hasNestedRepeat(source: string): boolean {
+  // one entry per open group: does it contain a repetition?
+  const groups: boolean[] = [false];
+  let closed = false; // the previous atom was a group holding a repetition
+  for (let i = 0; i < source.length; i++) {
+    const c = source[i];
+    let repeat = c === '*' || c === '+';
+    if (c === '{') {
+      const m = /^\{(\d*)(,?)(\d*)\}/.exec(source.slice(i));
+      if (m) {
+        repeat = m[2] === ',' ? m[3] === '' || Number(m[3]) > 1 : Number(m[1]) > 1;
+        i += m[0].length - 1;
+      }
+    }
+    if (repeat) {
+      if (closed) return true;
+      groups[groups.length - 1] = true;
+      closed = false;
+      continue;
+    }
+    closed = false;
+    if (c === '\\') i++;
+    else if (c === '[') {
+      for (i++; i < source.length && source[i] !== ']'; i++) if (source[i] === '\\') i++;
+    } else if (c === '(') groups.push(false);
+    else if (c === ')' && groups.length > 1) {
+      const inner = groups.pop()!;
+      if (inner) groups[groups.length - 1] = true;
+      closed = inner;
+    }
+  }
+  return false;
 }
 
 /** Python `re.fullmatch(pattern, text)` as a JS RegExp: `^(?:pattern)$`. */
