@@ -40,11 +40,10 @@ interface Sequence {
   readonly row: GenerationRow;
   readonly slot: number;
   readonly onEvent: (event: RowEvent) => void;
+  readonly onAdmit?: () => void;
   readonly resolve: () => void;
   readonly reject: (error: unknown) => void;
   cancelled: boolean;
-  /** Time the row waited for a place in the batch, ms. */
-  readonly enqueuedAt: number;
 }
 
 /**
@@ -94,20 +93,18 @@ export class BatchEngine {
   /**
    * Adds a row: it joins the batch at the next step boundary with room. `slot` is its LoRA
    * slot (0 = the base model). `onEvent` receives every sampled token's event, in order, as
-   * it is produced; the last one has `finishReason`.
+   * it is produced; the last one has `finishReason`. `onAdmit` is called when the row's
+   * prefill starts (it has left the queue).
    */
-  submit(row: GenerationRow, slot: number, onEvent: (event: RowEvent) => void): SequenceHandle {
+  submit(
+    row: GenerationRow,
+    slot: number,
+    onEvent: (event: RowEvent) => void,
+    onAdmit?: () => void,
+  ): SequenceHandle {
     let seq!: Sequence;
     const finished = new Promise<void>((resolve, reject) => {
-      seq = {
-        row,
-        slot,
-        onEvent,
-        resolve,
-        reject,
-        cancelled: false,
-        enqueuedAt: performance.now(),
-      };
+      seq = { row, slot, onEvent, onAdmit, resolve, reject, cancelled: false };
     });
     this.#waiting.push(seq);
     this.#kick();
@@ -156,6 +153,7 @@ export class BatchEngine {
       return !s.cancelled;
     });
     if (joining.length === 0) return;
+    for (const s of joining) s.onAdmit?.();
     const prompts = joining.map((s) => s.row.output.promptTokens);
     const L = prompts.reduce((m, p) => Math.max(m, p.length), 0);
     let out: LlamaForwardOutput;

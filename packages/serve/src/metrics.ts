@@ -84,7 +84,7 @@ export class ServeMetrics {
     });
     this.queueSeconds = new Histogram({
       name: 'lora_queue_seconds',
-      help: 'Time from a request being accepted to its first row joining the batch',
+      help: 'Time from a request being accepted (limits checked) to its prefill: adapter slot wait plus batch queue',
       buckets: LATENCY_BUCKETS,
       registers,
     });

@@ -457,15 +457,25 @@ export class CompletionService {
     try {
       this.#trimLoaded();
       let first = true;
+      let admitted = false;
+      const sinceAccepted = () => (performance.now() - accepted) / 1000;
       const handles = rows.map((row, i) =>
-        this.#engine.submit(row, lease.slot, (event) => {
-          if (first) {
-            first = false;
-            this.metrics.firstTokenSeconds.observe((performance.now() - accepted) / 1000);
-            this.metrics.queueSeconds.observe((performance.now() - accepted) / 1000);
-          }
-          onEvent?.(i, event);
-        }),
+        this.#engine.submit(
+          row,
+          lease.slot,
+          (event) => {
+            if (first) {
+              first = false;
+              this.metrics.firstTokenSeconds.observe(sinceAccepted());
+            }
+            onEvent?.(i, event);
+          },
+          () => {
+            if (admitted) return;
+            admitted = true;
+            this.metrics.queueSeconds.observe(sinceAccepted());
+          },
+        ),
       );
       const cancel = () => {
         for (const h of handles) h.cancel();
