@@ -137,6 +137,18 @@ describe('resource bombs', () => {
     );
   });
 
+  it('--batch with 100,000 rows is refused naming the row limit', async () => {
+    const model = join(work, 'batch-model');
+    await writeSyntheticLlama(model);
+    const file = join(work, 'big.jsonl');
+    writeFileSync(file, `${JSON.stringify({ prompt: 'Once' })}\n`.repeat(100_000));
+    await refused(
+      'generate --batch (100,000 rows)',
+      ['generate', '--model', model, '--batch', file, '--max-tokens', '1'],
+      /has more than 256 rows \(the limit/,
+    );
+  });
+
   it('adapter_config.json r = 1e9 is refused naming the limit', async () => {
     const dir = join(work, 'adapter-r');
     mkdirSync(dir, { recursive: true });

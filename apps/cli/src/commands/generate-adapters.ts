@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import type { Adapter } from '@lora/adapters';
 import type { LlamaModel, LlamaModelOptions, SlotAdapter } from '@lora/runtime-onnx';
 import type { Command } from 'commander';
@@ -41,15 +41,34 @@ export interface BatchRow {
 }
 
 /** Reads a `--batch` file; rows without `adapter` use `defaults`. */
+/**
+ * Rows of one `--batch` file, all generated together in one batch (one KV cache each): more
+ * would take gigabytes before the first token. Split larger files.
+ */
+export const MAX_BATCH_ROWS = 256;
+/** Size of a `--batch` file read at once (checked before reading). */
+export const MAX_BATCH_BYTES = 64 * 2 ** 20;
+
 export async function readBatchFile(
   path: string,
   defaults: readonly string[],
 ): Promise<BatchRow[]> {
   if (!existsSync(path)) throw new UsageError(`--batch ${path} does not exist.`);
+  const { size } = await stat(path);
+  if (size > MAX_BATCH_BYTES) {
+    throw new UsageError(
+      `--batch ${path} is ${size} bytes, above the limit of ${MAX_BATCH_BYTES} (64 MiB) for one batch. Split it into files of at most ${MAX_BATCH_ROWS} rows.`,
+    );
+  }
   const rows: BatchRow[] = [];
   const lines = (await readFile(path, 'utf8')).split('\n');
   for (const [i, line] of lines.entries()) {
     if (line.trim() === '') continue;
+    if (rows.length === MAX_BATCH_ROWS) {
+      throw new UsageError(
+        `--batch ${path} has more than ${MAX_BATCH_ROWS} rows (the limit: all rows are generated together, one KV cache each). Split it into files of at most ${MAX_BATCH_ROWS} rows.`,
+      );
+    }
     const where = `${path}:${i + 1}`;
     let row: { prompt?: unknown; adapter?: unknown };
     try {
