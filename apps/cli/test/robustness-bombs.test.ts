@@ -1,6 +1,7 @@
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { runCli } from '../src/test-utils/run-cli.js';
 import { writeSyntheticAdapter, writeSyntheticLlama } from '../src/test-utils/synthetic-model.js';
@@ -10,6 +11,13 @@ import { writeSyntheticAdapter, writeSyntheticLlama } from '../src/test-utils/sy
  * before anything is sized by them (each case used to take tens of seconds and gigabytes).
  * The outcomes are printed as a table.
  */
+
+const stories = fileURLToPath(
+  new URL('../../../../shared/fixtures/llama2c-stories260k', import.meta.url),
+);
+const haveStories = existsSync(stories);
+if (!haveStories)
+  console.warn(`SKIPPED: ${stories} is absent; the long-prompt and max-tokens bombs do not run.`);
 
 const work = mkdtempSync(join(tmpdir(), 'lora-bombs-'));
 const outcomes: string[] = [];
@@ -148,6 +156,37 @@ describe('resource bombs', () => {
       /has more than 256 rows \(the limit/,
     );
   });
+
+  it.skipIf(!haveStories)(
+    'a 5 MB prompt is refused before tokenizing; --max-tokens 1e6 stops at the context',
+    async () => {
+      const file = join(work, 'prompt.txt');
+      writeFileSync(file, 'Once upon a time. '.repeat(300_000));
+      await refused(
+        'generate --prompt-file (5 MB)',
+        ['generate', '--model', stories, '--prompt-file', file, '--max-tokens', '1'],
+        /cannot fit \(refused before tokenizing\)/,
+      );
+      const r = await runCli([
+        'generate',
+        '--model',
+        stories,
+        '--prompt',
+        'Once',
+        '--max-tokens',
+        '1000000',
+        '--json',
+      ]);
+      const out = JSON.parse(r.stdout || '{}');
+      outcomes.push(
+        `${'generate --max-tokens 1e6'.padEnd(36)} exit ${r.code}  ${out.promptTokens?.length} + ${out.tokens?.length} tokens, finish ${out.finishReason}`,
+      );
+      expect(r.code, r.stderr).toBe(0);
+      // prompt + generated tokens stop at the model's context (512), not at a million
+      expect(out.promptTokens.length + out.tokens.length).toBeLessThanOrEqual(512);
+      expect(out.tokens.length).toBeGreaterThan(0);
+    },
+  );
 
   it('adapter_config.json r = 1e9 is refused naming the limit', async () => {
     const dir = join(work, 'adapter-r');

@@ -23,6 +23,8 @@ const BYTE_COUNT = 256;
  */
 export class ByteTokenizer implements Tokenizer {
   readonly kind = 'byte' as const;
+  /** One token per UTF-8 byte: at most one UTF-16 code unit. */
+  readonly maxTokenChars = 1;
   readonly vocabSize: number;
   readonly bosId: number | undefined;
   readonly eosId: number | undefined;

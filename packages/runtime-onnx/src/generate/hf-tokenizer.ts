@@ -25,6 +25,7 @@ export interface HfTokenizerConfig {
 export class HfTokenizer implements Tokenizer {
   readonly kind = 'huggingface' as const;
   readonly vocabSize: number;
+  readonly maxTokenChars: number;
   readonly bosId: number | undefined;
   readonly eosId: number | undefined;
   private readonly inner: HfJsTokenizer;
@@ -61,7 +62,12 @@ export class HfTokenizer implements Tokenizer {
         { cause: e },
       );
     }
-    this.vocabSize = this.inner.get_vocab(true).size;
+    const vocab = this.inner.get_vocab(true);
+    this.vocabSize = vocab.size;
+    // byte-level and SentencePiece vocabularies spell one input unit per character
+    let longest = 1;
+    for (const token of vocab.keys()) if (token.length > longest) longest = token.length;
+    this.maxTokenChars = longest;
     this.bosId = this.specialId(config.bos_token, 'bos_token', source);
     this.eosId = this.specialId(config.eos_token, 'eos_token', source);
     this.addBos = typeof config.add_bos_token === 'boolean' ? config.add_bos_token : undefined;

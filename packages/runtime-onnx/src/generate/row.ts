@@ -78,6 +78,16 @@ export class GenerationRow {
    * Throws `GENERATE_OPTIONS_INVALID` for an empty prompt or one that fills the context.
    */
   constructor(tokenizer: Tokenizer, prompt: string, settings: ResolvedRowSettings, index = 0) {
+    // Normalizers may shrink text (composing accents): allow 4x before calling it hopeless.
+    const cannotFit =
+      4 * (tokenizer.maxTokenChars ?? Number.POSITIVE_INFINITY) * settings.maxSequenceLength;
+    if (prompt.length > cannotFit) {
+      throw new RuntimeError(
+        'GENERATE_OPTIONS_INVALID',
+        `prompt ${index} has ${prompt.length} characters; the model's context is ${settings.maxSequenceLength} tokens of at most ${tokenizer.maxTokenChars} characters each, so it cannot fit (refused before tokenizing). Shorten the prompt.`,
+        { row: index, promptChars: prompt.length, maxSequenceLength: settings.maxSequenceLength },
+      );
+    }
     const promptTokens = tokenizer.encode(prompt, { addSpecialTokens: settings.addSpecialTokens });
     if (promptTokens.length >= settings.maxSequenceLength) {
       throw new RuntimeError(

@@ -16,6 +16,12 @@ export interface Tokenizer {
   /** End-of-sequence id, if the tokenizer has one: generation stops when it is sampled. */
   readonly eosId: number | undefined;
   /**
+   * The most UTF-16 code units of text one token stands for, when known: a prompt longer than
+   * this times the context (times a margin for normalization) cannot fit, and is refused before
+   * tokenizing it (megabytes of text take minutes to tokenize).
+   */
+  readonly maxTokenChars?: number;
+  /**
    * Text to ids. With `addSpecialTokens` (default true) the BOS (and EOS) the tokenizer's config
    * asks for are added, as for a prompt.
    */
