@@ -15,6 +15,20 @@ export function parseAdapterSpec(value: string): AdapterSpec {
   return { dir: value };
 }
 
+/**
+ * The error for an `--adapter` value naming nothing on disk. When the part before the last colon
+ * exists, the value was meant as `<dir>:<weight>` with a weight that is not a number: say so.
+ */
+export function adapterNotFound(value: string): UsageError {
+  const colon = value.lastIndexOf(':');
+  if (colon > 0 && existsSync(value.slice(0, colon))) {
+    return new UsageError(
+      `--adapter ${value}: "${value.slice(colon + 1)}" after the colon is not a number. Write <dir>:<weight> with a numeric weight, e.g. ${value.slice(0, colon)}:0.5.`,
+    );
+  }
+  return new UsageError(`--adapter ${value} does not exist.`);
+}
+
 /** Commander collector for a repeatable `--adapter`. */
 export function collectAdapter(value: string, previous: AdapterSpec[] = []): AdapterSpec[] {
   return [...previous, parseAdapterSpec(value)];
@@ -29,7 +43,7 @@ export async function loadAdapters(
   const sources: AdapterSource[] = [];
   const warnings: string[] = [];
   for (const s of specs) {
-    if (!existsSync(s.dir)) throw new UsageError(`adapter folder ${s.dir} does not exist.`);
+    if (!existsSync(s.dir)) throw adapterNotFound(s.dir);
     const loaded = await loadPeftAdapter(s.dir);
     warnings.push(...loaded.warnings);
     sources.push({ adapter: loaded.adapter, weight: s.weight, label: s.dir });

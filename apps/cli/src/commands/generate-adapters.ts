@@ -3,6 +3,7 @@ import { readFile, stat } from 'node:fs/promises';
 import type { Adapter } from '@lora/adapters';
 import type { LlamaModel, LlamaModelOptions, SlotAdapter } from '@lora/runtime-onnx';
 import type { Command } from 'commander';
+import { adapterNotFound } from '../adapter-spec.js';
 import { UsageError } from '../errors.js';
 
 /**
@@ -103,7 +104,7 @@ export function parseAdapterSpec(spec: string): { path: string; scale: number } 
 }
 
 async function loadAdapterFile(path: string): Promise<Adapter> {
-  if (!existsSync(path)) throw new UsageError(`--adapter ${path} does not exist.`);
+  if (!existsSync(path)) throw adapterNotFound(path);
   const adapters = await import('@lora/adapters');
   if (path.endsWith('.onnx_adapter')) return adapters.loadOnnxAdapter(path);
   return (await adapters.loadPeftAdapter(path)).adapter;
@@ -213,6 +214,15 @@ export async function prepareAdapters(
     rowLabels,
     open: async (dir, options) => {
       const model = await rt.loadLlama(dir, { ...options, linearHook: hook });
+      // Module names the model does not have: the adapter was made for another model.
+      const foreign = [...targets].filter((m) => !plan.sites.has(m));
+      if (foreign.length > 0) {
+        const owner = [...loaded].find(([, a]) => a.modules.has(foreign[0]))?.[0] ?? 'an adapter';
+        await model.release();
+        throw new UsageError(
+          `--adapter ${owner} adapts ${foreign.length} module(s) that ${dir} does not have as linear layers (e.g. ${foreign[0]})${plan.sites.size === 0 ? ', and none that it has' : ''}: the adapter was made for another model or architecture. Use an adapter trained on this model.`,
+        );
+      }
       const slots = new rt.LoraSlots(plan);
       for (let s = 1; s < slotSets.length; s++) slots.assign(s, slotSets[s]);
       feeds = slots.feeds(rowSlots);
