@@ -88,8 +88,9 @@ describe('packaging: each package installs alone from its tarball', () => {
         expect(pj.engines?.node).toBe('>=20');
       });
 
-      it('imports every public entry point', () => {
+      it('imports every entry point; their exported names match the committed API snapshot', async () => {
         const entries = Object.keys(p.json.exports).filter((k) => !k.endsWith('package.json'));
+        const lines: string[] = [];
         for (const entry of entries) {
           const spec = entry === '.' ? p.json.name : `${p.json.name}/${entry.slice(2)}`;
           const out = execFileSync(
@@ -97,15 +98,32 @@ describe('packaging: each package installs alone from its tarball', () => {
             [
               '--input-type=module',
               '-e',
-              `const m = await import(${JSON.stringify(spec)}); console.log(Object.keys(m).length);`,
+              `const m = await import(${JSON.stringify(spec)}); console.log(JSON.stringify(Object.keys(m)));`,
             ],
-            {
-              cwd: project,
-              encoding: 'utf8',
-            },
+            { cwd: project, encoding: 'utf8' },
           );
-          expect(Number(out.trim())).toBeGreaterThan(0);
+          const values: string[] = JSON.parse(out);
+          expect(values.length).toBeGreaterThan(0);
+          // Type-only names, from the entry's declarations when they are named exports.
+          const dts = readFileSync(
+            join(project, 'node_modules', p.json.name, p.json.exports[entry].types),
+            'utf8',
+          );
+          const types = [...dts.matchAll(/^export type \{([^}]*)\}/gm)].flatMap((m) =>
+            m[1]
+              .split(',')
+              .map((n) => n.trim())
+              .filter(Boolean),
+          );
+          lines.push(
+            ...values.map((n) => `${entry} ${n}`),
+            ...types.map((n) => `${entry} type ${n}`),
+          );
         }
+        // An API change is a visible diff of this file (update with vitest -u after a deliberate change).
+        await expect(`${lines.sort().join('\n')}\n`).toMatchFileSnapshot(
+          `api/${p.json.name.replace('@lora/', '')}.api.txt`,
+        );
       });
 
       it('runs every ```js example of its README', async () => {
