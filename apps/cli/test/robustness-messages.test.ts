@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../src/test-utils/run-cli.js';
+import { cliBuilt, runCliChild } from './helpers/child-cli.js';
 import { writeSyntheticAdapter, writeSyntheticLlama } from '../src/test-utils/synthetic-model.js';
 
 /**
@@ -72,6 +73,32 @@ describe('messages about the input', () => {
       /does not exist/,
     );
   });
+
+  it.skipIf(!haveFixtures || !cliBuilt)(
+    '--device cuda: no native onnxruntime log line, only our message',
+    async () => {
+      // A child process: the native logger writes to the real stderr, which runCli cannot capture.
+      const r = await runCliChild([
+        'generate',
+        '--model',
+        stories,
+        '--prompt',
+        'Once',
+        '--max-tokens',
+        '2',
+        '--device',
+        'cuda',
+      ]);
+      const first = r.stderr.trim().split('\n')[0] ?? '';
+      outcomes.push(
+        `${'generate --device cuda (child)'.padEnd(34)} exit ${r.code}  ${first.slice(0, 130)}`,
+      );
+      expect(r.stderr.includes('\u001b['), 'no ANSI color codes').toBe(false);
+      expect(r.stderr).not.toMatch(/\[[EW]:onnxruntime/);
+      // without CUDA on this machine: our one-sentence error; with CUDA: the run succeeds
+      if (r.code !== 0) expect(first).toMatch(/^lora: The CUDA execution provider did not start/);
+    },
+  );
 
   it.skipIf(!haveFixtures)(
     'generate with a GPT-2 adapter on a LLaMA model names the mismatch',

@@ -10,6 +10,10 @@ import { ORT_TENSOR_TYPE } from '../graph/dtypes.js';
 import { type SerializedModel, serializeGraphPlaced } from '../graph/serialize.js';
 import type { Graph } from '../graph/types.js';
 import { type Device, explainCudaFailure, providerPlan } from './device.js';
+
+// The native logger writes colored lines straight to stderr (ignoring NO_COLOR and pipes), e.g.
+// on a failed CUDA load; every failure reaches the caller as a RuntimeError or a warning instead.
+ort.env.logLevel = 'fatal';
 import { WeightFile } from './weight-file.js';
 
 /** Initializers at least this large go to the weight file; smaller ones stay in the protobuf. */
@@ -169,7 +173,7 @@ export class ModelSession {
         : {}),
       intraOpNumThreads: options.intraOpNumThreads ?? availableParallelism(),
       enableCpuMemArena: options.memoryArena ?? true,
-      logSeverityLevel: 3,
+      logSeverityLevel: 4,
       // Idle pool threads sleep instead of spinning: spinning wins on an idle machine, loses badly on a busy one.
       extra: {
         session: {
