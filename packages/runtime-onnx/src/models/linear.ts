@@ -4,8 +4,9 @@ import * as op from '../graph/ops.js';
 import type { Value } from '../graph/types.js';
 
 /**
- * A linear layer's weight, ready for the graph: dense float32 (stored transposed, `[in, out]`,
- * for MatMul), or 4-bit for onnxruntime's `MatMulNBits` (int4/uint4) or `MatMulBnb4` (nf4/fp4).
+ * A linear layer's weight, ready for the graph: dense float32 in torch layout `[out, in]` (the
+ * checkpoint's own layout, so loading never transposes; multiplied by `FusedMatMul(transB = 1)`),
+ * or 4-bit for onnxruntime's `MatMulNBits` (int4/uint4) or `MatMulBnb4` (nf4/fp4).
  * `inFeatures`/`outFeatures` are torch's `[out, in]` sizes.
  */
 export type LinearWeight =
@@ -13,7 +14,8 @@ export type LinearWeight =
       readonly kind: 'dense';
       readonly inFeatures: number;
       readonly outFeatures: number;
-      readonly weightT: Tensor<'f32'>;
+      /** [out, in] */
+      readonly weight: Tensor<'f32'>;
     }
   | {
       readonly kind: 'nbits';
@@ -77,7 +79,7 @@ export type LinearHook = (g: GraphBuilder, site: LinearSite) => Value | undefine
 
 /** A linear's weight tensors as graph values (initializers), with the layout facts of its kind. */
 export type LinearValues =
-  | { readonly kind: 'dense'; readonly weightT: Value }
+  | { readonly kind: 'dense'; readonly weight: Value }
   | {
       readonly kind: 'nbits';
       readonly blockSize: number;
@@ -100,7 +102,7 @@ const madeInitializers = new WeakMap<GraphBuilder, Map<LinearWeight, LinearValue
 /**
  * The initializers of a linear's weight, created on first use in `g` and returned again on later
  * calls with the same weight (so a backward pass reads the very bytes the forward op reads).
- * Names: `<module>.weight_t` (dense, [in, out]), `.weight_q4`/`.weight_scales`/`.weight_zero_points`
+ * Names: `<module>.weight` (dense, [out, in]), `.weight_q4`/`.weight_scales`/`.weight_zero_points`
  * (MatMulNBits), `.weight_bnb4`/`.weight_absmax` (MatMulBnb4).
  */
 export function linearInitializers(
@@ -118,7 +120,7 @@ export function linearInitializers(
   let values: LinearValues;
   switch (weight.kind) {
     case 'dense':
-      values = { kind: 'dense', weightT: g.initializer(`${moduleName}.weight_t`, weight.weightT) };
+      values = { kind: 'dense', weight: g.initializer(`${moduleName}.weight`, weight.weight) };
       break;
     case 'nbits':
       values = {
@@ -147,8 +149,10 @@ export function linearInitializers(
 }
 
 /**
- * The single place every model emits a linear layer: y = x W^T (+ bias), through MatMul,
- * MatMulNBits or MatMulBnb4 depending on the weight (FusedMatMul for a weight given as a value), then the hook (given for decoder layers). x: [..., in] -> y: [..., out].
+ * The single place every model emits a linear layer: y = x W^T (+ bias), through
+ * `FusedMatMul(transB = 1)` for a float weight (an initializer or a value, in torch layout),
+ * MatMulNBits or MatMulBnb4 for a 4-bit one, then the hook (given for decoder layers).
+ * x: [..., in] -> y: [..., out].
  */
 export function emitLinear(
   g: GraphBuilder,
@@ -164,10 +168,8 @@ export function emitLinear(
   let y: Value;
   switch (w.kind) {
     case 'value':
-      y = op.fusedMatMul(g, x, w.weight, { transB: true }, `${moduleName}/FusedMatMul`);
-      break;
     case 'dense':
-      y = op.matmul(g, x, w.weightT, `${moduleName}/MatMul`);
+      y = op.fusedMatMul(g, x, w.weight, { transB: true }, `${moduleName}/FusedMatMul`);
       break;
     case 'nbits': {
       [y] = g.node(
@@ -207,24 +209,7 @@ export function emitLinear(
   );
 }
 
-/** [rows, cols] -> [cols, rows], float32, in cache-friendly tiles. */
-export function transpose2d(src: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(rows * cols);
-  const tile = 32;
-  for (let r0 = 0; r0 < rows; r0 += tile) {
-    const r1 = Math.min(r0 + tile, rows);
-    for (let c0 = 0; c0 < cols; c0 += tile) {
-      const c1 = Math.min(c0 + tile, cols);
-      for (let r = r0; r < r1; r++) {
-        const rowBase = r * cols;
-        for (let c = c0; c < c1; c++) out[c * rows + r] = src[rowBase + c];
-      }
-    }
-  }
-  return out;
-}
-
-/** A dense linear from a torch-layout [out, in] float32 weight. */
+/** A dense linear from a torch-layout [out, in] float32 weight (kept as is, not copied). */
 export function denseLinear(
   weight: Float32Array,
   outFeatures: number,
@@ -234,6 +219,6 @@ export function denseLinear(
     kind: 'dense',
     inFeatures,
     outFeatures,
-    weightT: tensor('f32', [inFeatures, outFeatures], transpose2d(weight, outFeatures, inFeatures)),
+    weight: tensor('f32', [outFeatures, inFeatures], weight),
   };
 }

@@ -96,16 +96,8 @@ export function quantizeLinear(
 /** The float32 [out, in] weight a linear stands for (what the reference forward compares against). */
 export function dequantizeLinear(w: LinearWeight): Float32Array {
   switch (w.kind) {
-    case 'dense': {
-      // weightT is [in, out]; give back [out, in].
-      const out = new Float32Array(w.inFeatures * w.outFeatures);
-      const src = w.weightT.data;
-      for (let i = 0; i < w.inFeatures; i++) {
-        for (let o = 0; o < w.outFeatures; o++)
-          out[o * w.inFeatures + i] = src[i * w.outFeatures + o];
-      }
-      return out;
-    }
+    case 'dense':
+      return w.weight.data;
     case 'bnb4':
       return dequantizeBlockwise({
         format: w.quantType,

@@ -1,8 +1,7 @@
-import { tensor, toFloat32Array } from '@lora/core';
+import { f16BitsToF32Bits, tensor } from '@lora/core';
 import { describe, expect, it } from 'vitest';
 import { seededRandom } from '../../test-utils/random.js';
-import { transpose2d } from '../linear.js';
-import { widenTransposed } from './prepare.js';
+import { widenF32 } from './prepare.js';
 
 /** Every 16-bit pattern once (NaNs, infinities, subnormals, both zeros), in a shuffled order. */
 function allPatterns(n: number): Uint16Array {
@@ -15,37 +14,46 @@ function allPatterns(n: number): Uint16Array {
   return bits;
 }
 
-describe('widenTransposed', () => {
-  // 257 x 263: neither a multiple of the tile, 67591 elements cover all 65536 patterns.
-  const rows = 257;
-  const cols = 263;
-  const bits = allPatterns(rows * cols);
-  /** Index of the first element whose bits differ (NaN payloads aside: JS may canonicalize them), or -1. */
-  const firstDifference = (a: Float32Array, b: Float32Array): number => {
-    const ab = new Uint32Array(a.buffer);
-    const bb = new Uint32Array(b.buffer);
-    for (let i = 0; i < a.length; i++) {
-      if (Number.isNaN(b[i]) ? !Number.isNaN(a[i]) : ab[i] !== bb[i]) return i;
-    }
-    return a.length === b.length ? -1 : a.length;
-  };
-
-  for (const dtype of ['bf16', 'f16'] as const) {
-    it(`${dtype}: bit for bit what widening then transposing gives`, () => {
-      const t = tensor(dtype, [rows, cols], bits);
-      const expected = transpose2d(toFloat32Array(t), rows, cols);
-      expect(firstDifference(widenTransposed(t, rows, cols), expected)).toBe(-1);
-    });
+/** Index of the first element whose f32 bits differ from `expected` (NaN payloads aside: JS may canonicalize them), or -1. */
+function firstDifference(a: Float32Array, expected: Uint32Array): number {
+  const ab = new Uint32Array(a.buffer, a.byteOffset, a.length);
+  const nanBits = (b: number) => (b & 0x7fffffff) > 0x7f800000;
+  for (let i = 0; i < a.length; i++) {
+    if (nanBits(expected[i]) ? !Number.isNaN(a[i]) : ab[i] !== expected[i]) return i;
   }
+  return a.length === expected.length ? -1 : a.length;
+}
 
-  it('f32: the transpose', () => {
-    const t = tensor(
-      'f32',
-      [rows, cols],
-      Float32Array.from(bits, (b) => b / 7 - 3000),
-    );
-    expect(firstDifference(widenTransposed(t, rows, cols), transpose2d(t.data, rows, cols))).toBe(
-      -1,
-    );
+describe('widenF32', () => {
+  // 67591 elements (not a multiple of a SIMD width) cover all 65536 patterns.
+  const n = 257 * 263;
+  const bits = allPatterns(n);
+
+  it('bf16: the upper half of the f32 bits, written into the given buffer', () => {
+    const out = new Float32Array(n + 8).subarray(4, 4 + n);
+    const got = widenF32(tensor('bf16', [257, 263], bits), out);
+    expect(got).toBe(out);
+    expect(
+      firstDifference(
+        got,
+        Uint32Array.from(bits, (b) => (b << 16) >>> 0),
+      ),
+    ).toBe(-1);
+  });
+
+  it('f16: exact per IEEE 754 (subnormals, infinities, NaNs)', () => {
+    // Expected bits from the scalar definition, not the SIMD kernel under test.
+    const expected = Uint32Array.from(bits, (h) => f16BitsToF32Bits(h) >>> 0);
+    expect(firstDifference(widenF32(tensor('f16', [257, 263], bits)), expected)).toBe(-1);
+    expect(
+      new Float32Array(
+        widenF32(tensor('f16', [4], Uint16Array.of(0x3c00, 0xc000, 0x0001, 0x7bff))),
+      ),
+    ).toEqual(Float32Array.of(1, -2, 2 ** -24, 65504));
+  });
+
+  it('f32: the very same array, no copy', () => {
+    const data = Float32Array.from(bits, (b) => b / 7 - 3000);
+    expect(widenF32(tensor('f32', [257, 263], data))).toBe(data);
   });
 });

@@ -1,6 +1,6 @@
-import { type Tensor, tensor, toFloat32Array } from '@lora/core';
+import { bf16ToF32Array, f16ToF32Array, type Tensor, tensor, toFloat32Array } from '@lora/core';
 import { RuntimeError } from '../../errors.js';
-import { denseLinear, type LinearWeight, transpose2d } from '../linear.js';
+import { denseLinear, type LinearWeight } from '../linear.js';
 import {
   type BaseQuantOptions,
   quantizeLinear,
@@ -84,69 +84,27 @@ export function validateLlamaWeights(config: LlamaConfig, source: WeightSource):
 async function readF32(source: WeightSource, name: string): Promise<Tensor<'f32'>> {
   if (storedQuantization(source, name)) return readDequantized(source, name);
   const t = await source.read(name);
-  const data = t.dtype === 'f64' ? Float32Array.from(t.data as Float64Array) : toFloat32Array(t);
-  return tensor('f32', t.shape, data === t.data ? (data as Float32Array) : data);
+  return tensor('f32', t.shape, widenF32(t));
 }
-
-/** Square tiles of the transposing loops: source and destination rows both stay in cache. */
-const TILE = 64;
-/** f16 bits -> f32 value for all 65536 patterns (core's exact conversion), built on first use. */
-let f16Table: Float32Array | undefined;
 
 /**
- * A torch-layout `[rows, cols]` float tensor as float32 `[cols, rows]` (MatMul's layout), widened
- * and transposed in one tiled pass: bf16 is f32's upper half (exact), f16 goes through a
- * 65536-entry table (exact), f32 is copied. One pass instead of a widen pass and a transpose pass.
+ * A float tensor's values as float32, written into `out` when given (bf16 and f16 through core's
+ * exact SIMD conversions, one pass); an f32 tensor is returned as is, without a copy.
  */
-export function widenTransposed(
-  t: Tensor,
-  rows: number,
-  cols: number,
-  out: Float32Array = new Float32Array(rows * cols),
-): Float32Array {
-  // One loop per dtype, no per-element callback: a shared callback site turns megamorphic and
-  // runs several times slower.
-  if (t.dtype === 'bf16') {
-    const src = t.data as Uint16Array;
-    const dst = new Uint32Array(out.buffer);
-    for (let r0 = 0; r0 < rows; r0 += TILE) {
-      const r1 = Math.min(r0 + TILE, rows);
-      for (let c0 = 0; c0 < cols; c0 += TILE) {
-        const c1 = Math.min(c0 + TILE, cols);
-        for (let r = r0; r < r1; r++) {
-          const base = r * cols;
-          for (let c = c0; c < c1; c++) dst[c * rows + r] = src[base + c] << 16;
-        }
-      }
-    }
-  } else if (t.dtype === 'f16') {
-    f16Table ??= toFloat32Array(
-      tensor(
-        'f16',
-        [65536],
-        Uint16Array.from({ length: 65536 }, (_, i) => i),
-      ),
-    );
-    const table = f16Table;
-    const src = t.data as Uint16Array;
-    for (let r0 = 0; r0 < rows; r0 += TILE) {
-      const r1 = Math.min(r0 + TILE, rows);
-      for (let c0 = 0; c0 < cols; c0 += TILE) {
-        const c1 = Math.min(c0 + TILE, cols);
-        for (let r = r0; r < r1; r++) {
-          const base = r * cols;
-          for (let c = c0; c < c1; c++) out[c * rows + r] = table[src[base + c]];
-        }
-      }
-    }
-  } else {
-    const src = t.dtype === 'f32' ? (t.data as Float32Array) : toFloat32Array(t);
-    out.set(transpose2d(src, rows, cols));
+export function widenF32(t: Tensor, out?: Float32Array): Float32Array {
+  switch (t.dtype) {
+    case 'f32':
+      return t.data as Float32Array;
+    case 'bf16':
+      return bf16ToF32Array(t.data as Uint16Array, out);
+    case 'f16':
+      return f16ToF32Array(t.data as Uint16Array, out);
+    default:
+      return toFloat32Array(t);
   }
-  return out;
 }
 
-/** A float linear straight from the checkpoint into MatMul's `[in, out]` float32 layout. */
+/** A float linear straight from the checkpoint: float32 in its own `[out, in]` layout, never transposed. */
 async function readDenseLinear(
   source: WeightSource,
   name: string,
@@ -157,12 +115,8 @@ async function readDenseLinear(
   if (storedQuantization(source, name))
     return denseLinear((await readDequantized(source, name)).data, out, inF);
   const t = await source.read(name);
-  return {
-    kind: 'dense',
-    inFeatures: inF,
-    outFeatures: out,
-    weightT: tensor('f32', [inF, out], widenTransposed(t, out, inF, scratch?.(out * inF))),
-  };
+  const widened = t.dtype === 'f32' ? undefined : scratch?.(out * inF);
+  return denseLinear(widenF32(t, widened), out, inF);
 }
 
 /** A linear as stored (float or 4-bit); float ones quantized on load when `quant` is given. */
@@ -207,7 +161,7 @@ async function storeLinear(
 ): Promise<LinearWeight> {
   switch (w.kind) {
     case 'dense':
-      return { ...w, weightT: await store(w.weightT) };
+      return { ...w, weight: await store(w.weight) };
     case 'nbits':
       return {
         ...w,
@@ -222,7 +176,7 @@ async function storeLinear(
 
 /**
  * Reads, converts (f16/bf16 -> f32) and lays out every weight for the graph, one tensor at a
- * time: linears transposed for MatMul, or quantized to 4 bits. With `store`, each tensor leaves
+ * time: float linears in their checkpoint layout, or quantized to 4 bits. With `store`, each tensor leaves
  * memory as soon as it is prepared.
  */
 export async function prepareLlamaWeights(
@@ -252,7 +206,8 @@ export async function prepareLlamaWeights(
   };
   const embedF32 = await readF32(source, 'model.embed_tokens.weight');
   options.onProgress?.(++done, total, 'model.embed_tokens.weight');
-  // A tied head is the embedding transposed: made before the embedding leaves memory.
+  // A tied head is the embedding itself ([vocab, hidden] is the head's [out, in]): the same bytes,
+  // stored once.
   const tiedHead = config.tieWordEmbeddings
     ? await storeLinear(denseLinear(embedF32.data, config.vocabSize, config.hiddenSize), store)
     : undefined;
