@@ -74,6 +74,35 @@ describe('messages about the input', () => {
     );
   });
 
+  it.skipIf(!haveFixtures)(
+    'invalid sampling flags name the flag, and nothing is echoed before the error',
+    async () => {
+      for (const [flag, value, message] of [
+        ['--top-p', '2', /--top-p must be in \(0, 1\]/],
+        ['--repetition-penalty', '-1', /--repetition-penalty must be a finite number > 0/],
+      ] as const) {
+        const r = await runCli([
+          'generate',
+          '--model',
+          stories,
+          '--prompt',
+          'Once upon',
+          '--temperature',
+          '0.8',
+          flag,
+          value,
+        ]);
+        outcomes.push(
+          `${`generate ${flag} ${value}`.padEnd(34)} exit ${r.code}  ${r.stderr.trim().split('\n')[0]?.slice(0, 130)}`,
+        );
+        expect(r.code).not.toBe(0);
+        expect(r.stderr).toMatch(message);
+        expect(r.stderr).not.toMatch(/topP|repetitionPenalty/);
+        expect(r.stdout, 'the prompt is not echoed before an error').toBe('');
+      }
+    },
+  );
+
   it.skipIf(!haveFixtures || !cliBuilt)(
     '--device cuda: no native onnxruntime log line, only our message',
     async () => {

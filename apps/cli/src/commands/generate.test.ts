@@ -289,7 +289,7 @@ describe('lora generate: bad usage', () => {
         '2',
       ]);
       expect(r.code).toBe(2);
-      expect(r.stderr).toMatch(/topP must be in \(0, 1\]/);
+      expect(r.stderr).toMatch(/--top-p must be in \(0, 1\]/);
     },
   );
 });

@@ -153,6 +153,28 @@ async function openModel(options: GenerateCommandOptions): Promise<OpenedModel> 
   };
 }
 
+/** The library's option names, as the flags users typed. */
+const FLAG_OF_OPTION: Record<string, string> = {
+  maxTokens: '--max-tokens',
+  topK: '--top-k',
+  topP: '--top-p',
+  repetitionPenalty: '--repetition-penalty',
+  maxSequenceLength: "the model's context (max_position_embeddings)",
+  temperature: '--temperature',
+  seed: '--seed',
+};
+
+/** An options error of the library, reworded with flag names as a usage error. */
+function withFlagNames(e: unknown): unknown {
+  const code = (e as { code?: string })?.code;
+  if (code !== 'SAMPLING_OPTIONS_INVALID' && code !== 'GENERATE_OPTIONS_INVALID') return e;
+  const message = (e as Error).message.replace(
+    /\b(maxTokens|topK|topP|repetitionPenalty|maxSequenceLength|temperature|seed)\b/g,
+    (name) => FLAG_OF_OPTION[name],
+  );
+  return new UsageError(message);
+}
+
 async function runGenerate(options: GenerateCommandOptions): Promise<void> {
   const { generate } = await import('@lora/runtime-onnx');
   if (
@@ -167,8 +189,13 @@ async function runGenerate(options: GenerateCommandOptions): Promise<void> {
   const opened = await openModel(options);
   const streaming = !options.json && opened.prompts.length === 1;
   let result: GenerateResult;
+  // The prompt is echoed with the first token, so a refused run prints only its error.
+  let echo = streaming && options.echo;
+  const echoPrompt = () => {
+    if (echo) process.stdout.write(opened.prompts[0]);
+    echo = false;
+  };
   try {
-    if (streaming && options.echo) process.stdout.write(opened.prompts[0]);
     result = await generate(opened.stepper(), opened.tokenizer, {
       prompt: opened.prompts.length === 1 ? opened.prompts[0] : opened.prompts,
       maxTokens: options.maxTokens,
@@ -180,8 +207,16 @@ async function runGenerate(options: GenerateCommandOptions): Promise<void> {
       stop: options.stop ?? [],
       eosIds: opened.eosIds,
       maxSequenceLength: opened.maxSequenceLength,
-      onToken: streaming ? (e) => e.text && process.stdout.write(e.text) : undefined,
+      onToken: streaming
+        ? (e) => {
+            echoPrompt();
+            if (e.text) process.stdout.write(e.text);
+          }
+        : undefined,
+    }).catch((e) => {
+      throw withFlagNames(e);
     });
+    echoPrompt();
   } finally {
     await opened.release();
   }
