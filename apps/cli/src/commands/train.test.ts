@@ -113,7 +113,7 @@ describe('lora train', () => {
     expect(r.code).toBe(0);
     expect(r.stderr).toMatch(/^step 1\/2 {2}loss \d+\.\d{4} {2}lr 0\.00e\+0 {2}grad_norm \d/m);
     expect(r.stderr).toMatch(/^step 2\/2 /m);
-    expect(r.stdout).toMatch(/2 steps, final loss \d+\.\d+; adapter written to /);
+    expect(r.stdout).toMatch(/2 steps, final loss \d+\.\d+; peak RSS \d+ MiB; adapter written to /);
     const q = await runCli([
       'train',
       ...referenceFlags,
