@@ -80,7 +80,7 @@ export type { WriteFileAtomicOptions } from './io/atomic-write.js';
 export { assertRegularInputs, openRegularFile, resolveInsideFolder } from './io/file-kind.js';
 export type { FileKind } from './io/file-kind.js';
 export { describeFsError, isFsError, writeFailed } from './io/fs-errors.js';
-export { readJsonFile } from './io/json-file.js';
+export { parseJsonText, readJsonFile } from './io/json-file.js';
 export { guardOutput } from './io/output-guard.js';
 export type { GuardOutputOptions } from './io/output-guard.js';
 export {

@@ -9,9 +9,11 @@ import {
   parseModelConfig,
   tensor,
 } from '@lora/core';
-import { loadTokenizer, parseLlamaConfig, readConfigJson } from '@lora/runtime-onnx';
+import { ByteTokenizer, loadTokenizer, parseLlamaConfig, readConfigJson } from '@lora/runtime-onnx';
+import { loadDataset } from '@lora/train';
 import { afterAll, describe, expect, it } from 'vitest';
 import { readBatchFile } from '../../src/commands/generate-adapters.js';
+import { runCli } from '../../src/test-utils/run-cli.js';
 import { fuzzRandom, mutateBytes, mutateJson } from './mutate.js';
 
 /**
@@ -55,12 +57,13 @@ async function fuzz(
   name: string,
   seed: number,
   makeCase: (rand: (n: number) => number, i: number) => () => unknown,
+  cases = CASES,
 ) {
   const rand = fuzzRandom(seed);
   const tally: Tally = { ok: 0, typed: new Map(), untyped: [], slowest: 0 };
   summary.set(name, tally);
   const rss0 = process.memoryUsage().rss;
-  for (let i = 0; i < CASES; i++) {
+  for (let i = 0; i < cases; i++) {
     const run = makeCase(rand, i);
     const t0 = performance.now();
     try {
@@ -215,6 +218,96 @@ describe('parser fuzz', () => {
         await readBatchFile(file, []);
       };
     });
+  });
+
+  it('training JSONL rows', async () => {
+    const file = join(work, 'train.jsonl');
+    const rows = [
+      { input_ids: [1, 5, 9, 2], labels: [-100, -100, 9, 2] },
+      { text: 'Once upon a time' },
+      { prompt: 'Q: hi', completion: ' A: hello' },
+    ];
+    const tokenizer = new ByteTokenizer();
+    await fuzz('training JSONL', 6, (rand) => {
+      const lines = Array.from({ length: 1 + rand(4) }, () => {
+        const row = rows[rand(rows.length)];
+        return rand(2) ? JSON.stringify(row) : mutateJson(row, rand);
+      });
+      return async () => {
+        writeFileSync(file, `${lines.join('\n')}\n`);
+        await loadDataset(file, { vocabSize: 512, tokenizer: () => tokenizer, seqLen: 64 });
+      };
+    });
+  });
+
+  it('command-line arguments (random argv through runCli: exit 0, 1 or 2, never a crash)', async () => {
+    const words = [
+      'generate',
+      'merge',
+      'combine',
+      'extract',
+      'quantize',
+      'dequantize',
+      'inspect',
+      'plan',
+      'train',
+      'export-onnx',
+      'unmerge',
+      '--model',
+      '--adapter',
+      '--prompt',
+      '--max-tokens',
+      '--top-p',
+      '--rank',
+      '--threads',
+      '--params',
+      '--force',
+      '--json',
+      '-o',
+      '--help',
+      '--version',
+      '--method',
+      '--density',
+      '-1',
+      '0',
+      '1e308',
+      'NaN',
+      '',
+      'x:abc',
+      '../..',
+      work,
+      '--',
+      '-',
+      '\u0000',
+      'a'.repeat(5000),
+    ];
+    const codes = new Map<number, number>();
+    await fuzz(
+      'CLI arguments',
+      7,
+      (rand) => {
+        const argv = Array.from({ length: rand(6) }, () => words[rand(words.length)]);
+        return async () => {
+          // never a network or a long run: no hub names, tiny budgets
+          if (argv.some((a) => /^[\w-]+\/[\w-]+$/.test(a))) return;
+          const r = await runCli([
+            ...argv.filter((a) => a !== 'train' && a !== 'generate'),
+            '--quiet',
+          ]);
+          codes.set(r.code, (codes.get(r.code) ?? 0) + 1);
+          if (![0, 1, 2].includes(r.code))
+            throw new Error(
+              `exit ${r.code} for ${JSON.stringify(argv)}: ${r.stderr.slice(0, 200)}`,
+            );
+          if (/\bat .*\.(ts|js):\d+/.test(r.stderr))
+            throw new Error(`a stack trace for ${JSON.stringify(argv)}`);
+          // a refusal is the CLI's typed outcome here
+          if (r.code !== 0) throw Object.assign(new Error(r.stderr), { name: 'UsageError' });
+        };
+      },
+      60,
+    );
+    expect([...codes.keys()].every((c) => c === 0 || c === 1 || c === 2)).toBe(true);
   });
 
   it('.onnx_adapter', async () => {

@@ -66,7 +66,8 @@ export class HfTokenizer implements Tokenizer {
     this.vocabSize = vocab.size;
     // byte-level and SentencePiece vocabularies spell one input unit per character
     let longest = 1;
-    for (const token of vocab.keys()) if (token.length > longest) longest = token.length;
+    for (const token of vocab.keys())
+      if (typeof token === 'string' && token.length > longest) longest = token.length;
     this.maxTokenChars = longest;
     this.bosId = this.specialId(config.bos_token, 'bos_token', source);
     this.eosId = this.specialId(config.eos_token, 'eos_token', source);

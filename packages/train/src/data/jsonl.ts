@@ -1,5 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
+import { parseJsonText } from '@lora/core';
 import { TrainError } from '../errors.js';
 
 /** One parsed line of a JSONL file, with its 1-based line number. */
@@ -38,7 +39,8 @@ export async function* readJsonl(path: string): AsyncGenerator<JsonlRow> {
       if (text.trim() === '') continue;
       let value: unknown;
       try {
-        value = JSON.parse(text);
+        // nesting-depth bounded: a row nested 20,000 deep would overflow the stack later
+        value = parseJsonText(text, `${path}:${line}`);
       } catch (e) {
         throw new TrainError(
           'DATA_INVALID',
