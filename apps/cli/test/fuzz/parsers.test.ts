@@ -7,6 +7,7 @@ import {
   LoraError,
   loraConfigToJson,
   parseModelConfig,
+  type Tensor,
   tensor,
 } from '@lora/core';
 import { ByteTokenizer, loadTokenizer, parseLlamaConfig, readConfigJson } from '@lora/runtime-onnx';
@@ -235,7 +236,7 @@ describe('parser fuzz', () => {
       });
       return async () => {
         writeFileSync(file, `${lines.join('\n')}\n`);
-        await loadDataset(file, { vocabSize: 512, tokenizer: () => tokenizer, seqLen: 64 });
+        await loadDataset(file, { vocabSize: 512, tokenizer: async () => tokenizer, seqLen: 64 });
       };
     });
   });
@@ -312,7 +313,7 @@ describe('parser fuzz', () => {
 
   it('.onnx_adapter', async () => {
     const valid = encodeOnnxAdapter(
-      new Map([
+      new Map<string, Tensor>([
         [
           'model.layers.0.attn.q_proj.lora_A.weight',
           tensor('f32', [8, 2], new Float32Array(16).fill(0.5)),
