@@ -10,7 +10,15 @@ import {
   type Tensor,
   tensor,
 } from '@lora/core';
-import { ByteTokenizer, loadTokenizer, parseLlamaConfig, readConfigJson } from '@lora/runtime-onnx';
+import {
+  ByteTokenizer,
+  describeOnnxModel,
+  GraphBuilder,
+  loadTokenizer,
+  parseLlamaConfig,
+  readConfigJson,
+  serializeGraph,
+} from '@lora/runtime-onnx';
 import { loadDataset } from '@lora/train';
 import { afterAll, describe, expect, it } from 'vitest';
 import { readBatchFile } from '../../src/commands/generate-adapters.js';
@@ -309,6 +317,21 @@ describe('parser fuzz', () => {
       60,
     );
     expect([...codes.keys()].every((c) => c === 0 || c === 1 || c === 2)).toBe(true);
+  });
+
+  it('ONNX files given to lora inspect (describeOnnxModel)', async () => {
+    const g = new GraphBuilder();
+    const w = g.initializer('w', tensor('f32', [2, 4], new Float32Array(8).fill(0.5)));
+    g.output(w, 'y');
+    const valid = serializeGraph(g.build()).model;
+    const file = join(work, 'fuzz.onnx');
+    await fuzz('ONNX (inspect)', 8, (rand) => {
+      const bytes = mutateBytes(valid, rand);
+      return async () => {
+        writeFileSync(file, bytes);
+        await describeOnnxModel(file);
+      };
+    });
   });
 
   it('.onnx_adapter', async () => {
