@@ -200,5 +200,25 @@ describe('packaging: each package installs alone from its tarball', () => {
         readFileSync(join(project, 'node_modules', '@lora', 'cli', 'LICENSE'), 'utf8'),
       ).toMatch(/^MIT License/);
     });
+
+    it('ships the bundled model, which commands use when no model is given', () => {
+      const bin = join(project, 'node_modules', '.bin', 'lora');
+      const report = JSON.parse(
+        execFileSync(bin, ['inspect', '--json'], { cwd: elsewhere, encoding: 'utf8' }),
+      ) as { path: string; params: number };
+      expect(report.path).toContain(join('node_modules', '@lora', 'cli', 'models', 'tiny'));
+      expect(report.params).toBe(1_624_320); // the models/tiny README's count
+      const gen = JSON.parse(
+        execFileSync(
+          bin,
+          ['generate', '--prompt', 'copy: kqz =', '--max-tokens', '6', '--stop', '\n', '--json'],
+          {
+            cwd: elsewhere,
+            encoding: 'utf8',
+          },
+        ),
+      ) as { text: string };
+      expect(gen.text).toBe(' kqz');
+    });
   });
 });
