@@ -10,7 +10,7 @@ import {
 import type { QuantFormat } from '@lora/quant';
 import { type Command, Option } from 'commander';
 import { UsageError } from '../errors.js';
-// --adapter / --merged (helper E): adapters baked into the exported weights.
+// --adapter / --merged: adapters baked into the exported weights.
 import { loadAdapterSet } from './generate-adapters.js';
 import { parseAdapterSpec } from '../adapter-spec.js';
 import {

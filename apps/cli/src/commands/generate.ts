@@ -10,7 +10,7 @@ import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { type CommonOptions, emit, log, parseNumber, parsePositiveInt } from '../output.js';
 import { readPrompt } from '../prompt-input.js';
-// LoRA flags (--adapter, --batch, --merged) live in generate-adapters.ts (helper E).
+// LoRA flags (--adapter, --batch, --merged) live in generate-adapters.ts.
 import {
   type AdapterOptions,
   addAdapterOptions,
@@ -122,7 +122,7 @@ async function openModel(options: GenerateCommandOptions): Promise<OpenedModel> 
   const { loadLlama, loadTokenizer, modelEosIds } = await import('@lora/runtime-onnx');
   const dir = options.model!;
   const tokenizer = await loadTokenizer(dir);
-  // LoRA (helper E): rows from --batch or the one --prompt, each with its adapter set.
+  // LoRA: rows from --batch or the one --prompt, each with its adapter set.
   const rows: BatchRow[] = options.batch
     ? await readBatchFile(options.batch, options.adapter ?? [])
     : [{ prompt: options.prompt!, adapters: options.adapter ?? [] }];
