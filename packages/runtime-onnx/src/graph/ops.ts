@@ -106,17 +106,6 @@ export const reduceSum = (g: GraphBuilder, x: Value, axes: readonly number[], ke
 export const reduceMax = (g: GraphBuilder, x: Value, axes: readonly number[], keepdims = true) =>
   one(g.node('ReduceMax', [x], { axes: { ints: axes }, keepdims: { int: keepdims ? 1 : 0 } }));
 
-/** log(sum(exp(x))) over `axes` (onnxruntime shifts by the maximum; no exp tensor is kept). */
-export const reduceLogSumExp = (
-  g: GraphBuilder,
-  x: Value,
-  axes: readonly number[],
-  keepdims = true,
-) =>
-  one(
-    g.node('ReduceLogSumExp', [x], { axes: { ints: axes }, keepdims: { int: keepdims ? 1 : 0 } }),
-  );
-
 /** Broadcasts `x` to `shape` (an int64 vector value, NumPy rules in both directions). */
 export const expand = (g: GraphBuilder, x: Value, shape: Value) =>
   one(g.node('Expand', [x, shape]));

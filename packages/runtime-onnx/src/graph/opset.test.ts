@@ -165,20 +165,13 @@ describe('op set: onnxruntime matches the float64 reference, one line per case',
     );
   });
 
-  it('ReduceSum (axes input, all axes), ReduceMax, ReduceLogSumExp, LogSoftmax', async () => {
+  it('ReduceSum (axes input, all axes), ReduceMax, LogSoftmax', async () => {
     const x = r([2, 3, 4], 3);
     await checkParity((g) => op.reduceSum(g, g.input('x', 'f32', [2, 3, 4]), [0, -1]), { x });
     await checkParity((g) => op.reduceSum(g, g.input('x', 'f32', [2, 3, 4]), [1], false), { x });
     await checkParity((g) => op.reduceSum(g, g.input('x', 'f32', [2, 3, 4]), [], false), { x });
     await checkParity((g) => op.reduceMax(g, g.input('x', 'f32', [2, 3, 4]), [1]), { x });
     await checkParity((g) => op.reduceMax(g, g.input('x', 'f32', [2, 3, 4]), [0, 2], false), {
-      x,
-    });
-    // Large values: the reference must shift by the maximum as onnxruntime does.
-    await checkParity((g) => op.reduceLogSumExp(g, g.input('x', 'f32', [2, 3, 4]), [-1]), {
-      x: r([2, 3, 4], 80),
-    });
-    await checkParity((g) => op.reduceLogSumExp(g, g.input('x', 'f32', [2, 3, 4]), [0, 2], false), {
       x,
     });
     await checkParity((g) => op.logSoftmax(g, g.input('x', 'f32', [2, 3, 5]), -1), {
@@ -298,7 +291,6 @@ describe('op set: onnxruntime matches the float64 reference, one line per case',
       ],
       ...['Shape', 'Range', 'ReduceMean', 'Softmax', 'MatMulNBits', 'MatMulBnb4'],
       ...['Equal', 'Exp', 'Log', 'Where', 'ReduceSum', 'ReduceMax', 'LogSoftmax', 'Expand'],
-      ...['ReduceLogSumExp'],
       ...['Squeeze', 'Pad', 'FusedMatMul', 'GatherElements', 'ScatterElements', 'GatherND'],
       ...['ScatterND'],
     ]);

@@ -35,7 +35,6 @@ import { scalarLike } from './vjp-helpers.js';
 import {
   logSoftmaxVjp,
   reduceMaxVjp,
-  reduceLogSumExpVjp,
   reduceMeanVjp,
   reduceSumVjp,
   reduction,
@@ -163,7 +162,6 @@ export const OPS: Readonly<Record<string, OpDef>> = {
   ReduceMean: withVjp(reduction('mean', false), reduceMeanVjp),
   ReduceSum: withVjp(reduction('sum', true), reduceSumVjp),
   ReduceMax: withVjp(reduction('max', false), reduceMaxVjp),
-  ReduceLogSumExp: withVjp(reduction('logsumexp', false), reduceLogSumExpVjp),
   Softmax: withVjp(softmaxOp(false), softmaxVjp),
   LogSoftmax: withVjp(softmaxOp(true), logSoftmaxVjp),
   MatMulNBits: withVjp(matMulNBits, frozenWeightVjp('MatMulNBits')),

@@ -1,6 +1,7 @@
 import type { GraphBuilder } from '../builder.js';
 import * as op from '../ops.js';
 import type { Value } from '../types.js';
+import { scalarLike, shapeValue } from '../vjp-helpers.js';
 
 /** The outputs of {@link crossEntropyLoss}. */
 export interface CrossEntropy {
@@ -15,12 +16,8 @@ export interface CrossEntropy {
  * whose weight is 0 still needs a valid label, e.g. 0), weights [...] (0 for prompt and padding
  * tokens) -> the summed loss and the summed weights. Divide by `count` for the mean.
  *
- * Forward: loss = sum(weight * (logsumexp(logits) - logits[label])), so no [..., V] tensor is
- * made besides the logits (no log-probabilities). Backward as one rule:
- * dlogits = scale * softmax(logits) with -scale added at the labels, scale = dloss * weight
- * ([..., 1]): one fused Softmax, one Mul by the column, and a ScatterElements add (onnxruntime
- * runs it in place; no one-hot tensor). Every [..., V] tensor is a fresh allocation the size of
- * the logits (125 MiB at 1020 tokens x 32000), which costs more than the arithmetic on it.
+ * Backward as one rule: dlogits = dloss * weight * (softmax(logits) - onehot(label)), the
+ * one-hot subtraction a ScatterElements add of -1 at the labels (no one-hot tensor is built).
  */
 export function crossEntropyLoss(
   g: GraphBuilder,
@@ -34,15 +31,23 @@ export function crossEntropyLoss(
     'cross_entropy',
     [logits],
     () => {
-      const logSumExp = op.reduceLogSumExp(g, logits, [-1]); // [..., 1]
-      const picked = op.gatherElements(g, logits, labelIndex, -1); // [..., 1]
-      const tokenLoss = op.mul(g, op.sub(g, logSumExp, picked), tokenWeights);
-      return { outputs: [op.reduceSum(g, tokenLoss, [], false)], saved: [logits] };
+      const logProbs = op.logSoftmax(g, logits, -1);
+      const picked = op.gatherElements(g, logProbs, labelIndex, -1); // [..., 1]
+      const weighted = op.mul(g, picked, tokenWeights);
+      return { outputs: [op.neg(g, op.reduceSum(g, weighted, [], false))], saved: [logProbs] };
     },
-    (g, { grads: [dLoss], saved: [savedLogits] }) => {
+    (g, { grads: [dLoss], saved: [logProbs] }) => {
+      const minusOne = op.expand(g, scalarLike(g, logits, -1), shapeValue(g, labelIndex));
+      const softmaxMinusOneHot = op.scatterElements(
+        g,
+        op.exp(g, logProbs),
+        labelIndex,
+        minusOne,
+        -1,
+        'add',
+      );
       const scale = op.mul(g, tokenWeights, dLoss as Value); // [..., 1]
-      const scaledSoftmax = op.mul(g, op.softmax(g, savedLogits, -1), scale);
-      return [op.scatterElements(g, scaledSoftmax, labelIndex, op.neg(g, scale), -1, 'add')];
+      return [op.mul(g, softmaxMinusOneHot, scale)];
     },
   );
   return { loss, count: op.reduceSum(g, weights, [], false) };

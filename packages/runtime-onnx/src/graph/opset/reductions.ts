@@ -15,10 +15,7 @@ import {
   type VjpRule,
 } from './op-def.js';
 
-/**
- * Reductions (ReduceSum, ReduceMean, ReduceMax, ReduceLogSumExp) and softmaxes, with their
- * backward rules.
- */
+/** Reductions (ReduceSum, ReduceMean, ReduceMax) and softmaxes, with their backward rules. */
 
 /**
  * The reduced axes of a Reduce* node: from the `axes` attribute (ReduceMean, ReduceMax at opset 17)
@@ -51,7 +48,7 @@ function reducedShape<T extends Dim>(shape: readonly T[], axes: readonly number[
   return out;
 }
 
-export function reduction(kind: 'mean' | 'sum' | 'max' | 'logsumexp', axesAsInput: boolean): OpDef {
+export function reduction(kind: 'mean' | 'sum' | 'max', axesAsInput: boolean): OpDef {
   return {
     domain: '',
     infer(inputs, attrs, where) {
@@ -65,27 +62,13 @@ export function reduction(kind: 'mean' | 'sum' | 'max' | 'logsumexp', axesAsInpu
       const axes = reducedAxes(inputs, attrs, input.shape.length, axesAsInput, 'Reduce');
       const keep = attrInt(attrs, 'keepdims', 1) === 1;
       const keptShape = reducedShape(input.shape, axes, true);
+      const acc = new Float64Array(numel(keptShape)).fill(kind === 'max' ? -Infinity : 0);
       const st = broadcastStrides(keptShape, input.shape);
-      const max = new Float64Array(numel(keptShape)).fill(-Infinity);
       forEachBroadcast(input.shape, [st], (i, [o]) => {
-        max[o] = Math.max(max[o], input.data[i]);
-      });
-      if (kind === 'max') {
-        return [{ dtype: input.dtype, shape: reducedShape(input.shape, axes, keep), data: max }];
-      }
-      // log-sum-exp shifted by the maximum, so large inputs do not overflow.
-      const shift = kind === 'logsumexp' ? max.map((m) => (Number.isFinite(m) ? m : 0)) : undefined;
-      const acc = new Float64Array(numel(keptShape));
-      forEachBroadcast(input.shape, [st], (i, [o]) => {
-        acc[o] += shift ? Math.exp(input.data[i] - shift[o]) : input.data[i];
+        acc[o] = kind === 'max' ? Math.max(acc[o], input.data[i]) : acc[o] + input.data[i];
       });
       const count = axes.reduce((n, a) => n * input.shape[a], 1);
-      const data =
-        kind === 'mean'
-          ? acc.map((v) => v / count)
-          : shift
-            ? acc.map((v, o) => Math.log(v) + shift[o])
-            : acc;
+      const data = kind === 'mean' ? acc.map((v) => v / count) : acc;
       return [{ dtype: input.dtype, shape: reducedShape(input.shape, axes, keep), data }];
     },
   };
@@ -138,17 +121,6 @@ export const reduceMaxVjp: VjpRule = (g, { inputs: [x], outputs: [y], grads: [dy
   const isMax = op.cast(g, op.equal(g, input, keptGrad(g, y, axes, attrs)), input.dtype);
   const share = op.div(g, isMax, op.reduceSum(g, isMax, axes, true));
   return [op.mul(g, share, keptGrad(g, need(dy, 'dy'), axes, attrs))];
-};
-
-/** dx = dy * exp(x - y): the softmax over the reduced axes. */
-export const reduceLogSumExpVjp: VjpRule = (
-  g,
-  { inputs: [x], outputs: [y], grads: [dy], attrs },
-) => {
-  const input = need(x, 'ReduceLogSumExp input');
-  const axes = vjpAxes(g, input, [x], attrs);
-  const softmax = op.exp(g, op.sub(g, input, keptGrad(g, need(y, 'y'), axes, attrs)));
-  return [op.mul(g, softmax, keptGrad(g, need(dy, 'dy'), axes, attrs))];
 };
 
 /** Softmax or LogSoftmax along one axis, float64. */
