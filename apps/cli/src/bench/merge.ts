@@ -9,22 +9,13 @@ import {
   tensor,
   writeSafetensors,
 } from '@lora/core';
+import { xorshiftValues } from '../synthetic-values.js';
 import { medianTimes } from './timing.js';
 import type { BenchSection } from './types.js';
 
-/** xorshift32 values in [-scale, scale): fast, deterministic filler for a synthetic layer. */
+/** Values in [-scale, scale): fast, deterministic filler for a synthetic layer. */
 function filler(n: number, seed: number, scale: number): Float32Array {
-  const out = new Float32Array(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    out[i] = (x / 2 ** 32 - 0.5) * 2 * scale;
-  }
-  return out;
+  return xorshiftValues(n, seed, 2 * scale);
 }
 
 /**

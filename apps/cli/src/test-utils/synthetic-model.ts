@@ -4,6 +4,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { type Adapter, savePeftAdapter } from '@lora/adapters';
 import { createLoraConfig, tensor, writeSafetensors } from '@lora/core';
+import { xorshiftValues } from '../synthetic-values.js';
 
 /** SHA-256 of every file below `path` (or of the file itself), keyed by relative path. */
 export function hashTree(path: string): Record<string, string> {
@@ -17,21 +18,6 @@ export function hashTree(path: string): Record<string, string> {
     }
   };
   walk(path);
-  return out;
-}
-
-/** Deterministic values in [-scale/2, scale/2) (xorshift32). */
-export function values(n: number, seed: number, scale: number): Float32Array {
-  const out = new Float32Array(n);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    out[i] = (x / 2 ** 32 - 0.5) * scale;
-  }
   return out;
 }
 
@@ -70,7 +56,7 @@ export async function writeSyntheticLlama(dir: string, seed = 1): Promise<void> 
   let s = seed * 1000;
   const add = (name: string, shape: number[], scale = 0.1) => {
     const n = shape.reduce((a, b) => a * b, 1);
-    tensors.set(name, tensor('f32', shape, values(n, ++s, scale)));
+    tensors.set(name, tensor('f32', shape, xorshiftValues(n, ++s, scale)));
   };
   add('model.embed_tokens.weight', [VOCAB, H]);
   for (let l = 0; l < LAYERS; l++) {
@@ -108,8 +94,8 @@ export async function writeSyntheticAdapter(dir: string, seed = 1): Promise<void
     };
     for (const [m, [out, inp]] of Object.entries(shapes)) {
       modules.set(`model.layers.${l}.${m}`, {
-        A: tensor('f32', [r, inp], values(r * inp, ++s, 0.1)),
-        B: tensor('f32', [out, r], values(out * r, ++s, 0.1)),
+        A: tensor('f32', [r, inp], xorshiftValues(r * inp, ++s, 0.1)),
+        B: tensor('f32', [out, r], xorshiftValues(out * r, ++s, 0.1)),
       });
     }
   }
