@@ -255,5 +255,11 @@ describe('generate (sampling)', () => {
     }
     expect(a.outputs[0].tokens).not.toEqual(a.outputs[1].tokens);
     expect(new Set(a.outputs[0].tokens)).toEqual(new Set([97, 98, 99]));
+    // A job split over calls: firstRow 1 puts 'q' on stream 1, as in the call with both rows.
+    const split = await generate(constant, tokenizer, { ...options, prompt: ['q'], firstRow: 1 });
+    expect(split.outputs[0].tokens).toEqual(a.outputs[1].tokens);
+    await expect(generate(constant, tokenizer, { ...options, firstRow: -1 })).rejects.toMatchObject(
+      { code: 'GENERATE_OPTIONS_INVALID' },
+    );
   });
 });

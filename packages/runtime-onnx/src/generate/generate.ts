@@ -15,6 +15,12 @@ export type { FinishReason, GenerationOutput } from './row.js';
 export interface GenerateOptions extends RowSettings {
   /** One prompt, or several generated together as one batch (each row finishes on its own). */
   prompt: string | readonly string[];
+  /**
+   * Index of the first prompt when a larger job is split over several calls (default 0): prompt
+   * r samples from stream `firstRow + r` (see {@link RowSettings.seed}) and is named so in
+   * messages, so a job gives the same text however it is split.
+   */
+  firstRow?: number;
   /** Called once per sampled token of each row, in order; see {@link TokenEvent}. */
   onToken?: (event: TokenEvent) => void;
 }
@@ -77,7 +83,17 @@ async function runGeneration(
   if (prompts.length === 0)
     throw new RuntimeError('GENERATE_OPTIONS_INVALID', 'generate needs at least one prompt.');
   const settings = resolveRowSettings(tokenizer, options);
-  const rows = prompts.map((prompt, r) => new GenerationRow(tokenizer, prompt, settings, r));
+  const firstRow = options.firstRow ?? 0;
+  if (!Number.isSafeInteger(firstRow) || firstRow < 0) {
+    throw new RuntimeError(
+      'GENERATE_OPTIONS_INVALID',
+      `firstRow must be a non-negative integer, got ${firstRow}.`,
+      { firstRow },
+    );
+  }
+  const rows = prompts.map(
+    (prompt, r) => new GenerationRow(tokenizer, prompt, settings, firstRow + r),
+  );
 
   const t0 = performance.now();
   let logits = await stepper.start(rows.map((r) => r.output.promptTokens));
