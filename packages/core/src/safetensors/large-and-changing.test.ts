@@ -102,4 +102,33 @@ describe('SafetensorsFile', () => {
       await f.close();
     }
   });
+
+  it('readInto: any byte range of a tensor into a caller buffer, ranges outside refused, changes detected', async () => {
+    const path = join(dir, 'ranges.safetensors');
+    const values = Float32Array.from({ length: 100 }, (_, i) => i * 0.5 - 7);
+    await writeSafetensors(path, [
+      { name: 'first', dtype: 'f32', shape: [3], data: new Float32Array([1, 2, 3]) },
+      { name: 'w', dtype: 'f32', shape: [10, 10], data: values },
+    ]);
+    await utimes(path, new Date(2020, 0, 1), new Date(2020, 0, 1));
+    const f = await SafetensorsFile.open(path);
+    try {
+      const into = new Uint8Array(40);
+      await f.readInto('w', 4 * 37, into);
+      expect([...new Float32Array(into.buffer)]).toEqual([...values.subarray(37, 47)]);
+      await f.readInto('w', 400 - 40, into); // the last 40 bytes
+      expect([...new Float32Array(into.buffer)]).toEqual([...values.subarray(90, 100)]);
+      await expect(f.readInto('w', 400 - 36, into)).rejects.toMatchObject({
+        code: 'RANGE_INVALID',
+      });
+      await expect(f.readInto('w', -4, into)).rejects.toMatchObject({ code: 'RANGE_INVALID' });
+      await expect(f.readInto('nope', 0, into)).rejects.toMatchObject({ code: 'TENSOR_NOT_FOUND' });
+      const h = await open(path, 'r+');
+      await h.write(new Uint8Array(4), 0, 4, f.header.dataStart);
+      await h.close();
+      await expect(f.readInto('w', 0, into)).rejects.toMatchObject({ code: 'FILE_CHANGED' });
+    } finally {
+      await f.close();
+    }
+  });
 });

@@ -110,6 +110,33 @@ export class SafetensorsFile {
   }
 
   /**
+   * Reads `into.length` bytes of one tensor, starting `byteOffset` bytes into its data, into a
+   * buffer the caller owns and reuses: no allocation per call. Streaming a large tensor through
+   * one small buffer this way avoids touching fresh memory (a page fault per 4 KiB), which is
+   * what dominates reading into new buffers. Checks the file was not modified meanwhile.
+   */
+  async readInto(name: string, byteOffset: number, into: Uint8Array): Promise<void> {
+    const e = this.entry(name);
+    if (
+      !Number.isSafeInteger(byteOffset) ||
+      byteOffset < 0 ||
+      byteOffset + into.length > e.byteLength
+    ) {
+      throw new CoreError(
+        'RANGE_INVALID',
+        `${this.path}: bytes ${byteOffset}..${byteOffset + into.length} are outside tensor "${name}" (${e.byteLength} bytes).`,
+        { file: this.path, tensor: name, byteOffset, length: into.length },
+      );
+    }
+    const start = this.header.dataStart + e.dataOffsets[0] + byteOffset;
+    for (let at = 0; at < into.length; at += READ_PIECE) {
+      const n = Math.min(READ_PIECE, into.length - at);
+      await readExactly(this.fileHandle(), into.subarray(at, at + n), start + at, n);
+    }
+    await this.assertUnchanged();
+  }
+
+  /**
    * Reads a tensor's bytes into a fresh ArrayBuffer, in pieces of at most {@link READ_PIECE}
    * bytes (one read call and one Uint8Array are limited to 2 and 4 GiB; a tensor can be more),
    * then checks the file was not modified meanwhile.

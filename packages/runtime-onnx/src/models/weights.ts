@@ -18,6 +18,11 @@ export interface WeightSource {
   info(name: string): { dtype: DType; shape: readonly number[] } | undefined;
   /** Reads one tensor as stored (any dtype). */
   read(name: string): Promise<Tensor>;
+  /**
+   * Optional: reads `into.length` bytes of a stored tensor, from `byteOffset` on, into a buffer the
+   * caller reuses. Sources backed by files offer it so large tensors stream through small buffers.
+   */
+  readInto?(name: string, byteOffset: number, into: Uint8Array): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -110,6 +115,15 @@ export async function folderWeights(dir: string): Promise<WeightSource> {
           tensor: name,
         });
       return f.read(name);
+    },
+    readInto: async (name, byteOffset, into) => {
+      const f = fileFor(name);
+      if (!f)
+        throw new RuntimeError('WEIGHT_MISSING', `${dir}: no tensor "${name}".`, {
+          dir,
+          tensor: name,
+        });
+      await f.readInto(name, byteOffset, into);
     },
     close: async () => {
       for (const f of files.values()) await f.close();

@@ -130,7 +130,9 @@ export class ModelSession {
    * the file is deleted as soon as the session exists.
    */
   static async fromGraph(graph: Graph, options: GraphSessionOptions = {}): Promise<ModelSession> {
-    const file = options.weightFile ?? (await WeightFile.create());
+    let bytes = 0;
+    for (const t of graph.initializers.values()) bytes += t.data.byteLength;
+    const file = options.weightFile ?? (await WeightFile.create(undefined, bytes));
     try {
       for (const t of graph.initializers.values())
         if (t.data.byteLength >= FILE_MIN_BYTES) await file.add(t);

@@ -5,10 +5,16 @@ import type { TokenStepper } from '../../generate/stepper.js';
 import type { Graph } from '../../graph/types.js';
 import { ModelSession, type SessionOptions } from '../../session/session.js';
 import { WeightFile } from '../../session/weight-file.js';
-import type { BaseQuantOptions } from '../quantize-linear.js';
+import { type BaseQuantOptions, storedQuantization } from '../quantize-linear.js';
 import { folderWeights, readConfigJson, type WeightSource } from '../weights.js';
-import { type LlamaConfig, parseLlamaConfig } from './config.js';
-import { buildLlamaGraph, LLAMA_IO, type LlamaGraphOptions } from './graph.js';
+import {
+  LLAMA_LINEARS,
+  type LlamaConfig,
+  llamaModuleName,
+  llamaWeightSpec,
+  parseLlamaConfig,
+} from './config.js';
+import { buildLlamaGraph, LLAMA_IO, type LlamaGraphOptions, layLinearsInOut } from './graph.js';
 import { prepareLlamaWeights } from './prepare.js';
 
 /** Options for building a LLaMA model: the graph's, the session's, and 4-bit quantization on load. */
@@ -64,14 +70,41 @@ export async function openLlamaFolder(
   return { config, source: await folderWeights(dir) };
 }
 
-/** Builds the graph of a model (for export, or to inspect), reading and preparing its weights. */
+/**
+ * Builds the graph of a model (for export, or to inspect), reading and preparing its weights.
+ * `ops: 'ort'` (default, as the runtime's own sessions) multiplies float linears with onnxruntime's
+ * `com.microsoft` `FusedMatMul` on the checkpoint's `[out, in]` weights; `ops: 'standard'` uses only
+ * standard ONNX operators (default domain), linears as `MatMul` on weights transposed once here to
+ * `[in, out]`, so the graph runs on any ONNX runtime. 4-bit linears (`quant`, or a folder written
+ * by `lora quantize`) exist only as onnxruntime operators: refused with `ops: 'standard'`
+ * (`LINEAR_NOT_STANDARD`) before any weight is read.
+ */
 export async function buildLlamaModelGraph(
   config: LlamaConfig,
   source: WeightSource,
-  options: LlamaModelOptions = {},
+  options: LlamaModelOptions & { readonly ops?: 'ort' | 'standard' } = {},
 ): Promise<Graph> {
+  const standard = options.ops === 'standard';
+  if (standard) refuseFourBit(config, source, options.quant !== undefined);
   const weights = await prepareLlamaWeights(config, source, { quant: resolveQuant(options.quant) });
+  if (standard) layLinearsInOut(weights);
   return buildLlamaGraph(config, weights, options);
+}
+
+/** Standard ONNX has no 4-bit linear: says so, naming the cause, before anything is read. */
+function refuseFourBit(config: LlamaConfig, source: WeightSource, quantOnLoad: boolean): void {
+  let stored: string | undefined;
+  for (let l = 0; l < config.numLayers && !stored; l++) {
+    stored = LLAMA_LINEARS.map((name) => `${llamaModuleName(l, name)}.weight`).find(
+      (name) => storedQuantization(source, name) !== undefined,
+    );
+  }
+  if (!quantOnLoad && !stored) return;
+  throw new RuntimeError(
+    'LINEAR_NOT_STANDARD',
+    `${quantOnLoad ? '4-bit quantization' : `${source.description} holds 4-bit linears (${stored})`} needs onnxruntime's com.microsoft MatMulNBits / MatMulBnb4: standard ONNX has no 4-bit matrix product (NF4/FP4 have no ONNX type). Keep onnxruntime's operators for a 4-bit model, or build from the float model.`,
+    { ...(stored ? { tensor: stored } : {}) },
+  );
 }
 
 /**
@@ -97,12 +130,18 @@ export class LlamaModel {
   ): Promise<LlamaModel> {
     // Each tensor goes to the session's weight file as soon as it is prepared: the model is
     // never held whole in JavaScript memory, and onnxruntime maps the file.
-    const weightFile = await WeightFile.create();
+    // Float32 bytes of every weight: what the session holds at most (4-bit linears take less).
+    const weightBytes = llamaWeightSpec(config).reduce(
+      (sum, { shape }) => sum + 4 * shape.reduce((a, b) => a * b, 1),
+      0,
+    );
+    const weightFile = await WeightFile.create(undefined, weightBytes);
     let graph: Graph;
     try {
       const weights = await prepareLlamaWeights(config, source, {
         quant: resolveQuant(options.quant),
         store: (t) => weightFile.spill(t),
+        storeChunks: (shape, chunks) => weightFile.spillChunks(shape, chunks),
         reuseBuffers: true,
         onProgress: options.onProgress,
       });

@@ -150,8 +150,66 @@ export interface PrepareOptions {
    * {@link WeightFile.spill} is.
    */
   readonly reuseBuffers?: boolean;
+  /**
+   * With a source that offers `readInto` (files): takes float tensors that need no other change
+   * than widening to float32 as a stream of chunks (views on two reused buffers, see
+   * {@link WeightFile.spillChunks}) and returns what the graph keeps. Such a tensor is never
+   * whole in memory, and no fresh memory is touched per tensor: loading runs at the speed of
+   * reading the checkpoint and writing the weight file. Used instead of `store` for them.
+   */
+  readonly storeChunks?: (
+    shape: readonly number[],
+    chunks: AsyncIterable<Float32Array>,
+  ) => Promise<Tensor<'f32'>>;
   /** Called after each tensor of the checkpoint is read and prepared: how many of how many, and its name. */
   readonly onProgress?: (done: number, total: number, name: string) => void;
+}
+
+/** Values per streamed chunk: 16 MiB of float32, small enough to stay in the same pages. */
+const CHUNK_VALUES = 1 << 22;
+
+/**
+ * Streams float tensors of a file-backed source as float32 chunks: each chunk is read into one
+ * reused buffer and widened into one of two output buffers used in turn (the consumer writes one
+ * while the next is filled). The buffers live as long as this object, across tensors.
+ */
+export class Float32Chunks {
+  private readonly out: Float32Array[] = [];
+  private raw = new Uint16Array(0);
+  private turn = 0;
+
+  constructor(
+    private readonly readInto: (
+      name: string,
+      byteOffset: number,
+      into: Uint8Array,
+    ) => Promise<void>,
+    /** Values per chunk (tests use small ones to cross chunk boundaries). */
+    private readonly chunkValues = CHUNK_VALUES,
+  ) {}
+
+  async *of(
+    name: string,
+    dtype: 'f32' | 'f16' | 'bf16',
+    elements: number,
+  ): AsyncGenerator<Float32Array> {
+    const size = this.chunkValues;
+    for (let at = 0; at < elements; at += size) {
+      const n = Math.min(size, elements - at);
+      this.turn ^= 1;
+      this.out[this.turn] ??= new Float32Array(size);
+      const out = this.out[this.turn].subarray(0, n);
+      if (dtype === 'f32') {
+        await this.readInto(name, at * 4, new Uint8Array(out.buffer, 0, n * 4));
+      } else {
+        if (this.raw.length === 0) this.raw = new Uint16Array(size);
+        const raw = this.raw.subarray(0, n);
+        await this.readInto(name, at * 2, new Uint8Array(raw.buffer, 0, n * 2));
+        widenF32({ dtype, shape: [n], data: raw }, out);
+      }
+      yield out;
+    }
+  }
 }
 
 /** Passes every tensor of a linear through `store`. */
@@ -199,15 +257,27 @@ export async function prepareLlamaWeights(
       : undefined;
   const total = llamaWeightSpec(config).length;
   let done = 0;
-  const read = async (name: string) => {
-    const t = await readF32(source, name);
-    options.onProgress?.(++done, total, name);
-    return store(t);
+  const { storeChunks } = options;
+  const chunks = storeChunks && source.readInto && new Float32Chunks(source.readInto.bind(source));
+  /** The stored tensor when `name` can be streamed (a float tensor read as it is), else undefined. */
+  const streamed = async (name: string): Promise<Tensor<'f32'> | undefined> => {
+    if (!storeChunks || !chunks || storedQuantization(source, name)) return undefined;
+    const info = source.info(name);
+    if (!info || (info.dtype !== 'f32' && info.dtype !== 'f16' && info.dtype !== 'bf16'))
+      return undefined;
+    const elements = info.shape.reduce((a, b) => a * b, 1);
+    return storeChunks(info.shape, chunks.of(name, info.dtype, elements));
   };
-  const embedF32 = await readF32(source, 'model.embed_tokens.weight');
-  options.onProgress?.(++done, total, 'model.embed_tokens.weight');
+  const read = async (name: string) => {
+    const t = (await streamed(name)) ?? (await store(await readF32(source, name)));
+    options.onProgress?.(++done, total, name);
+    return t;
+  };
+  const embedName = 'model.embed_tokens.weight';
+  const embedF32 = (await streamed(embedName)) ?? (await readF32(source, embedName));
+  options.onProgress?.(++done, total, embedName);
   // A tied head is the embedding itself ([vocab, hidden] is the head's [out, in]): the same bytes,
-  // stored once.
+  // stored once (`store` recognises data it has already stored).
   const tiedHead = config.tieWordEmbeddings
     ? await storeLinear(denseLinear(embedF32.data, config.vocabSize, config.hiddenSize), store)
     : undefined;
@@ -219,9 +289,14 @@ export async function prepareLlamaWeights(
     for (const linear of LLAMA_LINEARS) {
       const module = llamaModuleName(l, linear);
       const [out, inF] = llamaLinearShape(config, linear);
-      const w = await readLinear(source, `${module}.weight`, out, inF, options.quant, scratch);
+      const asStream = options.quant ? undefined : await streamed(`${module}.weight`);
+      linears[linear] = asStream
+        ? denseLinear(asStream.data, out, inF)
+        : await storeLinear(
+            await readLinear(source, `${module}.weight`, out, inF, options.quant, scratch),
+            store,
+          );
       options.onProgress?.(++done, total, `${module}.weight`);
-      linears[linear] = await storeLinear(w, store);
       if (llamaLinearHasBias(config, linear)) biases[linear] = await read(`${module}.bias`);
     }
     layers.push({
@@ -233,7 +308,11 @@ export async function prepareLlamaWeights(
   }
   const finalNorm = await read('model.norm.weight');
   let lmHead = tiedHead;
-  if (!lmHead) {
+  const headStream = lmHead ? undefined : await streamed('lm_head.weight');
+  if (headStream) {
+    lmHead = denseLinear(headStream.data, config.vocabSize, config.hiddenSize);
+    options.onProgress?.(++done, total, 'lm_head.weight');
+  } else if (!lmHead) {
     const w = await readDenseLinear(
       source,
       'lm_head.weight',
