@@ -1,5 +1,4 @@
 import { existsSync } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
 import type { Adapter } from '@lora/adapters';
 import type { LlamaModel, LlamaModelOptions, SlotAdapter } from '@lora/runtime-onnx';
 import type { Command } from 'commander';
@@ -10,13 +9,13 @@ import { UsageError } from '../errors.js';
  * LoRA adapters for `lora generate`: `--adapter <dir>[:scale]` (repeatable; all of them act on
  * every row, their deltas add) and `--batch <file.jsonl>` (one row per line,
  * `{"prompt": "...", "adapter": "<dir>[:scale]" | ["a", "b:0.5"] | null}`; a row without
- * `adapter` uses the --adapter set, `null` the base model). All rows run in ONE batch: each
- * distinct adapter set gets a slot of the LoRA graph, each row an index (see @lora/runtime-onnx
- * LoraSlots). `--merged` bakes the --adapter set into the weights instead (no branch, base speed).
+ * `adapter` uses the --adapter set, `null` the base model; rows are read and generated in
+ * groups, see generate-batch.ts). Rows of one group run in ONE batch: each distinct adapter set
+ * gets a slot of the LoRA graph, each row an index (see @lora/runtime-onnx LoraSlots). `--merged`
+ * bakes one adapter set into the weights instead (no branch, base speed).
  */
 export interface AdapterOptions {
   adapter?: string[];
-  batch?: string;
   merged?: boolean;
 }
 
@@ -28,72 +27,20 @@ export function addAdapterOptions(command: Command): Command {
       'LoRA adapter (PEFT folder or .onnx_adapter file), optional scale; repeatable: deltas add',
       (value: string, previous: string[] | undefined) => [...(previous ?? []), value],
     )
-    .option(
-      '--batch <file.jsonl>',
-      'generate for every row {"prompt", "adapter"} of a JSONL file, all in one batch (per-row adapters)',
-    )
     .option('--merged', 'merge the --adapter set into the weights instead of LoRA branches');
 }
 
-/** One batch row: its prompt and the adapter set it uses ([] = base). */
-export interface BatchRow {
-  prompt: string;
-  adapters: string[];
+/** The adapter set of a row: `dir[:scale]` specs whose deltas add ([] = the base model). */
+export type AdapterSet = readonly string[];
+
+/** How a row's adapter set is shown in output: "a:1 + b:0.5", or "base". */
+export function adapterSetLabel(set: AdapterSet): string {
+  return set.length === 0 ? 'base' : set.join(' + ');
 }
 
-/** Reads a `--batch` file; rows without `adapter` use `defaults`. */
-/**
- * Rows of one `--batch` file, all generated together in one batch (one KV cache each): more
- * would take gigabytes before the first token. Split larger files.
- */
-export const MAX_BATCH_ROWS = 256;
-/** Size of a `--batch` file read at once (checked before reading). */
-export const MAX_BATCH_BYTES = 64 * 2 ** 20;
-
-export async function readBatchFile(
-  path: string,
-  defaults: readonly string[],
-): Promise<BatchRow[]> {
-  if (!existsSync(path)) throw new UsageError(`--batch ${path} does not exist.`);
-  const { size } = await stat(path);
-  if (size > MAX_BATCH_BYTES) {
-    throw new UsageError(
-      `--batch ${path} is ${size} bytes, above the limit of ${MAX_BATCH_BYTES} (64 MiB) for one batch. Split it into files of at most ${MAX_BATCH_ROWS} rows.`,
-    );
-  }
-  const rows: BatchRow[] = [];
-  const lines = (await readFile(path, 'utf8')).split('\n');
-  for (const [i, line] of lines.entries()) {
-    if (line.trim() === '') continue;
-    if (rows.length === MAX_BATCH_ROWS) {
-      throw new UsageError(
-        `--batch ${path} has more than ${MAX_BATCH_ROWS} rows (the limit: all rows are generated together, one KV cache each). Split it into files of at most ${MAX_BATCH_ROWS} rows.`,
-      );
-    }
-    const where = `${path}:${i + 1}`;
-    let row: { prompt?: unknown; adapter?: unknown };
-    try {
-      row = JSON.parse(line);
-    } catch (e) {
-      throw new UsageError(`${where}: not valid JSON (${(e as Error).message}).`);
-    }
-    if (typeof row !== 'object' || row === null || typeof row.prompt !== 'string') {
-      throw new UsageError(
-        `${where}: each line needs {"prompt": "<text>"} (and optionally "adapter").`,
-      );
-    }
-    const a = row.adapter;
-    let adapters: string[];
-    if (a === undefined) adapters = [...defaults];
-    else if (a === null) adapters = [];
-    else if (typeof a === 'string') adapters = [a];
-    else if (Array.isArray(a) && a.every((x) => typeof x === 'string')) adapters = a as string[];
-    else
-      throw new UsageError(`${where}: "adapter" must be "<dir>[:scale]", a list of them, or null.`);
-    rows.push({ prompt: row.prompt, adapters });
-  }
-  if (rows.length === 0) throw new UsageError(`--batch ${path} has no rows.`);
-  return rows;
+/** A key equal for equal sets (same specs, same order). */
+export function adapterSetKey(set: AdapterSet): string {
+  return set.join('\u0000');
 }
 
 /** `dir[:scale]` -> path and scale (a trailing `:<number>` is the scale). */
@@ -120,53 +67,71 @@ export async function loadAdapterSet(specs: readonly string[]): Promise<SlotAdap
   return out;
 }
 
+/**
+ * The adapter files of a run, each loaded once (memory grows with the distinct adapters named,
+ * not with the rows). {@link add} checks a set before any row uses it.
+ */
+export class LoadedAdapters {
+  readonly #byPath = new Map<string, Adapter>();
+
+  /** Loads the files of `set` not loaded yet; throws a usage error for a bad spec or file. */
+  async add(set: AdapterSet): Promise<void> {
+    const rt = await import('@lora/runtime-onnx');
+    for (const spec of set) {
+      const { path, scale } = parseAdapterSpec(spec);
+      if (!Number.isFinite(scale))
+        throw new UsageError(`--adapter ${spec}: the scale must be a number.`);
+      if (this.#byPath.has(path)) continue;
+      const adapter = await loadAdapterFile(path);
+      // Saved full modules (modules_to_save) would be silently left out of both paths.
+      rt.refuseSavedModules(adapter, path);
+      this.#byPath.set(path, adapter);
+    }
+  }
+
+  /** The slot adapters of a set whose files were {@link add}ed. */
+  slotAdapters(set: AdapterSet): SlotAdapter[] {
+    return set.map((spec) => {
+      const { path, scale } = parseAdapterSpec(spec);
+      return { adapter: this.#byPath.get(path)!, scale, name: spec };
+    });
+  }
+
+  /** The file (as named) holding `module`, for messages. */
+  ownerOf(module: string): string | undefined {
+    return [...this.#byPath].find(([, a]) => a.modules.has(module))?.[0];
+  }
+}
+
 /** What `openModel` needs: how to create the model, and the feeds of a batch of rows. */
 export interface PreparedAdapters {
   /** Opens the model with LoRA branches (or merged weights). */
   open(dir: string, options: LlamaModelOptions): Promise<LlamaModel>;
-  /** Extra feeds for a batch of these rows (undefined when merged). */
-  feeds?: Record<string, import('@lora/core').Tensor>;
-  /** Short description per row for output, e.g. "a:1 + b:0.5" or "base". */
-  rowLabels: string[];
+  /** Extra feeds for a batch whose rows use these sets (undefined when merged); after `open`. */
+  feeds(rowSets: readonly AdapterSet[]): Record<string, import('@lora/core').Tensor> | undefined;
 }
 
 /**
- * Loads every adapter named by the rows (each file once), assigns one slot per distinct adapter
- * set and returns the model opener and the batch feeds. `rows[i].adapters` lists specs.
+ * Builds the model opener for the distinct adapter `sets` (their files already in `loaded`):
+ * with `merged`, the one set baked into the weights; otherwise one slot of the LoRA graph per
+ * set (slot 0 is the base model), targets and rank covering all of them.
  */
 export async function prepareAdapters(
-  rows: readonly BatchRow[],
+  sets: readonly AdapterSet[],
+  loaded: LoadedAdapters,
   merged: boolean,
 ): Promise<PreparedAdapters> {
   const rt = await import('@lora/runtime-onnx');
-  const loaded = new Map<string, Adapter>();
-  for (const row of rows) {
-    for (const spec of row.adapters) {
-      const { path, scale } = parseAdapterSpec(spec);
-      if (!Number.isFinite(scale))
-        throw new UsageError(`--adapter ${spec}: the scale must be a number.`);
-      if (!loaded.has(path)) loaded.set(path, await loadAdapterFile(path));
-    }
-  }
-  // Saved full modules (modules_to_save) would be silently left out of both paths.
-  for (const [path, adapter] of loaded) rt.refuseSavedModules(adapter, path);
-  const setOf = (row: BatchRow): SlotAdapter[] =>
-    row.adapters.map((spec) => {
-      const { path, scale } = parseAdapterSpec(spec);
-      return { adapter: loaded.get(path)!, scale, name: spec };
-    });
-  const rowLabels = rows.map((r) => (r.adapters.length === 0 ? 'base' : r.adapters.join(' + ')));
-
   if (merged) {
-    const sets = new Set(rows.map((r) => r.adapters.join('\u0000')));
-    if (sets.size > 1) {
+    const keys = new Set(sets.map(adapterSetKey));
+    if (keys.size > 1) {
       throw new UsageError(
         '--merged bakes ONE adapter set into the weights; rows of a --batch file with different adapters need LoRA branches (drop --merged).',
       );
     }
-    const set = setOf(rows[0]);
+    const set = loaded.slotAdapters(sets[0]);
     return {
-      rowLabels,
+      feeds: () => undefined,
       open: async (dir, options) => {
         const { config, source } = await rt.openLlamaFolder(dir);
         try {
@@ -178,20 +143,15 @@ export async function prepareAdapters(
     };
   }
 
-  // One slot per distinct adapter set; slot 0 stays the base model.
-  const slotOfKey = new Map<string, number>();
+  // One slot per distinct non-empty set; slot 0 stays the base model.
+  const slotOfKey = new Map<string, number>([[adapterSetKey([]), 0]]);
   const slotSets: SlotAdapter[][] = [[]];
-  const rowSlots = rows.map((row) => {
-    if (row.adapters.length === 0) return 0;
-    const key = row.adapters.join('\u0000');
-    let slot = slotOfKey.get(key);
-    if (slot === undefined) {
-      slot = slotSets.length;
-      slotOfKey.set(key, slot);
-      slotSets.push(setOf(row));
-    }
-    return slot;
-  });
+  for (const set of sets) {
+    const key = adapterSetKey(set);
+    if (slotOfKey.has(key)) continue;
+    slotOfKey.set(key, slotSets.length);
+    slotSets.push(loaded.slotAdapters(set));
+  }
   const targets = new Set<string>();
   let rank = 1;
   for (const set of slotSets) {
@@ -209,26 +169,23 @@ export async function prepareAdapters(
     slots: Math.max(2, slotSets.length),
     rank,
   });
-  let feeds: PreparedAdapters['feeds'];
-  const prepared: PreparedAdapters = {
-    rowLabels,
+  let slots: InstanceType<typeof rt.LoraSlots> | undefined;
+  return {
+    feeds: (rowSets) => slots!.feeds(rowSets.map((s) => slotOfKey.get(adapterSetKey(s))!)),
     open: async (dir, options) => {
       const model = await rt.loadLlama(dir, { ...options, linearHook: hook });
       // Module names the model does not have: the adapter was made for another model.
       const foreign = [...targets].filter((m) => !plan.sites.has(m));
       if (foreign.length > 0) {
-        const owner = [...loaded].find(([, a]) => a.modules.has(foreign[0]))?.[0] ?? 'an adapter';
+        const owner = loaded.ownerOf(foreign[0]) ?? 'an adapter';
         await model.release();
         throw new UsageError(
           `--adapter ${owner} adapts ${foreign.length} module(s) that ${dir} does not have as linear layers (e.g. ${foreign[0]})${plan.sites.size === 0 ? ', and none that it has' : ''}: the adapter was made for another model or architecture. Use an adapter trained on this model.`,
         );
       }
-      const slots = new rt.LoraSlots(plan);
+      slots = new rt.LoraSlots(plan);
       for (let s = 1; s < slotSets.length; s++) slots.assign(s, slotSets[s]);
-      feeds = slots.feeds(rowSlots);
-      prepared.feeds = feeds;
       return model;
     },
   };
-  return prepared;
 }

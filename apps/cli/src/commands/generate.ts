@@ -1,32 +1,32 @@
+import { assertRegularInputs } from '@lora/core';
 import type {
   Device,
   GenerateResult,
   GenerationOutput,
-  Tokenizer,
-  TokenStepper,
+  GenerationTimings,
 } from '@lora/runtime-onnx';
-import { assertRegularInputs } from '@lora/core';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { type CommonOptions, emit, log, parseNumber, parsePositiveInt } from '../output.js';
 import { readPrompt } from '../prompt-input.js';
-// LoRA flags (--adapter, --batch, --merged) live in generate-adapters.ts.
+import { resolveModelOrBundled } from '../model-source.js';
+// LoRA flags (--adapter, --merged) live in generate-adapters.ts, --batch in generate-batch.ts.
 import {
   type AdapterOptions,
+  type AdapterSet,
+  adapterSetLabel,
   addAdapterOptions,
-  type BatchRow,
-  prepareAdapters,
-  readBatchFile,
+  LoadedAdapters,
 } from './generate-adapters.js';
-import { resolveModelOrBundled } from '../model-source.js';
-import { startProgress } from '../progress.js';
+import { addBatchOptions, type BatchOptions, runBatch } from './generate-batch.js';
+import { openModel } from './generate-model.js';
 
 /** 4-bit formats `--quant` accepts for the base weights. */
 const QUANT_FORMATS = ['nf4', 'fp4', 'int4', 'uint4'] as const;
 type QuantFormat = (typeof QUANT_FORMATS)[number];
 
 /** Parsed flags of `lora generate`. Later flags (adapters, batch files) extend this object. */
-export interface GenerateCommandOptions extends CommonOptions, AdapterOptions {
+export interface GenerateCommandOptions extends CommonOptions, AdapterOptions, BatchOptions {
   model?: string;
   prompt?: string;
   promptFile?: string;
@@ -43,7 +43,7 @@ export interface GenerateCommandOptions extends CommonOptions, AdapterOptions {
 }
 
 export function registerGenerate(program: Command): void {
-  addAdapterOptions(program.command('generate'))
+  addBatchOptions(addAdapterOptions(program.command('generate')))
     .description(
       'Generate text with a model folder (HF layout), streaming tokens to stdout as they come.',
     )
@@ -91,8 +91,12 @@ export function registerGenerate(program: Command): void {
     .action(async (options: GenerateCommandOptions) => {
       options.model = await resolveModelOrBundled(options.model, options);
       assertRegularInputs([options.model]);
+      if (options.batch !== undefined && (options.prompt ?? options.promptFile) !== undefined)
+        throw new UsageError('--batch and --prompt/--prompt-file exclude each other: give one.');
+      if (options.jsonl && options.batch === undefined)
+        throw new UsageError('--jsonl writes one line per --batch row: it needs --batch.');
       options.prompt = await readPrompt(options);
-      if (options.prompt === undefined && !options.batch)
+      if (options.prompt === undefined && options.batch === undefined)
         throw new UsageError(
           '--prompt <text>, --prompt-file <path> or --batch <file.jsonl> is required.',
         );
@@ -102,81 +106,7 @@ export function registerGenerate(program: Command): void {
     });
 }
 
-/** The model and tokenizer for a run: the one place where the model is opened. */
-interface OpenedModel {
-  tokenizer: Tokenizer;
-  /** A fresh batch (KV cache) on the model. */
-  stepper(): TokenStepper;
-  device: 'cpu' | 'cuda';
-  eosIds: number[];
-  /** Context length from config.json (`max_position_embeddings`), if stated. */
-  maxSequenceLength?: number;
-  /** The prompts of the batch (one without --batch) and the adapters of each row. */
-  prompts: string[];
-  rowLabels: string[];
-  release(): Promise<void>;
-}
-
-async function openModel(options: GenerateCommandOptions): Promise<OpenedModel> {
-  // Imported here so that other commands do not load onnxruntime at startup.
-  const { loadLlama, loadTokenizer, modelEosIds } = await import('@lora/runtime-onnx');
-  const dir = options.model!;
-  const tokenizer = await loadTokenizer(dir);
-  // LoRA: rows from --batch or the one --prompt, each with its adapter set.
-  const rows: BatchRow[] = options.batch
-    ? await readBatchFile(options.batch, options.adapter ?? [])
-    : [{ prompt: options.prompt!, adapters: options.adapter ?? [] }];
-  const lora = rows.some((r) => r.adapters.length > 0)
-    ? await prepareAdapters(rows, options.merged ?? false)
-    : undefined;
-  const loading = startProgress(options, 'loading');
-  const modelOptions = {
-    logits: 'last' as const,
-    quant: options.quant,
-    device: options.device,
-    warn: (m: string) => log(options, m),
-    onProgress: (done: number, total: number, name: string) => loading.update(done, total, name),
-  };
-  const model = await (lora ? lora.open(dir, modelOptions) : loadLlama(dir, modelOptions)).finally(
-    () => loading.stop(),
-  );
-  const eosIds = await modelEosIds(dir, model.config, tokenizer);
-  return {
-    tokenizer,
-    stepper: () => model.stepper(lora?.feeds),
-    device: model.device,
-    eosIds,
-    maxSequenceLength: model.config.maxPositionEmbeddings,
-    prompts: rows.map((r) => r.prompt),
-    rowLabels: lora?.rowLabels ?? rows.map(() => 'base'),
-    release: () => model.release(),
-  };
-}
-
-/** The library's option names, as the flags users typed. */
-const FLAG_OF_OPTION: Record<string, string> = {
-  maxTokens: '--max-tokens',
-  topK: '--top-k',
-  topP: '--top-p',
-  repetitionPenalty: '--repetition-penalty',
-  maxSequenceLength: "the model's context (max_position_embeddings)",
-  temperature: '--temperature',
-  seed: '--seed',
-};
-
-/** An options error of the library, reworded with flag names as a usage error. */
-function withFlagNames(e: unknown): unknown {
-  const code = (e as { code?: string })?.code;
-  if (code !== 'SAMPLING_OPTIONS_INVALID' && code !== 'GENERATE_OPTIONS_INVALID') return e;
-  const message = (e as Error).message.replace(
-    /\b(maxTokens|topK|topP|repetitionPenalty|maxSequenceLength|temperature|seed)\b/g,
-    (name) => FLAG_OF_OPTION[name],
-  );
-  return new UsageError(message);
-}
-
 async function runGenerate(options: GenerateCommandOptions): Promise<void> {
-  const { generate } = await import('@lora/runtime-onnx');
   if (
     options.temperature === 0 &&
     (options.topK !== undefined || options.topP !== undefined || options.seed !== 0)
@@ -186,44 +116,40 @@ async function runGenerate(options: GenerateCommandOptions): Promise<void> {
       'note: --temperature 0 is greedy decoding; --top-k, --top-p and --seed only matter with --temperature > 0.',
     );
   }
-  const opened = await openModel(options);
-  const streaming = !options.json && opened.prompts.length === 1;
+  if (options.batch !== undefined) return runBatch(options);
+  const prompt = options.prompt!;
+  const set = options.adapter ?? [];
+  const loaded = new LoadedAdapters();
+  await loaded.add(set);
+  const opened = await openModel(options, [set], loaded);
+  const streaming = !options.json;
   let result: GenerateResult;
   // The prompt is echoed with the first token, so a refused run prints only its error.
   let echo = streaming && options.echo;
   const echoPrompt = () => {
-    if (echo) process.stdout.write(opened.prompts[0]);
+    if (echo) process.stdout.write(prompt);
     echo = false;
   };
   try {
-    result = await generate(opened.stepper(), opened.tokenizer, {
-      prompt: opened.prompts.length === 1 ? opened.prompts[0] : opened.prompts,
-      maxTokens: options.maxTokens,
-      temperature: options.temperature,
-      topK: options.topK,
-      topP: options.topP,
-      repetitionPenalty: options.repetitionPenalty,
-      seed: options.seed,
-      stop: options.stop ?? [],
-      eosIds: opened.eosIds,
-      maxSequenceLength: opened.maxSequenceLength,
-      onToken: streaming
+    result = await opened.generate(
+      [prompt],
+      [set],
+      0,
+      streaming
         ? (e) => {
             echoPrompt();
             if (e.text) process.stdout.write(e.text);
           }
         : undefined,
-    }).catch((e) => {
-      throw withFlagNames(e);
-    });
+    );
     echoPrompt();
   } finally {
     await opened.release();
   }
   const { timings } = result;
+  const out = result.outputs[0];
   if (streaming) {
     process.stdout.write('\n');
-    const out = result.outputs[0];
     log(
       options,
       `[${out.tokens.length} tokens, finish: ${out.finishReason}; prompt ${out.promptTokens.length} tokens in ${timings.prefillMs.toFixed(1)} ms, ` +
@@ -231,46 +157,52 @@ async function runGenerate(options: GenerateCommandOptions): Promise<void> {
     );
     return;
   }
-  const rows = result.outputs.map((o, i) => ({ ...jsonRow(o), adapters: opened.rowLabels[i] }));
   emit(
     options,
     {
-      model: options.model,
-      device: opened.device,
-      quant: options.quant ?? null,
-      sampling: {
-        temperature: options.temperature,
-        topK: options.topK ?? null,
-        topP: options.topP ?? null,
-        repetitionPenalty: options.repetitionPenalty ?? null,
-        seed: options.seed,
-      },
-      ...(rows.length === 1 ? rows[0] : { outputs: rows }),
-      timings: {
-        prefillMs: round(timings.prefillMs),
-        decodeMs: round(timings.decodeMs),
-        decodeTokens: timings.decodeTokens,
-        tokensPerSecond: round(timings.tokensPerSecond),
-      },
+      ...generationHeader(options, opened.device),
+      ...jsonRow(out, set),
+      timings: jsonTimings(timings),
     },
-    // Human output for a batch (a single prompt was streamed above).
-    () =>
-      result.outputs
-        .map(
-          (o, i) =>
-            `## row ${i + 1} (${opened.rowLabels[i]})\n${options.echo ? o.prompt : ''}${o.text}`,
-        )
-        .join('\n\n'),
+    () => '',
   );
 }
 
-function jsonRow(o: GenerationOutput) {
+/** The first fields of the --json document: what ran and how it sampled. */
+export function generationHeader(options: GenerateCommandOptions, device: string) {
+  return {
+    model: options.model,
+    device,
+    quant: options.quant ?? null,
+    sampling: {
+      temperature: options.temperature,
+      topK: options.topK ?? null,
+      topP: options.topP ?? null,
+      repetitionPenalty: options.repetitionPenalty ?? null,
+      seed: options.seed,
+    },
+  };
+}
+
+/** The --json timings, rounded to microseconds. */
+export function jsonTimings(timings: GenerationTimings) {
+  return {
+    prefillMs: round(timings.prefillMs),
+    decodeMs: round(timings.decodeMs),
+    decodeTokens: timings.decodeTokens,
+    tokensPerSecond: round(timings.tokensPerSecond),
+  };
+}
+
+/** One generated row as --json reports it. */
+export function jsonRow(o: GenerationOutput, set: AdapterSet) {
   return {
     prompt: o.prompt,
     text: o.text,
     tokens: o.tokens,
     promptTokens: o.promptTokens,
     finishReason: o.finishReason,
+    adapters: adapterSetLabel(set),
   };
 }
 

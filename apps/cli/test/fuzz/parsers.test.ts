@@ -21,7 +21,7 @@ import {
 } from '@lora/runtime-onnx';
 import { loadDataset } from '@lora/train';
 import { afterAll, describe, expect, it } from 'vitest';
-import { readBatchFile } from '../../src/commands/generate-adapters.js';
+import { readBatchRows } from '../../src/commands/generate-batch.js';
 import { runCli } from '../../src/test-utils/run-cli.js';
 import { fuzzRandom, mutateBytes, mutateJson } from './mutate.js';
 
@@ -226,7 +226,9 @@ describe('parser fuzz', () => {
       );
       return async () => {
         writeFileSync(file, `${lines.join('\n')}\n`);
-        await readBatchFile(file, []);
+        for await (const _ of readBatchRows(file, [])) {
+          // read every row: a bad one throws
+        }
       };
     });
   });
