@@ -6,6 +6,7 @@ import {
   mergedWeights,
   openLlamaFolder,
   saveModel,
+  storedQuantization,
 } from '@lora/runtime-onnx';
 import type { QuantFormat } from '@lora/quant';
 import { type Command, Option } from 'commander';
@@ -23,9 +24,17 @@ import {
 } from '../output.js';
 import { resolveModelOrBundled } from '../model-source.js';
 
+/**
+ * The operators an export may use: `standard` (only the ONNX standard's default domain: runs on
+ * any ONNX runtime) or `ort` (onnxruntime's com.microsoft contrib operators: FusedMatMul for float
+ * linears, MatMulNBits / MatMulBnb4 for 4-bit ones).
+ */
+type OpsChoice = 'standard' | 'ort';
+
 interface ExportOnnxOptions extends CommonOptions {
   model?: string;
   output: string;
+  ops?: OpsChoice;
   quant?: QuantFormat;
   blockSize?: number;
   logits: 'all' | 'last';
@@ -42,9 +51,12 @@ export interface ExportOnnxReport {
   model: string;
   output: string;
   externalData?: string;
+  /** Which operator set the file uses (see `--ops`). */
+  opSet: OpsChoice;
   quant: QuantFormat | null;
   bytes: number;
   nodes: number;
+  /** Node count per op type; contrib ops carry their domain (`com.microsoft.FusedMatMul`). */
   ops: Record<string, number>;
   inputs: { name: string; dtype: string; shape: (number | string)[] }[];
   outputs: { name: string; dtype: string; shape: (number | string)[] }[];
@@ -54,7 +66,7 @@ export function registerExportOnnx(program: Command): void {
   program
     .command('export-onnx')
     .description(
-      'Write a LLaMA-family model folder as an ONNX decoder with a KV cache (input_ids, attention_mask, position_ids, past_key_values.* in; logits, present.* out), optionally with a 4-bit base.',
+      'Write a LLaMA-family model folder as an ONNX decoder with a KV cache (input_ids, attention_mask, position_ids, past_key_values.* in; logits, present.* out), optionally with a 4-bit base. Float exports use only standard ONNX operators by default, so they run on any ONNX runtime; 4-bit exports need onnxruntime (its com.microsoft MatMulNBits / MatMulBnb4: standard ONNX has no 4-bit matrix product).',
     )
     .option(
       '--model <dir>',
@@ -66,8 +78,14 @@ export function registerExportOnnx(program: Command): void {
     )
     .addOption(
       new Option(
+        '--ops <set>',
+        'operators the file may use: standard (ONNX default domain only, linears as MatMul on [in, out] weights transposed at export: any ONNX runtime) or ort (onnxruntime com.microsoft contrib ops: FusedMatMul on the checkpoint [out, in] weights, as lora generate runs; needed for 4-bit). Default: standard for float exports, ort for 4-bit ones',
+      ).choices(['standard', 'ort']),
+    )
+    .addOption(
+      new Option(
         '--quant <format>',
-        'quantize the decoder linears on export (nf4/fp4: MatMulBnb4, int4/uint4: MatMulNBits)',
+        'quantize the decoder linears on export (nf4/fp4: MatMulBnb4, int4/uint4: MatMulNBits; onnxruntime only)',
       ).choices(['nf4', 'fp4', 'int4', 'uint4']),
     )
     .option(
@@ -143,12 +161,23 @@ async function exportOnnx(options: ExportOnnxOptions): Promise<ExportOnnxReport>
   }
   if (options.merged && !options.adapter?.length)
     throw new UsageError('--merged needs at least one --adapter.');
+  if (options.ops === 'standard' && options.quant) {
+    throw new UsageError(
+      `--ops standard and --quant ${options.quant} exclude each other: 4-bit linears exist only as onnxruntime's com.microsoft MatMulNBits / MatMulBnb4 (standard ONNX has no 4-bit matrix product). Use --ops ort (or leave --ops out) for a 4-bit export, or drop --quant for a float export that any ONNX runtime runs.`,
+    );
+  }
   const inputs = [options.model, ...(options.adapter ?? []).map((a) => parseAdapterSpec(a).dir)];
   checkOutput(options.output, options, inputs);
   checkOutput(`${options.output}.data`, options, inputs);
   log(options, `reading ${options.model}`);
   const opened = await openLlamaFolder(options.model);
   const { config } = opened;
+  // A 4-bit model (quantized now, or a folder written by lora quantize) needs onnxruntime's
+  // operators; a float model gets the standard ones unless --ops says otherwise.
+  const fourBit =
+    options.quant !== undefined ||
+    opened.source.names().some((n) => storedQuantization(opened.source, n) !== undefined);
+  const opSet: OpsChoice = options.ops ?? (fourBit ? 'ort' : 'standard');
   const source = options.merged
     ? mergedWeights(opened.source, await loadAdapterSet(options.adapter ?? []))
     : opened.source;
@@ -156,6 +185,7 @@ async function exportOnnx(options: ExportOnnxOptions): Promise<ExportOnnxReport>
   try {
     graph = await buildLlamaModelGraph(config, source, {
       quant: options.quant && { format: options.quant, blockSize: options.blockSize },
+      ops: opSet,
       logits: options.logits,
       linearHook: options.loraInputs
         ? createLoraHook({
@@ -173,7 +203,10 @@ async function exportOnnx(options: ExportOnnxOptions): Promise<ExportOnnxReport>
     externalData: options.externalData ? true : 'auto',
   });
   const ops: Record<string, number> = {};
-  for (const n of graph.nodes) ops[n.op] = (ops[n.op] ?? 0) + 1;
+  for (const n of graph.nodes) {
+    const op = n.domain ? `${n.domain}.${n.op}` : n.op;
+    ops[op] = (ops[op] ?? 0) + 1;
+  }
   const io = (v: { name: string; dtype: string; shape: readonly (number | string)[] }) => ({
     name: v.name,
     dtype: v.dtype,
@@ -183,6 +216,7 @@ async function exportOnnx(options: ExportOnnxOptions): Promise<ExportOnnxReport>
     model: options.model,
     output: saved.modelPath,
     externalData: saved.dataPath,
+    opSet,
     quant: options.quant ?? null,
     bytes: saved.bytes,
     nodes: graph.nodes.length,
@@ -229,7 +263,7 @@ function renderReport(r: ExportOnnxReport): string {
     .map(([op, n]) => `${op} ${n}`)
     .join(', ');
   return [
-    `wrote ${r.output}${r.externalData ? ` (+ ${r.externalData})` : ''}: ${formatBytes(r.bytes)}, ${r.nodes} nodes${r.quant ? `, ${r.quant} base` : ''}`,
+    `wrote ${r.output}${r.externalData ? ` (+ ${r.externalData})` : ''}: ${formatBytes(r.bytes)}, ${r.nodes} nodes${r.quant ? `, ${r.quant} base` : ''}, ${r.opSet === 'standard' ? 'standard ONNX operators only (any ONNX runtime)' : 'onnxruntime operators (com.microsoft: needs onnxruntime)'}`,
     'inputs:',
     ...layerIo(r.inputs),
     'outputs:',

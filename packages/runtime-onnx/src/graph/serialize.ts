@@ -77,9 +77,13 @@ function modelProto(graph: Graph, initializers: Onnx.ITensorProto[]): Uint8Array
   const model: Onnx.IModelProto = {
     irVersion: IR_VERSION,
     producerName: '@lora/runtime-onnx',
+    // onnxruntime's contrib domain is declared only when a node uses it: a graph of standard
+    // operators then names no domain another ONNX runtime would have to know.
     opsetImport: [
       { domain: '', version: OPSET_VERSION },
-      { domain: MS_DOMAIN, version: 1 },
+      ...(graph.nodes.some((n) => n.domain === MS_DOMAIN)
+        ? [{ domain: MS_DOMAIN, version: 1 }]
+        : []),
     ],
     graph: {
       name: graph.name,

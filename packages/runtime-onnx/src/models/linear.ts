@@ -1,20 +1,30 @@
-import { type Tensor, tensor } from '@lora/core';
+import { type Tensor, tensor, transpose } from '@lora/core';
+import { RuntimeError } from '../errors.js';
 import type { GraphBuilder } from '../graph/builder.js';
 import * as op from '../graph/ops.js';
 import type { Value } from '../graph/types.js';
 
 /**
- * A linear layer's weight, ready for the graph: dense float32 in torch layout `[out, in]` (the
- * checkpoint's own layout, so loading never transposes; multiplied by `FusedMatMul(transB = 1)`),
- * or 4-bit for onnxruntime's `MatMulNBits` (int4/uint4) or `MatMulBnb4` (nf4/fp4).
- * `inFeatures`/`outFeatures` are torch's `[out, in]` sizes.
+ * How a dense weight is laid out, which decides the operator that multiplies it:
+ * `'out-in'` is torch's `[out, in]` (the checkpoint's own layout, so loading never transposes),
+ * multiplied by onnxruntime's `com.microsoft` `FusedMatMul(transB = 1)`; `'in-out'` is `[in, out]`,
+ * multiplied by the standard ONNX `MatMul` (for exports that run on any ONNX runtime).
+ */
+export type DenseLayout = 'out-in' | 'in-out';
+
+/**
+ * A linear layer's weight, ready for the graph: dense float32 (see {@link DenseLayout}; torch
+ * layout `[out, in]` unless `layout` says otherwise), or 4-bit for onnxruntime's `MatMulNBits`
+ * (int4/uint4) or `MatMulBnb4` (nf4/fp4). `inFeatures`/`outFeatures` are torch's `[out, in]` sizes.
  */
 export type LinearWeight =
   | {
       readonly kind: 'dense';
       readonly inFeatures: number;
       readonly outFeatures: number;
-      /** [out, in] */
+      /** Default `'out-in'`. */
+      readonly layout?: DenseLayout;
+      /** [out, in], or [in, out] with `layout: 'in-out'` */
       readonly weight: Tensor<'f32'>;
     }
   | {
@@ -79,7 +89,7 @@ export type LinearHook = (g: GraphBuilder, site: LinearSite) => Value | undefine
 
 /** A linear's weight tensors as graph values (initializers), with the layout facts of its kind. */
 export type LinearValues =
-  | { readonly kind: 'dense'; readonly weight: Value }
+  | { readonly kind: 'dense'; readonly layout: DenseLayout; readonly weight: Value }
   | {
       readonly kind: 'nbits';
       readonly blockSize: number;
@@ -102,7 +112,7 @@ const madeInitializers = new WeakMap<GraphBuilder, Map<LinearWeight, LinearValue
 /**
  * The initializers of a linear's weight, created on first use in `g` and returned again on later
  * calls with the same weight (so a backward pass reads the very bytes the forward op reads).
- * Names: `<module>.weight` (dense, [out, in]), `.weight_q4`/`.weight_scales`/`.weight_zero_points`
+ * Names: `<module>.weight` (dense, in its {@link DenseLayout}), `.weight_q4`/`.weight_scales`/`.weight_zero_points`
  * (MatMulNBits), `.weight_bnb4`/`.weight_absmax` (MatMulBnb4).
  */
 export function linearInitializers(
@@ -120,7 +130,11 @@ export function linearInitializers(
   let values: LinearValues;
   switch (weight.kind) {
     case 'dense':
-      values = { kind: 'dense', weight: g.initializer(`${moduleName}.weight`, weight.weight) };
+      values = {
+        kind: 'dense',
+        layout: weight.layout ?? 'out-in',
+        weight: g.initializer(`${moduleName}.weight`, weight.weight),
+      };
       break;
     case 'nbits':
       values = {
@@ -150,8 +164,9 @@ export function linearInitializers(
 
 /**
  * The single place every model emits a linear layer: y = x W^T (+ bias), through
- * `FusedMatMul(transB = 1)` for a float weight (an initializer or a value, in torch layout),
- * MatMulNBits or MatMulBnb4 for a 4-bit one, then the hook (given for decoder layers).
+ * `FusedMatMul(transB = 1)` for a float weight in torch layout (an initializer or a value), the
+ * standard `MatMul` for a dense weight laid out `[in, out]`, MatMulNBits or MatMulBnb4 for a 4-bit
+ * one, then the hook (given for decoder layers).
  * x: [..., in] -> y: [..., out].
  */
 export function emitLinear(
@@ -168,8 +183,13 @@ export function emitLinear(
   let y: Value;
   switch (w.kind) {
     case 'value':
-    case 'dense':
       y = op.fusedMatMul(g, x, w.weight, { transB: true }, `${moduleName}/FusedMatMul`);
+      break;
+    case 'dense':
+      y =
+        w.layout === 'in-out'
+          ? op.matmul(g, x, w.weight, `${moduleName}/MatMul`)
+          : op.fusedMatMul(g, x, w.weight, { transB: true }, `${moduleName}/FusedMatMul`);
       break;
     case 'nbits': {
       [y] = g.node(
@@ -221,4 +241,22 @@ export function denseLinear(
     outFeatures,
     weight: tensor('f32', [outFeatures, inFeatures], weight),
   };
+}
+
+/**
+ * The same dense linear laid out `[in, out]` for the standard ONNX `MatMul` (a new tensor; the
+ * given one is not modified). Already `[in, out]`: returned as is. 4-bit weights have no standard
+ * ONNX form (NF4/FP4 have no ONNX type, and MatMulNBits/MatMulBnb4 are onnxruntime operators):
+ * refused with `LINEAR_NOT_STANDARD`, naming `moduleName`.
+ */
+export function inOutLinear(weight: LinearWeight, moduleName: string): LinearWeight {
+  if (weight.kind !== 'dense') {
+    throw new RuntimeError(
+      'LINEAR_NOT_STANDARD',
+      `${moduleName} is a 4-bit linear (${weight.kind === 'bnb4' ? 'MatMulBnb4' : 'MatMulNBits'}), which only onnxruntime runs: standard ONNX has no such operator. Keep onnxruntime's operators for 4-bit models, or use the float model.`,
+      { module: moduleName },
+    );
+  }
+  if (weight.layout === 'in-out') return weight;
+  return { ...weight, layout: 'in-out', weight: transpose(weight.weight) };
 }

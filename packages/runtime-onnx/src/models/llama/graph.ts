@@ -2,8 +2,8 @@ import type { Tensor } from '@lora/core';
 import { GraphBuilder } from '../../graph/builder.js';
 import * as op from '../../graph/ops.js';
 import type { Graph, Value } from '../../graph/types.js';
-import type { LinearHook, LinearWeight } from '../linear.js';
-import type { LlamaConfig, LlamaLinear } from './config.js';
+import { inOutLinear, type LinearHook, type LinearWeight } from '../linear.js';
+import { LLAMA_LINEARS, type LlamaConfig, type LlamaLinear, llamaModuleName } from './config.js';
 import { attentionBias, emitDecoderStack, ropeTables } from './decoder.js';
 import { frozenLlamaValues } from './model-values.js';
 
@@ -38,6 +38,25 @@ export interface LlamaGraphWeights {
     readonly linears: Readonly<Record<LlamaLinear, LinearWeight>>;
     readonly biases: Readonly<Partial<Record<LlamaLinear, Tensor<'f32'>>>>;
   }[];
+}
+
+/**
+ * Lays every linear of `weights` out `[in, out]`, for a graph of standard ONNX operators only
+ * (`MatMul` instead of onnxruntime's `FusedMatMul`; see {@link inOutLinear}). Works in place, one
+ * tensor at a time: each `[out, in]` original is let go as soon as its transpose exists, so the
+ * model is never held twice. `weights` must belong to the caller alone (fresh from
+ * `prepareLlamaWeights`). A tied lm_head gets its own `[hidden, vocab]` copy (the embedding keeps
+ * `[vocab, hidden]` for its Gather). 4-bit linears are refused (`LINEAR_NOT_STANDARD`).
+ */
+export function layLinearsInOut(weights: LlamaGraphWeights): void {
+  weights.layers.forEach((layer, l) => {
+    const linears = layer.linears as Record<LlamaLinear, LinearWeight>;
+    for (const name of LLAMA_LINEARS) {
+      linears[name] = inOutLinear(linears[name], llamaModuleName(l, name));
+    }
+  });
+  const head = weights as { lmHead: LinearWeight };
+  head.lmHead = inOutLinear(head.lmHead, 'lm_head');
 }
 
 export interface LlamaGraphOptions {
