@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { isLoraError, openRegularFile, parseJsonText } from '@lora/core';
 import type { GenerationTimings } from '@lora/runtime-onnx';
 import type { Command } from 'commander';
@@ -100,14 +101,9 @@ export async function* readBatchRows(
 }
 
 async function openBatchFile(path: string) {
-  try {
-    // Regular files only: a FIFO or device is refused (pipe into `--batch -` instead).
-    return await openRegularFile(path);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT')
-      throw new UsageError(`--batch ${path} does not exist.`);
-    throw e;
-  }
+  if (!existsSync(path)) throw new UsageError(`--batch ${path} does not exist.`);
+  // Regular files only: a FIFO or device is refused (pipe into `--batch -` instead).
+  return openRegularFile(path);
 }
 
 function parseBatchRow(text: string, where: string, line: number, defaults: AdapterSet): BatchRow {
@@ -237,13 +233,22 @@ const ZERO_TIMINGS: GenerationTimings = {
 };
 
 /**
- * Reads the input in groups of `--max-batch` rows, loading each row's adapters as it arrives
- * (so a bad adapter names its line). The first bad line ends the input: the group returned is
- * the rows before it, and {@link error} holds its error.
+ * How long a started group waits for the next row of a stalled input before it runs: a producer
+ * that writes one row and waits for its result must get it.
+ */
+const STALL_MS = 10;
+
+/**
+ * Reads the input in groups of up to `--max-batch` rows, loading each row's adapters as it
+ * arrives (so a bad adapter names its line). A group runs when it is full, when the input ended,
+ * or when the next row is not there within {@link STALL_MS}. The first bad line ends the input:
+ * the group returned is the rows before it, and {@link error} holds its error.
  */
 class GroupReader {
   error: unknown;
   #ended = false;
+  /** A row asked for but not yet arrived when the last group ran. */
+  #pending: Promise<IteratorResult<BatchRow>> | undefined;
   /** With --merged: the one adapter set of the run (the first row's). */
   #mergedSet: AdapterSet | undefined;
   readonly #rows: AsyncGenerator<BatchRow>;
@@ -263,8 +268,12 @@ class GroupReader {
   async next(): Promise<BatchRow[]> {
     const group: BatchRow[] = [];
     while (!this.#ended && group.length < this.#options.maxBatch) {
+      const pending = this.#pending ?? this.#rows.next();
+      this.#pending = pending;
+      if (group.length > 0 && !(await arrivesWithin(pending, STALL_MS))) break;
+      this.#pending = undefined;
       try {
-        const next = await this.#rows.next();
+        const next = await pending;
         if (next.done) {
           this.#ended = true;
           break;
@@ -296,5 +305,22 @@ class GroupReader {
         `${row.where}: --merged bakes ONE adapter set into the weights (${adapterSetLabel(this.#mergedSet)}, from the first row); this row uses ${adapterSetLabel(row.adapters)}. Rows with different adapters need LoRA branches (drop --merged).`,
       );
     }
+  }
+}
+
+/** Whether `promise` settles within `ms` (it is left running either way). */
+async function arrivesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const settled = promise.then(
+    () => true,
+    () => true,
+  );
+  const late = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([settled, late]);
+  } finally {
+    clearTimeout(timer);
   }
 }
