@@ -1,185 +1,407 @@
+import { RE2JS, RE2JSException } from 're2js';
 import { CoreError } from '../errors.js';
 
 /**
- * Translates a Python `re` pattern (as PEFT writes in `target_modules`, `exclude_modules`,
- * `layers_pattern`, `rank_pattern` keys) into JavaScript RegExp source with the same meaning on
- * module names.
+ * Python `re` patterns from adapter configs (`target_modules`, `exclude_modules`, `modules_to_save`,
+ * `layers_pattern`, `rank_pattern` / `alpha_pattern` keys), matched in time linear in the name
+ * by RE2 (the `re2js` port): a pattern from a stranger's config cannot hang a command, whatever
+ * its shape (`(a+)+$`, `(a|a)*$` run in linear time like any other).
  *
- * Handled differences:
- * - named groups `(?P<name>...)` -> `(?<name>...)`, back-references `(?P=name)` -> `\k<name>`;
- * - `\A` -> `^`, `\Z` -> `$` (module names hold no newlines, so Python's `$` = JS `$`);
- * - `{,n}` (Python: 0 to n) -> `{0,n}` (JS without the `u` flag reads it literally);
- * - a `]` first in a character class is literal in Python, an empty class in JS -> `\]`;
- * - comments `(?#...)` are dropped;
- * - global inline flags at the very start (`(?i)`, `(?s)`, `(?is)`) become JS flags.
- * Refused with a clear error: other inline flags, atomic groups `(?>...)`, possessive
- * quantifiers, conditionals `(?(1)...)`. Python `\d`/`\w` also match non-ASCII digits/letters;
- * module names are ASCII identifiers, so the ASCII JS classes give the same answers.
+ * Python syntax is translated to RE2's: `\Z` -> `\z`, `{,n}` -> `{0,n}`, a `]` first in a class and
+ * a `[` inside one are literals, `(?#...)` comments dropped, escapes of literal characters and
+ * `\xhh` / `\uhhhh` / `\Uhhhhhhhh` / octal written as code points, global flags `(?i)` `(?s)`
+ * `(?m)` (`(?a)` / `(?u)` are no-ops here) only at the start, as Python requires. `(?P<name>...)`
+ * is RE2 syntax already.
+ *
+ * Lookaheads at the very start of a pattern (`^(?!.*vision).*\.q_proj`, the usual way to leave a
+ * vision tower out) are supported exactly: each is a separate linear-time prefix match at
+ * position 0. Everything RE2 cannot run in linear time is refused with `REGEX_UNSUPPORTED`,
+ * naming the construct: back-references, other lookarounds, atomic groups, possessive
+ * quantifiers, conditionals, `\N{...}`, verbose mode `(?x)`, repeat counts above 1000. Patterns
+ * Python itself rejects get `REGEX_INVALID`.
+ *
+ * Differences that module names never reach: `\d`, `\w`, `\s`, `\b` are ASCII classes (Python's
+ * also take non-ASCII digits, letters and spaces; `\s` here lacks `\v`), and `$` is the end of
+ * the text (Python's also matches before a final newline).
  */
-export function translatePythonRegex(
-  pattern: string,
-  where: string,
-): { source: string; flags: string } {
-  let flags = '';
-  let i = 0;
-  const lead = /^\(\?([aiLmsux]+)\)/.exec(pattern);
-  if (lead) {
-    for (const f of lead[1]) {
-      if (f === 'i' || f === 's' || f === 'm') flags += flags.includes(f) ? '' : f;
-      else if (f !== 'u' && f !== 'a') throw unsupported(pattern, where, `inline flag (?${f})`);
-    }
-    i = lead[0].length;
+
+/**
+ * How Python's `re` applies a pattern, and so how PEFT uses it: `re.fullmatch` (the whole name:
+ * `target_modules`, `exclude_modules`), `re.match` (a prefix: `rank_pattern` keys,
+ * `modules_to_save`, `layers_pattern` in PEFT's templates) or `re.search` (anywhere).
+ */
+export type PythonMatchMode = 'fullmatch' | 'match' | 'search';
+
+/** Where a pattern comes from, for error messages: the config key and the value written there. */
+export interface RegexOrigin {
+  /** The config key, e.g. `target_modules` or `rank_pattern`. */
+  key: string;
+  /** The pattern as written in the config (before PEFT splices it into a template). */
+  pattern: string;
+}
+
+/** A Python regular expression compiled for linear-time matching. */
+export class PythonRegex {
+  /** @internal */
+  constructor(
+    /** The expression as Python receives it (a config value, or PEFT's template around one). */
+    readonly expression: string,
+    readonly mode: PythonMatchMode,
+    private readonly body: RE2JS,
+    private readonly lookaheads: readonly { negative: boolean; re: RE2JS }[],
+  ) {}
+
+  /** True when Python's `re.<mode>(expression, text)` finds a match. */
+  test(text: string): boolean {
+    return this.lookaheadsHold(text) && this.body.test(text);
   }
-  let out = '';
-  let inClass = false;
-  while (i < pattern.length) {
-    const c = pattern[i];
-    if (c === '\\') {
-      const next = pattern[i + 1];
-      if (next === undefined) throw invalid(pattern, where, 'a trailing backslash');
-      if (!inClass && next === 'A') out += '^';
-      else if (!inClass && next === 'Z') out += '$';
-      else out += c + next;
-      i += 2;
-      continue;
-    }
-    if (inClass) {
-      if (c === ']') inClass = false;
-      out += c;
-      i++;
-      continue;
-    }
-    if (c === '[') {
-      inClass = true;
-      out += c;
-      i++;
-      if (pattern[i] === '^') {
-        out += '^';
-        i++;
-      }
-      // Python: a `]` right after `[` or `[^` is a literal.
-      if (pattern[i] === ']') {
-        out += '\\]';
-        i++;
-      }
-      continue;
-    }
-    if (c === '(' && pattern[i + 1] === '?') {
-      const rest = pattern.slice(i + 2);
-      if (rest.startsWith('P<')) {
-        out += '(?<';
-        i += 4;
-      } else if (rest.startsWith('P=')) {
-        const end = pattern.indexOf(')', i);
-        if (end < 0) throw invalid(pattern, where, 'an unclosed (?P=name)');
-        out += `\\k<${pattern.slice(i + 4, end)}>`;
-        i = end + 1;
-      } else if (rest.startsWith('#')) {
-        const end = pattern.indexOf(')', i);
-        if (end < 0) throw invalid(pattern, where, 'an unclosed (?#comment)');
-        i = end + 1;
-      } else if (/^(?::|=|!|<=|<!|<[A-Za-z_])/.test(rest)) {
-        out += '(?';
-        i += 2;
-      } else {
-        throw unsupported(pattern, where, `the group syntax "(?${rest.slice(0, 2)}"`);
-      }
-      continue;
-    }
-    if (c === '{' && pattern[i + 1] === ',') {
-      const m = /^\{,(\d+)\}/.exec(pattern.slice(i));
-      if (m) {
-        out += `{0,${m[1]}}`;
-        i += m[0].length;
-        continue;
-      }
-    }
-    if (
-      (c === '+' || c === '*' || c === '?' || c === '}') &&
-      pattern[i + 1] === '+' &&
-      out.length > 0
-    ) {
-      throw unsupported(pattern, where, 'possessive quantifiers');
-    }
-    out += c;
-    i++;
+
+  /**
+   * The named groups of the match Python's `re.<mode>` would return (the same submatches: RE2
+   * picks them with the same leftmost-first preferences as a backtracking engine), or undefined
+   * when there is no match.
+   */
+  groups(text: string): Record<string, string | undefined> | undefined {
+    if (!this.lookaheadsHold(text)) return undefined;
+    const m = this.body.exec(text);
+    if (m === null) return undefined;
+    return { ...(m as unknown as { groups?: Record<string, string | undefined> }).groups };
   }
-  if (inClass) throw invalid(pattern, where, 'an unclosed character class');
-  if (hasNestedRepeat(out)) {
-    throw new CoreError(
-      'REGEX_UNSAFE',
-      `${where}: the regular expression "${pattern.slice(0, 200)}" repeats a group that itself repeats (like "(a+)+"), which can take exponential time to match (the limit: no nested repetition). List the module names, or rewrite it without a repeated group that contains * + or {n,m}.`,
-      { pattern, where },
-    );
+
+  private lookaheadsHold(text: string): boolean {
+    for (const l of this.lookaheads) if (l.re.test(text) === l.negative) return false;
+    return true;
   }
-  try {
-    new RegExp(out, flags);
-  } catch (e) {
-    throw invalid(pattern, where, (e as Error).message);
-  }
-  return { source: out, flags };
 }
 
 /**
- * Whether a JS regex source repeats (`*`, `+`, `{n,}`, `{n,m}` with m > 1) a group that contains a
- * repetition: the star height above 1 that makes backtracking engines exponential (`(a+)+$`,
- * `(.*)*x`). Checked before compiling, since JS RegExp has no match-time budget.
+ * Compiles `expression`, a Python regular expression, for `re.fullmatch` / `re.match` /
+ * `re.search` semantics. `origin` names the config key and value for errors (PEFT often splices
+ * a config value into a template, e.g. `(.*\.)?(KEY)$`; pass that template as `expression`).
+ *
+ * @throws CoreError `REGEX_INVALID` (Python would refuse it too) or `REGEX_UNSUPPORTED` (valid in
+ *   Python, not runnable in linear time), with `details` { key, pattern, expression, construct }.
  */
-function hasNestedRepeat(source: string): boolean {
-  // one entry per open group: does it contain a repetition?
-  const groups: boolean[] = [false];
-  let closed = false; // the previous atom was a group holding a repetition
-  for (let i = 0; i < source.length; i++) {
-    const c = source[i];
-    let repeat = c === '*' || c === '+';
-    if (c === '{') {
-      const m = /^\{(\d*)(,?)(\d*)\}/.exec(source.slice(i));
-      if (m) {
-        repeat = m[2] === ',' ? m[3] === '' || Number(m[3]) > 1 : Number(m[1]) > 1;
-        i += m[0].length - 1;
-      }
-    }
-    if (repeat) {
-      if (closed) return true;
-      groups[groups.length - 1] = true;
-      closed = false;
+export function compilePythonRegex(
+  expression: string,
+  mode: PythonMatchMode,
+  origin: RegexOrigin = { key: 'pattern', pattern: expression },
+): PythonRegex {
+  const where = { ...origin, expression };
+  const t = translate(expression, where, true);
+  if (t.lookaheads.length > 0 && t.topLevelAlternation) {
+    throw unsupported(where, 'a lookahead before a top-level "|" (it applies to one branch only)');
+  }
+  if (t.lookaheads.length > 0 && mode === 'search') {
+    // re.search tries the lookahead at every position, not at the start alone.
+    throw unsupported(where, 'a lookahead in a pattern searched anywhere in the name (re.search)');
+  }
+  const anchored =
+    mode === 'search'
+      ? t.source
+      : mode === 'match'
+        ? `\\A(?:${t.source})`
+        : `\\A(?:${t.source})\\z`;
+  const body = compileRe2(t.flags + anchored, where);
+  const lookaheads = t.lookaheads.map((l) => ({
+    negative: l.negative,
+    re: compileRe2(`${t.flags}\\A(?:${l.source})`, where),
+  }));
+  return new PythonRegex(expression, mode, body, lookaheads);
+}
+
+/**
+ * Escapes `text` so that a Python regex matches it literally (Python's `re.escape` for the
+ * characters module names hold): for writing exact names as `rank_pattern` keys.
+ */
+export function escapePythonRegex(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+type Where = RegexOrigin & { expression: string };
+
+interface Translated {
+  /** RE2 global flags, e.g. `(?i)`, or ''. */
+  flags: string;
+  source: string;
+  lookaheads: { negative: boolean; source: string }[];
+  topLevelAlternation: boolean;
+}
+
+const RE2_FLAGS = new Set(['i', 'm', 's']);
+
+/**
+ * Python pattern -> RE2 source. `top`: the whole expression (global flags and leading
+ * lookaheads allowed) rather than a lookahead's body.
+ */
+function translate(p: string, where: Where, top: boolean): Translated {
+  let flags = '';
+  let out = '';
+  const lookaheads: Translated['lookaheads'] = [];
+  let leading = true; // only zero-width items at position 0 so far
+  let started = false; // anything but global flag groups seen (Python: flags must come first)
+  let depth = 0;
+  let topLevelAlternation = false;
+  let afterRepeat: false | 'greedy' | 'lazy' = false;
+  let i = 0;
+  while (i < p.length) {
+    const c = p[i];
+    const wasRepeat: false | 'greedy' | 'lazy' = afterRepeat;
+    afterRepeat = false;
+    if (c === '\\') {
+      const e = translateEscape(p, i, false, where);
+      out += e.text;
+      i = e.next;
+      started = true;
+      if (e.text !== '\\A') leading = false;
       continue;
     }
-    closed = false;
+    if (c === '[') {
+      const cls = translateClass(p, i, where);
+      out += cls.text;
+      i = cls.next;
+      started = true;
+      leading = false;
+      continue;
+    }
+    if (c === '(' && p[i + 1] === '?') {
+      const rest = p.slice(i + 2, i + 4);
+      if (rest[0] === '#') {
+        const end = p.indexOf(')', i);
+        if (end < 0) throw invalid(where, 'a comment "(?#" is never closed');
+        i = end + 1;
+        continue;
+      }
+      if (rest[0] === '=' || rest[0] === '!') {
+        const end = groupEnd(p, i, where);
+        if (!top || !leading || depth > 0) {
+          throw unsupported(
+            where,
+            `a lookahead "(?${rest[0]}...)" that is not at the start of the pattern`,
+          );
+        }
+        if (end + 1 < p.length && '*+?{'.includes(p[end + 1]))
+          throw unsupported(where, 'a repeated lookahead');
+        const body = translate(p.slice(i + 3, end), where, false);
+        lookaheads.push({ negative: rest[0] === '!', source: body.source });
+        i = end + 1;
+        started = true;
+        continue;
+      }
+      if (rest === '<=' || rest === '<!') {
+        throw unsupported(where, `a lookbehind "(?${rest}...)"`);
+      }
+      if (rest[0] === '>') throw unsupported(where, 'an atomic group "(?>...)"');
+      if (rest[0] === '(') throw unsupported(where, 'a conditional group "(?(...)...)"');
+      if (rest === 'P=') throw unsupported(where, 'a back-reference "(?P=name)"');
+      if (rest === 'P<') {
+        out += '(?P<';
+        i += 4;
+        depth++;
+        started = true;
+        leading = false;
+        continue;
+      }
+      const f = /^\(\?([aiLmsux]*)(?:-([imsx]+))?([:)])/.exec(p.slice(i));
+      if (!f || (f[1] === '' && f[2] === undefined && f[3] === ')')) {
+        throw invalid(where, `unknown group syntax "${p.slice(i, i + 4)}"`);
+      }
+      const on = translateFlags(f[1], where);
+      const off = translateFlags(f[2] ?? '', where);
+      if (f[3] === ')') {
+        if (f[2] !== undefined) throw invalid(where, 'flags can only be turned off in a group');
+        if (!top || started) {
+          throw invalid(where, `global flags "${f[0]}" not at the start of the expression`);
+        }
+        for (const x of on) if (!flags.includes(x)) flags += x;
+      } else {
+        out += on === '' && off === '' ? '(?:' : `(?${on}${off === '' ? '' : `-${off}`}:`;
+        depth++;
+        started = true;
+        leading = false;
+      }
+      i += f[0].length;
+      continue;
+    }
+    if (c === '{') {
+      const r = /^\{(\d*)(?:(,)(\d*))?\}/.exec(p.slice(i));
+      if (r && r[0] !== '{}') {
+        const lo = r[1];
+        const hi = r[2] === undefined ? lo : r[3];
+        if (Number(lo) > 1000 || (hi !== '' && Number(hi) > 1000)) {
+          throw unsupported(where, `the repeat count "${r[0]}" (RE2 allows at most 1000)`);
+        }
+        out += hi === '' ? `{${lo === '' ? '0' : lo},}` : `{${lo === '' ? '0' : lo},${hi}}`;
+        i += r[0].length;
+        afterRepeat = 'greedy';
+      } else {
+        out += '\\{';
+        i++;
+        leading = false;
+      }
+      started = true;
+      continue;
+    }
+    if (c === '*' || c === '+' || c === '?') {
+      if (c === '+' && wasRepeat === 'greedy') {
+        throw unsupported(where, 'a possessive quantifier ("*+", "++", "?+", "{m,n}+")');
+      }
+      afterRepeat = c === '?' && wasRepeat === 'greedy' ? 'lazy' : 'greedy';
+      out += c;
+      i++;
+      started = true;
+      continue;
+    }
+    if (c === '(') depth++;
+    else if (c === ')') depth--;
+    else if (c === '|' && depth === 0) topLevelAlternation = true;
+    if (c !== '^') leading = false;
+    out += c;
+    i++;
+    started = true;
+  }
+  return { flags: flags === '' ? '' : `(?${flags})`, source: out, lookaheads, topLevelAlternation };
+}
+
+/** Python inline flag letters -> RE2's (`a`, `u` dropped: RE2's classes are ASCII already). */
+function translateFlags(letters: string, where: Where): string {
+  let out = '';
+  for (const x of letters) {
+    if (x === 'x') throw unsupported(where, 'verbose mode "(?x)"');
+    if (x === 'L') throw invalid(where, 'the flag "L" cannot be used with a str pattern');
+    if (RE2_FLAGS.has(x) && !out.includes(x)) out += x;
+  }
+  return out;
+}
+
+/** Index of the `)` closing the group opened at `open` (escapes and classes skipped). */
+function groupEnd(p: string, open: number, where: Where): number {
+  let depth = 0;
+  for (let i = open; i < p.length; i++) {
+    const c = p[i];
     if (c === '\\') i++;
-    else if (c === '[') {
-      for (i++; i < source.length && source[i] !== ']'; i++) if (source[i] === '\\') i++;
-    } else if (c === '(') groups.push(false);
-    else if (c === ')' && groups.length > 1) {
-      const inner = groups.pop()!;
-      if (inner) groups[groups.length - 1] = true;
-      closed = inner;
+    else if (c === '[') i = translateClass(p, i, where).next - 1;
+    else if (c === '(') depth++;
+    else if (c === ')' && --depth === 0) return i;
+  }
+  throw invalid(where, 'a group is never closed (missing ")")');
+}
+
+/** `[...]` at `start`: Python's literal leading `]`; `[` escaped so RE2 sees no `[:alpha:]`. */
+function translateClass(p: string, start: number, where: Where): { text: string; next: number } {
+  let text = '[';
+  let i = start + 1;
+  if (p[i] === '^') {
+    text += '^';
+    i++;
+  }
+  if (p[i] === ']') {
+    text += '\\]';
+    i++;
+  }
+  while (i < p.length) {
+    const c = p[i];
+    if (c === ']') return { text: `${text}]`, next: i + 1 };
+    if (c === '\\') {
+      const e = translateEscape(p, i, true, where);
+      text += e.text;
+      i = e.next;
+    } else {
+      text += c === '[' ? '\\[' : c;
+      i++;
     }
   }
-  return false;
+  throw invalid(where, 'a character set "[" is never closed');
 }
 
-/** Python `re.fullmatch(pattern, text)` as a JS RegExp: `^(?:pattern)$`. */
-export function pythonFullmatchRegExp(pattern: string, where: string): RegExp {
-  const { source, flags } = translatePythonRegex(pattern, where);
-  return new RegExp(`^(?:${source})$`, flags);
+const CONTROL_ESCAPES: Readonly<Record<string, number>> = {
+  a: 7,
+  f: 12,
+  n: 10,
+  r: 13,
+  t: 9,
+  v: 11,
+};
+const HEX_ESCAPES: Readonly<Record<string, number>> = { x: 2, u: 4, U: 8 };
+
+/** One Python escape at `i` (the backslash) as RE2 source. */
+function translateEscape(
+  p: string,
+  i: number,
+  inClass: boolean,
+  where: Where,
+): { text: string; next: number } {
+  const c = p[i + 1];
+  if (c === undefined) throw invalid(where, 'a trailing backslash');
+  if (!inClass && (c === 'A' || c === 'b' || c === 'B')) return { text: `\\${c}`, next: i + 2 };
+  if (!inClass && c === 'Z') return { text: '\\z', next: i + 2 };
+  if (inClass && c === 'b') return { text: codePoint(8), next: i + 2 };
+  if ('dDsSwW'.includes(c)) return { text: `\\${c}`, next: i + 2 };
+  if (c in CONTROL_ESCAPES) return { text: codePoint(CONTROL_ESCAPES[c]), next: i + 2 };
+  if (c in HEX_ESCAPES) {
+    const n = HEX_ESCAPES[c];
+    const hex = p.slice(i + 2, i + 2 + n);
+    if (hex.length !== n || !/^[0-9a-fA-F]+$/.test(hex)) {
+      throw invalid(where, `the escape "\\${c}" needs ${n} hexadecimal digits`);
+    }
+    const value = Number.parseInt(hex, 16);
+    if (value > 0x10ffff) throw invalid(where, `the escape "\\${c}${hex}" is beyond Unicode`);
+    return { text: codePoint(value), next: i + 2 + n };
+  }
+  if (c === 'N') throw unsupported(where, 'a named character escape "\\N{...}"');
+  if (c >= '0' && c <= '9') {
+    const octal = /^[0-7]{1,3}/.exec(p.slice(i + 1))?.[0] ?? '';
+    // Python: \0.. and (in a class) \1-\7.. are octal, as are three octal digits anywhere;
+    // outside a class \1-\99 otherwise refers back to a group.
+    if (c === '0' || (inClass && octal !== '') || octal.length === 3) {
+      const value = Number.parseInt(octal, 8);
+      if (value > 0o377) throw invalid(where, `the octal escape "\\${octal}" is above \\377`);
+      return { text: codePoint(value), next: i + 1 + octal.length };
+    }
+    if (inClass) throw invalid(where, `bad escape "\\${c}" in a character set`);
+    throw unsupported(where, `a back-reference "\\${/^\d{1,2}/.exec(p.slice(i + 1))?.[0]}"`);
+  }
+  if (/[A-Za-z]/.test(c)) throw invalid(where, `bad escape "\\${c}"`);
+  const cp = p.codePointAt(i + 1) as number;
+  return { text: codePoint(cp), next: i + 1 + (cp > 0xffff ? 2 : 1) };
 }
 
-function invalid(pattern: string, where: string, why: string): CoreError {
+function codePoint(value: number): string {
+  return `\\x{${value.toString(16)}}`;
+}
+
+function compileRe2(source: string, where: Where): RE2JS {
+  try {
+    return RE2JS.compile(source);
+  } catch (e) {
+    if (!(e instanceof RE2JSException)) throw e;
+    const why = e.message.replace(/^error parsing regexp: /, '');
+    if (/too large|repeat count/.test(why)) {
+      throw unsupported(where, `a repetition too large for the linear-time matcher (${why})`);
+    }
+    throw invalid(where, why);
+  }
+}
+
+function describe(where: Where): string {
+  const shown = (s: string) => `"${s.length > 200 ? `${s.slice(0, 200)}...` : s}"`;
+  return where.expression === where.pattern
+    ? `${where.key}: the regular expression ${shown(where.pattern)}`
+    : `${where.key}: the regular expression ${shown(where.pattern)} (as PEFT matches it: ${shown(where.expression)})`;
+}
+
+function invalid(where: Where, why: string): CoreError {
   return new CoreError(
     'REGEX_INVALID',
-    `${where}: the regular expression "${pattern}" is invalid (${why}). Fix the pattern.`,
-    {
-      pattern,
-      where,
-    },
+    `${describe(where)} is invalid: ${why}. Fix the pattern in the adapter config.`,
+    { ...where, construct: why },
   );
 }
 
-function unsupported(pattern: string, where: string, what: string): CoreError {
+function unsupported(where: Where, construct: string): CoreError {
   return new CoreError(
     'REGEX_UNSUPPORTED',
-    `${where}: the Python regular expression "${pattern}" uses ${what}, which has no JavaScript equivalent here. Rewrite it without that feature (or list the module names).`,
-    { pattern, where },
+    `${describe(where)} uses ${construct}, which Python accepts but a linear-time matcher (RE2) cannot run; patterns from configs are matched in linear time so that none can hang. Rewrite the pattern without it, or list the module names instead.`,
+    { ...where, construct },
   );
 }

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { createLoraConfig } from './config.js';
 import { findPatternKey, loraAlpha, loraRank, loraScaling } from './scaling.js';
@@ -45,5 +46,40 @@ describe('loraScaling', () => {
     expect(
       findPatternKey({ 'model.layers.0.self_attn.q_proj': 1 }, 'model.layers.0.self_attn.q_proj'),
     ).toBeDefined();
+  });
+});
+
+describe("PEFT's get_pattern_key (reference: PEFT 0.21)", () => {
+  // scripts/reference/regex-targets.py
+  const reference = JSON.parse(
+    readFileSync(new URL('./testdata/regex-targets.json', import.meta.url), 'utf8'),
+  ) as { pattern_keys: { keys: string[]; name: string; key: string | null }[] };
+
+  it(`picks the same key on ${reference.pattern_keys.length} (keys, module) pairs`, () => {
+    const wrong = reference.pattern_keys
+      .filter((c) => {
+        const dict = Object.fromEntries(c.keys.map((k, i) => [k, i + 1]));
+        return (findPatternKey(dict, c.name) ?? null) !== c.key;
+      })
+      .map((c) => `${JSON.stringify(c.keys)} ${c.name} -> PEFT ${c.key}`);
+    expect(wrong).toEqual([]);
+    expect(new Set(reference.pattern_keys.map((c) => c.key === null)).size).toBe(2);
+  });
+
+  it('refuses a key the linear-time engine cannot run, naming the dict', () => {
+    const c = createLoraConfig({
+      r: 8,
+      lora_alpha: 16,
+      alpha_pattern: { '(?<=attn\\.)q_proj': 4 },
+    });
+    expect(() => loraAlpha(c, 'model.self_attn.q_proj')).toThrow(
+      /^alpha_pattern: the regular expression "\(\?<=attn\\\.\)q_proj" \(as PEFT matches it: .*lookbehind/,
+    );
+  });
+
+  it('a catastrophic key answers at once on a long adversarial name', () => {
+    const c = createLoraConfig({ r: 8, lora_alpha: 16, rank_pattern: { '(a|aa)*b': 4 } });
+    expect(loraRank(c, `model.${'a'.repeat(100)}`)).toBe(8);
+    expect(loraRank(c, `model.${'a'.repeat(100)}b`)).toBe(4);
   });
 });

@@ -1,5 +1,5 @@
 import type { LoraConfig } from './config.js';
-import { translatePythonRegex } from './python-regex.js';
+import { compilePythonRegex, type PythonRegex } from './python-regex.js';
 
 /**
  * The key of `pattern` (a `rank_pattern` / `alpha_pattern` dict) that applies to `moduleName`:
@@ -7,19 +7,41 @@ import { translatePythonRegex } from './python-regex.js';
  * succeeds (so `"q_proj"` matches `model.layers.0.self_attn.q_proj`, and `"layers.0.self_attn.q_proj"`
  * only that one module). Undefined when none applies.
  *
+ * The key is matched by PEFT's own expression in linear time ({@link compilePythonRegex});
+ * `configKey` names the dict in errors.
+ *
  * Note: JavaScript objects list integer-like keys ("0", "12") first whatever the file order;
  * pattern keys are module names, never bare integers, in practice.
  */
 export function findPatternKey(
   pattern: Readonly<Record<string, unknown>>,
   moduleName: string,
+  configKey = 'rank_pattern',
 ): string | undefined {
-  for (const key of Object.keys(pattern)) {
-    const { source, flags } = translatePythonRegex(key, `pattern key "${key}"`);
-    // re.match anchors at the start only; the `$` in the template anchors the end.
-    if (new RegExp(`^(?:.*\\.)?(${source})$`, flags).test(moduleName)) return key;
-  }
+  for (const [key, re] of compiledKeys(pattern, configKey)) if (re.test(moduleName)) return key;
   return undefined;
+}
+
+type CompiledKeys = (readonly [string, PythonRegex])[];
+
+/** Each pattern dict's keys compiled once (recompiled if the dict's keys changed since). */
+const compiled = new WeakMap<object, CompiledKeys>();
+
+function compiledKeys(pattern: Readonly<Record<string, unknown>>, configKey: string): CompiledKeys {
+  const keys = Object.keys(pattern);
+  const cached = compiled.get(pattern);
+  if (cached && cached.length === keys.length && cached.every(([k], i) => k === keys[i])) {
+    return cached;
+  }
+  const fresh = keys.map(
+    (key) =>
+      [
+        key,
+        compilePythonRegex(`(.*\\.)?(${key})$`, 'match', { key: configKey, pattern: key }),
+      ] as const,
+  );
+  compiled.set(pattern, fresh);
+  return fresh;
 }
 
 /** Rank of one module: its `rank_pattern` entry if one applies, else `config.r`. */
@@ -38,7 +60,7 @@ export function loraAlpha(
   moduleName?: string,
 ): number {
   if (moduleName === undefined) return config.lora_alpha;
-  const key = findPatternKey(config.alpha_pattern, moduleName);
+  const key = findPatternKey(config.alpha_pattern, moduleName, 'alpha_pattern');
   return key === undefined ? config.lora_alpha : config.alpha_pattern[key];
 }
 

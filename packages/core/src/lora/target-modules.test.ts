@@ -8,6 +8,7 @@ import {
   expandAllLinear,
   isTargetModule,
   matchTargets,
+  type TargetConfig,
 } from './target-modules.js';
 
 const FIXTURES = fileURLToPath(new URL('../../../../../shared/fixtures/peft/', import.meta.url));
@@ -154,7 +155,7 @@ describe('regex target_modules (fullmatch)', () => {
   it('accepts Python-only syntax', () => {
     const c = {
       ...base,
-      target_modules: '(?P<stack>model\\.layers)\\.\\d{,2}\\.self_attn\\.(?P=stack)?[qv]_proj',
+      target_modules: '(?P<stack>model\\.layers)\\.\\d{,2}\\.self_attn\\.[qv]_proj',
     };
     expect(isTargetModule(c, 'model.layers.12.self_attn.q_proj')).toBe(true);
     expect(isTargetModule(c, 'model.layers.123.self_attn.q_proj')).toBe(false);
@@ -167,12 +168,56 @@ describe('regex target_modules (fullmatch)', () => {
     expect(isTargetModule({ ...base, target_modules: '\\A.*[]q]_proj\\Z' }, 'x.]_proj')).toBe(true);
   });
 
-  it('refuses what JavaScript cannot express, with a clear message', () => {
+  it('refuses what a linear-time engine cannot run, with a clear message', () => {
     expect(() => isTargetModule({ ...base, target_modules: '(?>a)' }, 'a')).toThrow(
-      /target_modules.*\(\?>/,
+      /target_modules.*\(\?>.*atomic group/,
     );
     expect(() => isTargetModule({ ...base, target_modules: 'a++' }, 'a')).toThrow(/possessive/);
-    expect(() => isTargetModule({ ...base, target_modules: '(' }, 'a')).toThrow(/REGEX|invalid/);
+    expect(() => isTargetModule({ ...base, target_modules: '(a)\\1' }, 'aa')).toThrow(
+      /back-reference/,
+    );
+    expect(() => isTargetModule({ ...base, target_modules: '(' }, 'a')).toThrow(/invalid/);
+    expect(() =>
+      matchTargets(
+        {
+          ...base,
+          target_modules: ['q_proj'],
+          layers_pattern: '(?<=x)layers',
+          layers_to_transform: [0],
+        },
+        ['model.layers.0.q_proj'],
+      ),
+    ).toThrow(/^layers_pattern: .*lookbehind/);
+    expect(() =>
+      matchTargets({ ...base, target_modules: ['q_proj'], modules_to_save: ['(a)\\1'] }, [
+        'q_proj',
+      ]),
+    ).toThrow(/^modules_to_save: .*back-reference/);
+  });
+
+  it('a catastrophic regex answers at once on long adversarial names', () => {
+    const names = [`${'a'.repeat(80)}!`, 'a'.repeat(80), `model.${'a'.repeat(90)}.q_proj`];
+    expect(matchTargets({ ...base, target_modules: '(a|a)*$' }, names)).toEqual([names[1]]);
+    expect(matchTargets({ ...base, target_modules: '(a+)+' }, names)).toEqual([names[1]]);
+    expect(
+      matchTargets({ ...base, target_modules: ['q_proj'], exclude_modules: '(.*a)*\\..*' }, names),
+    ).toEqual([]);
+  });
+});
+
+describe("PEFT's check_target_module_exists (reference: PEFT 0.21)", () => {
+  // scripts/reference/regex-targets.py
+  const reference = JSON.parse(
+    readFileSync(new URL('./testdata/regex-targets.json', import.meta.url), 'utf8'),
+  ) as { targets: { config: Partial<TargetConfig>; name: string; matched: boolean }[] };
+
+  it(`agrees on ${reference.targets.length} (config, module) pairs`, () => {
+    const wrong = reference.targets
+      .filter((t) => isTargetModule({ ...base, ...t.config } as TargetConfig, t.name) !== t.matched)
+      .map((t) => `${JSON.stringify(t.config)} ${t.name} -> PEFT ${t.matched}`);
+    expect(wrong).toEqual([]);
+    // the cases are not all one answer
+    expect(new Set(reference.targets.map((t) => t.matched))).toEqual(new Set([true, false]));
   });
 });
 
@@ -246,9 +291,13 @@ describe('layers_to_transform', () => {
     expect(isTargetModule(c, 'model.layers.0.mlp.experts.1.w1')).toBe(false);
   });
 
-  it('needs a name part before the layer list, and exact names skip the filter (PEFT quirks)', () => {
+  it('without layers_pattern, needs a name part before the layer list; exact names skip the filter (PEFT quirks)', () => {
     const c = { ...base, target_modules: ['q_proj'], layers_to_transform: [0] };
     expect(compileTargetMatcher(c)('layers.0.q_proj')).toBe('layer-not-selected');
+    // PEFT 0.21: with a layers_pattern the list may also start the name.
+    expect(compileTargetMatcher({ ...c, layers_pattern: 'layers' })('layers.0.q_proj')).toBe(
+      'targeted',
+    );
     const exact = { ...c, target_modules: ['model.layers.5.self_attn.q_proj'] };
     expect(isTargetModule(exact, 'model.layers.5.self_attn.q_proj')).toBe(true);
   });

@@ -1,6 +1,6 @@
 import { CoreError } from '../errors.js';
 import type { LoraConfig } from './config.js';
-import { pythonFullmatchRegExp, translatePythonRegex } from './python-regex.js';
+import { compilePythonRegex, type PythonRegex } from './python-regex.js';
 
 /** The config fields that decide which modules get a LoRA branch. */
 export type TargetConfig = Pick<
@@ -72,21 +72,18 @@ export type TargetDecision =
  * 3. regex string: fullmatch, nothing else; list: an exact name is targeted at once, a `.t`
  *    suffix match then passes the `layers_to_transform` filter.
  * Layer index (PEFT's regex with a lazy `.*?`, so the FIRST number, not an expert index later in
- * the name): `.*?\.<pattern>\.(\d+)\.` for each `layers_pattern` in turn, or `.*?\.[^.]*\.(\d+)\.`
- * without one. No index found = not targeted. Note the leading `\.`: a name must have a part
- * before the layer list (`model.layers.0...`), as in PEFT.
+ * the name): `(?:^|.*?\.)<pattern>\.(\d+)\.` for each `layers_pattern` in turn, or
+ * `.*?\.[^.]*\.(\d+)\.` without one. No index found = not targeted.
+ * Every regex is Python's, matched in linear time ({@link compilePythonRegex}).
  */
 export function compileTargetMatcher(
   config: TargetConfig,
   options: TargetMatchOptions = {},
 ): (moduleName: string) => TargetDecision {
   const excluded = compileExclude(config.exclude_modules);
-  const toSave = (config.modules_to_save ?? []).map(
-    (m) =>
-      new RegExp(
-        `^(?:(?:^|.*\\.)${fragment(m, 'modules_to_save')}(?:$|\\..*))`,
-        fragmentFlags(m, 'modules_to_save'),
-      ),
+  // PEFT splices each entry into its own template: re.match(rf"(^|.*\.){m}($|\..*)", key).
+  const toSave = (config.modules_to_save ?? []).map((m) =>
+    compilePythonRegex(`(^|.*\\.)${m}($|\\..*)`, 'match', { key: 'modules_to_save', pattern: m }),
   );
   let targets = config.target_modules;
   if (targets === null) {
@@ -118,7 +115,10 @@ export function compileTargetMatcher(
     };
   }
   if (typeof targets === 'string') {
-    const re = pythonFullmatchRegExp(targets, 'target_modules');
+    const re = compilePythonRegex(targets, 'fullmatch', {
+      key: 'target_modules',
+      pattern: targets,
+    });
     return (name) => {
       if (excluded(name)) return 'excluded';
       if (toSave.some((r) => r.test(name))) return 'modules-to-save';
@@ -174,15 +174,15 @@ function compileList(
   const lp = config.layers_pattern;
   // PEFT: None, "" or [] means "any second-level name".
   const patterns = lp === null || lp.length === 0 ? [] : typeof lp === 'string' ? [lp] : lp;
-  const layerRegexes =
+  // PEFT's templates (re.match); the lazy `.*?` takes the FIRST number, not an expert index.
+  const layerRegexes: PythonRegex[] =
     patterns.length === 0
-      ? [/^.*?\.[^.]*\.(\d+)\./]
-      : patterns.map(
-          (p) =>
-            new RegExp(
-              `^.*?\\.${fragment(p, 'layers_pattern')}\\.(\\d+)\\.`,
-              fragmentFlags(p, 'layers_pattern'),
-            ),
+      ? [compilePythonRegex('.*?\\.[^.]*\\.(?P<idx>\\d+)\\.', 'match')]
+      : patterns.map((p) =>
+          compilePythonRegex(`(?:^|.*?\\.)${p}\\.(?P<idx>\\d+)\\.`, 'match', {
+            key: 'layers_pattern',
+            pattern: p,
+          }),
         );
   const wanted = new Set(typeof layers === 'number' ? [layers] : (layers ?? []));
 
@@ -192,8 +192,10 @@ function compileList(
     if (!targets.some((t) => name.endsWith(`.${t}`))) return 'not-matched';
     if (!usesLayers) return 'targeted';
     for (const re of layerRegexes) {
-      const m = re.exec(name);
-      if (m) return wanted.has(Number.parseInt(m[1], 10)) ? 'targeted' : 'layer-not-selected';
+      const idx = re.groups(name)?.idx;
+      if (idx !== undefined) {
+        return wanted.has(Number.parseInt(idx, 10)) ? 'targeted' : 'layer-not-selected';
+      }
     }
     return 'layer-not-selected';
   };
@@ -202,7 +204,10 @@ function compileList(
 function compileExclude(exclude: string[] | string | null): (name: string) => boolean {
   if (exclude === null || exclude.length === 0) return () => false;
   if (typeof exclude === 'string') {
-    const re = pythonFullmatchRegExp(exclude, 'exclude_modules');
+    const re = compilePythonRegex(exclude, 'fullmatch', {
+      key: 'exclude_modules',
+      pattern: exclude,
+    });
     return (name) => re.test(name);
   }
   const set = new Set(exclude);
@@ -215,13 +220,4 @@ function headPredicate(
   if (outputHead === undefined) return (name) => name === 'lm_head' || name.endsWith('.lm_head');
   const heads = new Set(typeof outputHead === 'string' ? [outputHead] : outputHead);
   return (name) => heads.has(name);
-}
-
-/** A Python regex fragment spliced into a larger pattern, as PEFT's f-strings do. */
-function fragment(p: string, where: string): string {
-  return translatePythonRegex(p, where).source;
-}
-
-function fragmentFlags(p: string, where: string): string {
-  return translatePythonRegex(p, where).flags;
 }
