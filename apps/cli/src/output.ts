@@ -36,20 +36,34 @@ export function useColor(): boolean {
 
 const claimed: Array<() => void> = [];
 
+/** What a command writes at an output path, for {@link checkOutput}. */
+export interface OutputSpec {
+  /** The command (e.g. `"quantize"`); it also records this name in the files it writes. */
+  readonly writer: string;
+  /** Every file or folder the command reads. */
+  readonly inputs?: readonly string[];
+  /** Files written beside the output as part of it (`model.onnx.data`, a merge residual). */
+  readonly companions?: readonly string[];
+}
+
 /**
  * Checks an output before anything is read (core's `guardOutput`): it must not be, lie inside
- * or contain any of `inputs` (nor the current folder); inputs must be regular files or folders;
- * an existing output needs --force (and is then replaced only if it holds nothing but what the
- * command writes); stale temporaries of killed runs next to it are removed; and the output is
- * claimed so that a concurrent `lora` writing the same path fails at once. The claim ends with
- * the command ({@link releaseOutputs}).
+ * or contain any input (nor the current folder); inputs must be regular files or folders; an
+ * existing output needs --force, and is then replaced only if the same command wrote it (its
+ * `lora.writer` marker) and, for a folder, it holds nothing but what the command writes; stale
+ * temporaries of killed runs next to it are removed; and the output is claimed so that a
+ * concurrent `lora` writing the same path fails at once. The claim ends with the command
+ * ({@link releaseOutputs}).
  */
-export function checkOutput(
-  path: string,
-  options: CommonOptions,
-  inputs: readonly string[] = [],
-): void {
-  claimed.push(guardOutput(path, { inputs, force: options.force }));
+export function checkOutput(path: string, options: CommonOptions, spec: OutputSpec): void {
+  claimed.push(
+    guardOutput(path, {
+      inputs: spec.inputs ?? [],
+      force: options.force,
+      writer: spec.writer,
+      companions: spec.companions,
+    }),
+  );
 }
 
 /** Ends the claims {@link checkOutput} made (run when a command finishes, however it ends). */

@@ -1,4 +1,15 @@
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -38,6 +49,13 @@ async function refused(name: string, args: string[], limit: RegExp) {
   expect(r.stderr).toMatch(limit);
   // refused before allocation: far below what the claimed size would take
   expect(grew).toBeLessThan(256);
+}
+
+/** Bytes this process has read so far (Linux /proc/self/io `rchar`: every read call, cached or not). */
+function bytesRead(): number {
+  const m = /^rchar: (\d+)$/m.exec(readFileSync('/proc/self/io', 'utf8'));
+  if (!m) throw new Error('/proc/self/io has no rchar line.');
+  return Number(m[1]);
 }
 
 const LLAMA = {
@@ -145,16 +163,46 @@ describe('resource bombs', () => {
     );
   });
 
-  it('--batch with 100,000 rows is refused naming the row limit', async () => {
-    const model = join(work, 'batch-model');
-    await writeSyntheticLlama(model);
+  it('--batch with 100,000 rows (100 MB) is streamed: a bad line early stops the run, the rest never read', async () => {
     const file = join(work, 'big.jsonl');
-    writeFileSync(file, `${JSON.stringify({ prompt: 'Once' })}\n`.repeat(100_000));
-    await refused(
-      'generate --batch (100,000 rows)',
-      ['generate', '--model', model, '--batch', file, '--max-tokens', '1'],
-      /has more than 256 rows \(the limit/,
+    // 100,000 rows of ~1 KB (a note beside the prompt, as real data files carry); line 40 is bad
+    const row = (i: number) => `${JSON.stringify({ prompt: 'Once', note: `${i}`.padEnd(1000) })}\n`;
+    const fd = openSync(file, 'w');
+    try {
+      for (let start = 0; start < 100_000; start += 1000) {
+        let chunk = '';
+        for (let i = start; i < start + 1000; i++) chunk += i === 39 ? '{"prompt": \n' : row(i);
+        writeSync(fd, chunk);
+      }
+    } finally {
+      closeSync(fd);
+    }
+    const fileBytes = statSync(file).size;
+    // what a run reads besides its input (the model, tokenizer, ...): a one-row batch
+    const small = join(work, 'one.jsonl');
+    writeFileSync(small, row(0));
+    const baseBefore = bytesRead();
+    const one = await runCli(['generate', '--batch', small, '--max-tokens', '1', '--jsonl']);
+    const baseRead = bytesRead() - baseBefore;
+    expect(one.code, one.stderr).toBe(0);
+    const readBefore = bytesRead();
+    const rssBefore = process.memoryUsage().rss;
+    // the bundled model (the default)
+    const r = await runCli(['generate', '--batch', file, '--max-tokens', '1', '--jsonl']);
+    const read = bytesRead() - readBefore - baseRead; // bytes of the input read
+    const grew = (process.memoryUsage().rss - rssBefore) / 2 ** 20;
+    const results = r.stdout.split('\n').filter((l) => l !== '').length;
+    outcomes.push(
+      `${'generate --batch (100,000 rows)'.padEnd(36)} exit ${r.code}  +${grew.toFixed(0)} MiB  ${results} results, read ${(read / 2 ** 20).toFixed(1)} of ${(fileBytes / 2 ** 20).toFixed(0)} MiB  ${r.stderr.trim().slice(0, 60)}`,
     );
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr).toMatch(/big\.jsonl:40: not valid JSON/);
+    // the 39 rows before the bad line were generated and written
+    expect(results).toBe(39);
+    // streamed: at most a few 64 KiB chunks of the 100 MB input were read
+    expect(fileBytes).toBeGreaterThan(100e6);
+    expect(read).toBeLessThan(2 ** 20);
+    expect(grew).toBeLessThan(256);
   });
 
   it.skipIf(!haveStories)(

@@ -82,6 +82,7 @@ export type { FileKind } from './io/file-kind.js';
 export { describeFsError, isFsError, writeFailed } from './io/fs-errors.js';
 export { parseJsonText, readJsonFile } from './io/json-file.js';
 export { guardOutput } from './io/output-guard.js';
+export { OUTPUT_WRITER_KEY, outputMarker, readOutputWriter } from './io/output-marker.js';
 export type { GuardOutputOptions } from './io/output-guard.js';
 export {
   removeStaleTemporaries,

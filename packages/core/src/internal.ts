@@ -12,6 +12,7 @@ export * from './io/file-kind.js';
 export * from './io/json-file.js';
 export * from './io/fs-errors.js';
 export * from './io/output-guard.js';
+export * from './io/output-marker.js';
 export * from './io/temporaries.js';
 export * from './safetensors/header.js';
 export * from './safetensors/reader.js';

@@ -3,6 +3,7 @@ import { basename, dirname, join } from 'node:path';
 import {
   type DType,
   fromFloat32Array,
+  outputMarker,
   readJsonFile,
   SafetensorsFile,
   type TensorToWrite,
@@ -43,6 +44,7 @@ export async function dequantizeSafetensors(
   inPath: string,
   outPath: string,
   dtype: DequantizeDType,
+  writer?: string,
 ): Promise<DequantizeReport> {
   if (dtype !== 'f32' && dtype !== 'f16' && dtype !== 'bf16') {
     throw new QuantError('QUANT_DTYPE', `Dequantize to f32, f16 or bf16, not ${dtype}.`, { dtype });
@@ -113,7 +115,9 @@ export async function dequantizeSafetensors(
         });
       }
     }
-    await writeSafetensors(outPath, entries, { metadata: { format: 'pt' } });
+    await writeSafetensors(outPath, entries, {
+      metadata: { format: 'pt', ...outputMarker(writer) },
+    });
     return {
       dtype,
       tensors: reports,
@@ -134,7 +138,12 @@ export async function dequantizeSafetensors(
 export async function dequantizeModel(
   input: string,
   output: string,
-  options: { dtype?: DequantizeDType; force?: boolean } = {},
+  options: {
+    dtype?: DequantizeDType;
+    force?: boolean;
+    /** The command writing the output, recorded in each file's metadata (`lora.writer`). */
+    writer?: string;
+  } = {},
 ): Promise<DequantizeReport> {
   const dtype = options.dtype ?? 'f32';
   const info = await stat(input).catch(() => {
@@ -143,7 +152,7 @@ export async function dequantizeModel(
   if (!info.isDirectory() && output.endsWith('.safetensors')) {
     await refuseExisting(output, options.force);
     await refuseNothingQuantized(input, [input]);
-    return dequantizeSafetensors(input, output, dtype); // writeSafetensors itself is atomic
+    return dequantizeSafetensors(input, output, dtype, options.writer); // writeSafetensors itself is atomic
   }
   const inputs = info.isDirectory()
     ? (await readdir(input)).filter((f) => f.endsWith('.safetensors')).map((f) => join(input, f))
@@ -166,6 +175,7 @@ export async function dequantizeModel(
             join(dir, shard),
             join(tmp, info.isDirectory() ? shard : 'model.safetensors'),
             dtype,
+            options.writer,
           ),
         );
       }

@@ -3,6 +3,7 @@ import { basename, dirname, join } from 'node:path';
 import {
   type DType,
   isFloatDType,
+  outputMarker,
   readJsonFile,
   SafetensorsFile,
   type Tensor,
@@ -55,6 +56,11 @@ export interface QuantizeModelOptions {
   pool?: QuantizeWorkerPool;
   /** Called after each quantized tensor (progress). */
   onTensor?: (row: TensorReport) => void;
+  /**
+   * The command writing the output, recorded in each file's metadata (`lora.writer`) so that a
+   * later `--force` recognises it (core's `guardOutput`).
+   */
+  writer?: string;
 }
 
 export interface TensorReport {
@@ -229,7 +235,9 @@ export async function quantizeSafetensors(
         });
       });
     }
-    await writeSafetensors(outPath, entries, { metadata: { format: 'pt' } });
+    await writeSafetensors(outPath, entries, {
+      metadata: { format: 'pt', ...outputMarker(options.writer) },
+    });
     const outputBytes = (await stat(outPath)).size;
     return {
       format,

@@ -98,6 +98,8 @@ export interface TrainOptions {
   readonly evalEvery?: number;
   /** Replace an existing output folder. */
   readonly overwrite?: boolean;
+  /** The command writing the output, recorded in its weights' metadata (`lora.writer`). */
+  readonly writer?: string;
   readonly device?: Device;
   readonly intraOpNumThreads?: number;
   /** Called after every optimizer step. */
@@ -413,10 +415,14 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
         config: { ...adapter.config, base_model_name_or_path: options.model },
       };
       if (initial) adapter = convertToPlainLora(adapter, initial);
-      await savePeftAdapter(output, adapter, { overwrite: options.overwrite });
+      await savePeftAdapter(output, adapter, {
+        overwrite: options.overwrite,
+        writer: options.writer,
+      });
     } else {
       await saveFullModel(output, options.model, source, step.parameters, {
         overwrite: options.overwrite,
+        writer: options.writer,
       });
     }
     await removeCheckpoint(checkpointDir);

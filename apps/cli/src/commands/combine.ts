@@ -75,11 +75,10 @@ export function registerCombine(program: Command): void {
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
     .action(async (options: CombineOptions) => {
-      checkOutput(
-        options.output,
-        options,
-        options.adapter.map((a) => a.dir),
-      );
+      checkOutput(options.output, options, {
+        writer: 'combine',
+        inputs: options.adapter.map((a) => a.dir),
+      });
       if (options.density !== undefined && !(options.density > 0 && options.density <= 1))
         throw new UsageError(`--density must be in (0, 1], got ${options.density}.`);
       if (options.svdClamp !== undefined && !(options.svdClamp > 0 && options.svdClamp <= 1))
@@ -95,7 +94,10 @@ export function registerCombine(program: Command): void {
       });
       const all = [...warnings, ...more];
       for (const w of all) log(options, `warning: ${w}`);
-      await savePeftAdapter(options.output, adapter, { overwrite: Boolean(options.force) });
+      await savePeftAdapter(options.output, adapter, {
+        overwrite: Boolean(options.force),
+        writer: 'combine',
+      });
       const summary = {
         output: options.output,
         method: options.method,

@@ -32,10 +32,11 @@ export function registerDequantize(program: Command): void {
     .option('--force', 'overwrite the output')
     .action(async (input: string, options: DequantizeOptions) => {
       if (!existsSync(input)) throw new UsageError(`${input} does not exist.`);
-      checkOutput(options.output, options, [input]);
+      checkOutput(options.output, options, { writer: 'dequantize', inputs: [input] });
       const r = await dequantizeModel(input, options.output, {
         dtype: options.dtype,
         force: options.force,
+        writer: 'dequantize',
       });
       emit(options, dequantizeJson(r), () => renderDequantize(r));
     });

@@ -52,7 +52,10 @@ export function registerExtract(program: Command): void {
       options.tuned = await resolveModelPath(options.tuned, options);
       for (const p of [options.base, options.tuned])
         if (!existsSync(p)) throw new UsageError(`${p} does not exist.`);
-      checkOutput(options.output, options, [options.base, options.tuned]);
+      checkOutput(options.output, options, {
+        writer: 'extract',
+        inputs: [options.base, options.tuned],
+      });
       const progress = startProgress(options, 'extract');
       const result = await extractAdapter(options.base, options.tuned, {
         rank: options.rank,
@@ -61,7 +64,10 @@ export function registerExtract(program: Command): void {
         seed: options.seed,
         onProgress: (p) => progress.update(p.done, p.total, p.module),
       }).finally(() => progress.stop());
-      await savePeftAdapter(options.output, result.adapter, { overwrite: Boolean(options.force) });
+      await savePeftAdapter(options.output, result.adapter, {
+        overwrite: Boolean(options.force),
+        writer: 'extract',
+      });
       emit(
         options,
         {

@@ -1,5 +1,5 @@
-import { existsSync } from 'node:fs';
-import { mergeIntoModel } from '@lora/adapters';
+import { existsSync, statSync } from 'node:fs';
+import { mergeIntoModel, residualPathFor } from '@lora/adapters';
 import { errorRow } from '@lora/quant';
 import { type Command, Option } from 'commander';
 import { type AdapterSpec, collectAdapter, loadAdapters } from '../adapter-spec.js';
@@ -61,7 +61,12 @@ export function registerMerge(program: Command): void {
     .action(async (options: MergeOptions) => {
       options.base = await resolveModelOrBundled(options.base, options);
       if (!existsSync(options.base)) throw new UsageError(`--base ${options.base} does not exist.`);
-      checkOutput(options.output, options, [options.base, ...options.adapter.map((a) => a.dir)]);
+      checkOutput(options.output, options, {
+        writer: 'merge',
+        inputs: [options.base, ...options.adapter.map((a) => a.dir)],
+        // A single-file base gives a single file and its residual beside it: one output.
+        companions: statSync(options.base).isFile() ? [residualPathFor(options.output, false)] : [],
+      });
       const { sources, warnings } = await loadAdapters(options.adapter);
       for (const w of warnings) log(options, `warning: ${w}`);
       log(options, `merging ${sources.length} adapter(s) into ${options.base} ...`);
@@ -71,6 +76,7 @@ export function registerMerge(program: Command): void {
         requantize: options.requantize,
         residual: options.residual,
         overwrite: Boolean(options.force),
+        writer: 'merge',
         onProgress: (p) => progress.update(p.done, p.total, p.tensor),
       }).finally(() => progress.stop());
       for (const w of report.warnings) log(options, `warning: ${w}`);

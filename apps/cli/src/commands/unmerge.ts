@@ -26,17 +26,25 @@ export function registerUnmerge(program: Command): void {
     )
     .requiredOption('-o, --output <path>', 'output folder (or .safetensors file)')
     .option('--residual <file>', 'the residual file (default: beside the merged model)')
-    .option('--force', 'overwrite the output')
+    .option(
+      '--force',
+      "replace an existing output: refused all the same, since the restored base carries its own marker, not unmerge's (delete it by hand)",
+    )
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
     .action(async (options: UnmergeOptions) => {
       if (!existsSync(options.merged))
         throw new UsageError(`--merged ${options.merged} does not exist.`);
-      checkOutput(options.output, options, [
-        options.merged,
-        ...options.adapter.map((a) => a.dir),
-        ...(options.residual ? [options.residual] : []),
-      ]);
+      // The restored base is the original byte for byte (header included), so it carries the
+      // base's marker, not unmerge's: --force never replaces an existing output here.
+      checkOutput(options.output, options, {
+        writer: 'unmerge',
+        inputs: [
+          options.merged,
+          ...options.adapter.map((a) => a.dir),
+          ...(options.residual ? [options.residual] : []),
+        ],
+      });
       const { sources, warnings } = await loadAdapters(options.adapter);
       for (const w of warnings) log(options, `warning: ${w}`);
       const report = await unmergeModel(options.merged, sources, options.output, {

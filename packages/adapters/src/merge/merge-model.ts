@@ -4,6 +4,8 @@ import {
   type FloatDType,
   isFloatDType,
   LoraError,
+  OUTPUT_WRITER_KEY,
+  outputMarker,
   type Tensor,
   type TensorToWrite,
   temporaryPath,
@@ -51,6 +53,11 @@ export interface MergeModelOptions {
   residual?: boolean;
   /** Replace an existing output (atomically). Default false: refuse. */
   overwrite?: boolean;
+  /**
+   * The command writing the output, recorded in each written file's metadata (`lora.writer`,
+   * replacing the base's) so that a later `--force` recognises it.
+   */
+  writer?: string;
   /** 4-bit base: quantize the merged weights again (same format, block size, double quant). Default false: write full precision. */
   requantize?: boolean;
   /** Called after each tensor is written. */
@@ -252,8 +259,10 @@ export async function mergeIntoModel(
             },
           });
         }
+        // The base's own writer marker (if any) does not describe this output.
+        const { [OUTPUT_WRITER_KEY]: _baseWriter, ...metadata } = shard.file.metadata;
         await writeSafetensors(fileFor(shard.fileName), entries, {
-          metadata: { ...shard.file.metadata },
+          metadata: { ...metadata, ...outputMarker(options.writer) },
         });
       }
     };
@@ -331,7 +340,7 @@ export async function mergeIntoModel(
         originals,
         files,
       };
-      await writeResidualFile(path, contents);
+      await writeResidualFile(path, contents, options.writer);
       let patched = 0;
       for (const r of residuals.values()) patched += r.indices.length;
       residualInfo = {

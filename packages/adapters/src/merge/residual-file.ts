@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import {
+  outputMarker,
   RESIDUAL_SUFFIXES,
   readSafetensors,
   residualFromTensors,
@@ -54,7 +55,11 @@ export function adapterFingerprint(adapter: Adapter): string {
 }
 
 /** Writes the residual as one safetensors file (atomically). Returns its size in bytes. */
-export async function writeResidualFile(path: string, c: ResidualContents): Promise<void> {
+export async function writeResidualFile(
+  path: string,
+  c: ResidualContents,
+  writer?: string,
+): Promise<void> {
   const list: TensorToWrite[] = [];
   for (const s of c.shards)
     list.push({
@@ -79,6 +84,7 @@ export async function writeResidualFile(path: string, c: ResidualContents): Prom
       version: '1',
       adapters: JSON.stringify(c.adapters),
       shards: JSON.stringify(c.shards.map((s) => s.fileName)),
+      ...outputMarker(writer),
     },
   });
 }

@@ -3,6 +3,7 @@ import {
   type LoraConfig,
   loraConfigToJson,
   type TensorToWrite,
+  outputMarker,
   writeBytesAtomic,
   writeFolderAtomic,
   writeSafetensors,
@@ -14,6 +15,11 @@ import { loraKey, savedKey } from './keys.js';
 export interface SavePeftOptions {
   /** Replace an existing folder (atomically: the old one is removed only once the new one is complete). */
   overwrite?: boolean;
+  /**
+   * The command writing the adapter, recorded in `adapter_model.safetensors`' metadata
+   * (`lora.writer`, which PEFT ignores) so that a later `--force` recognises it.
+   */
+  writer?: string;
 }
 
 /** Sorts object keys at every level, as Python's `json.dump(..., sort_keys=True)` does. */
@@ -65,7 +71,7 @@ export async function savePeftAdapter(
     dir,
     async (tmp) => {
       await writeSafetensors(join(tmp, ADAPTER_WEIGHTS_FILE), adapterTensorsToWrite(adapter), {
-        metadata: { format: 'pt' },
+        metadata: { format: 'pt', ...outputMarker(options.writer) },
       });
       await writeBytesAtomic(join(tmp, ADAPTER_CONFIG_FILE), adapterConfigJson(adapter.config));
     },

@@ -5,8 +5,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SafetensorsFile } from '../safetensors/reader.js';
+import { writeSafetensors } from '../safetensors/writer.js';
 import { resolveInsideFolder } from './file-kind.js';
 import { assertOutputSeparate, claimOutput, guardOutput } from './output-guard.js';
+import { OUTPUT_WRITER_KEY, outputMarker, readOutputWriter } from './output-marker.js';
 import { lockContent, lockPath, removeStaleTemporaries } from './temporaries.js';
 
 let dir: string;
@@ -58,13 +60,15 @@ describe('guardOutput', () => {
   it('refuses an existing output without force, and FIFOs as inputs (without blocking)', async () => {
     const out = join(dir, 'out');
     await mkdir(out);
-    expect(thrown(() => guardOutput(out, { inputs: [] }))).toMatchObject({
+    expect(thrown(() => guardOutput(out, { inputs: [], writer: 'quantize' }))).toMatchObject({
       code: 'OUTPUT_EXISTS',
     });
     const model = join(dir, 'model');
     await mkdir(model);
     execFileSync('mkfifo', [join(model, 'model.safetensors')]);
-    expect(thrown(() => guardOutput(join(dir, 'o2'), { inputs: [model] }))).toMatchObject({
+    expect(
+      thrown(() => guardOutput(join(dir, 'o2'), { inputs: [model], writer: 'quantize' })),
+    ).toMatchObject({
       code: 'FILE_NOT_REGULAR',
       message: /named pipe/,
     });
@@ -90,6 +94,132 @@ describe('guardOutput', () => {
     expect(await readFile(lockPath(out), 'utf8')).toBe(lockContent());
     release();
     expect(existsSync(lockPath(out))).toBe(false);
+  });
+});
+
+/** A one-tensor safetensors file with the given metadata. */
+async function weights(path: string, metadata: Record<string, string>): Promise<void> {
+  await writeSafetensors(
+    path,
+    [{ name: 'w', dtype: 'f32', shape: [2], data: new Float32Array(2) }],
+    {
+      metadata,
+    },
+  );
+}
+
+/** Protobuf encoding by hand (varints, length-delimited fields), independent of our reader. */
+function varintBytes(n: number): number[] {
+  const out: number[] = [];
+  while (n >= 0x80) {
+    out.push((n % 0x80) | 0x80);
+    n = Math.floor(n / 0x80);
+  }
+  return [...out, n];
+}
+function field(num: number, bytes: Uint8Array | string): Uint8Array {
+  const b = typeof bytes === 'string' ? new TextEncoder().encode(bytes) : bytes;
+  return Uint8Array.from([...varintBytes(num * 8 + 2), ...varintBytes(b.length), ...b]);
+}
+/** A ModelProto: ir_version 8, producer_name, a graph of `graphBytes` filler, then metadata_props. */
+function modelProto(props: [string, string][], graphBytes = 3000): Uint8Array {
+  const parts = [
+    Uint8Array.from([...varintBytes(1 * 8 + 0), 8]),
+    field(2, 'some exporter'),
+    field(7, new Uint8Array(graphBytes).fill(0xab)),
+    ...props.map(([k, v]) => field(14, Uint8Array.from([...field(1, k), ...field(2, v)]))),
+  ];
+  return Uint8Array.from(parts.flatMap((p) => [...p]));
+}
+
+describe('--force replaces only what the same command wrote (lora.writer marker)', () => {
+  const guard = (out: string, writer: string, companions?: string[]) =>
+    guardOutput(out, { inputs: [], force: true, writer, companions });
+
+  it('reads the writer from safetensors metadata and from ONNX metadata_props past the graph', async () => {
+    await weights(join(dir, 'a.safetensors'), { format: 'pt', ...outputMarker('quantize') });
+    await weights(join(dir, 'hub.safetensors'), { format: 'pt' });
+    await writeFile(
+      join(dir, 'a.onnx'),
+      modelProto([
+        ['other', 'x'],
+        [OUTPUT_WRITER_KEY, 'export-onnx'],
+      ]),
+    );
+    await writeFile(join(dir, 'b.onnx'), modelProto([]));
+    await writeFile(join(dir, 'junk.onnx'), new Uint8Array(5000).fill(0xff));
+    expect(readOutputWriter(join(dir, 'a.safetensors'))).toBe('quantize');
+    expect(readOutputWriter(join(dir, 'hub.safetensors'))).toBeUndefined();
+    expect(readOutputWriter(join(dir, 'a.onnx'))).toBe('export-onnx');
+    expect(readOutputWriter(join(dir, 'b.onnx'))).toBeUndefined();
+    expect(readOutputWriter(join(dir, 'junk.onnx'))).toBeUndefined();
+    expect(readOutputWriter(join(dir, 'missing.onnx'))).toBeUndefined();
+  });
+
+  it('replaces a folder the same command wrote; refuses one another command wrote, naming it and the files', async () => {
+    const out = join(dir, 'out');
+    await mkdir(out);
+    await weights(join(out, 'model.safetensors'), { format: 'pt', ...outputMarker('quantize') });
+    await writeFile(join(out, 'config.json'), '{}');
+    guard(out, 'quantize')();
+    expect(existsSync(lockPath(out))).toBe(false); // claimed, then released
+    const e = thrown(() => guard(out, 'merge')) as { code: string; message: string };
+    expect(e.code).toBe('OUTPUT_NOT_REPLACEABLE');
+    expect(e.message).toContain('model.safetensors is written by `lora quantize`');
+    expect(e.message).toContain(join(out, 'config.json'));
+    expect(e.message).toContain('would delete 2 file(s)');
+    expect(existsSync(lockPath(out))).toBe(false); // a refusal releases the claim
+    expect(existsSync(join(out, 'model.safetensors'))).toBe(true);
+  });
+
+  it('refuses a hub-like folder (no marker), and one whose weights files disagree', async () => {
+    const hub = join(dir, 'hub');
+    await mkdir(hub);
+    await weights(join(hub, 'model.safetensors'), { format: 'pt' });
+    await writeFile(join(hub, 'config.json'), '{}');
+    expect(() => guard(hub, 'merge')).toThrow(/model\.safetensors is not written by lora/);
+    const bare = join(dir, 'bare'); // no weights file at all
+    await mkdir(bare);
+    await writeFile(join(bare, 'notes.txt'), 'mine');
+    expect(() => guard(bare, 'merge')).toThrow(/bare holds no weights file written by lora/);
+    const mixed = join(dir, 'mixed');
+    await mkdir(mixed);
+    await weights(join(mixed, 'a.safetensors'), outputMarker('merge'));
+    await weights(join(mixed, 'sub', 'b.safetensors'), outputMarker('extract'));
+    expect(() => guard(mixed, 'merge')).toThrow(/b\.safetensors is written by `lora extract`/);
+  });
+
+  it('single files: replaces an .onnx export-onnx wrote, refuses other bytes or an unmarked ONNX', async () => {
+    const ours = join(dir, 'ours.onnx');
+    await writeFile(ours, modelProto([[OUTPUT_WRITER_KEY, 'export-onnx']]));
+    guard(ours, 'export-onnx')();
+    const theirs = join(dir, 'theirs.onnx');
+    await writeFile(theirs, modelProto([]));
+    expect(() => guard(theirs, 'export-onnx')).toThrow(/theirs\.onnx is not written by lora/);
+    const bytes = join(dir, 'bytes.onnx');
+    await writeFile(bytes, 'not a model');
+    expect(() => guard(bytes, 'export-onnx')).toThrow(/not written by lora/);
+    const notes = join(dir, 'notes.txt'); // a file kind that carries no marker
+    await writeFile(notes, 'x');
+    expect(() => guard(notes, 'export-onnx')).toThrow(/would delete 1 file\(s\): .*notes\.txt/);
+  });
+
+  it('the external-data pair is one output: .data goes only with a recognised model', async () => {
+    const model = join(dir, 'm.onnx');
+    const data = `${model}.data`;
+    await writeFile(data, new Uint8Array(64));
+    const e = thrown(() => guard(model, 'export-onnx', [data])) as { message: string };
+    expect(e.message).toContain(`${data} belongs to no ${model} written by \`lora export-onnx\``);
+    expect(
+      thrown(() => guardOutput(model, { inputs: [], writer: 'export-onnx', companions: [data] })),
+    ).toMatchObject({
+      code: 'OUTPUT_EXISTS',
+      details: { path: data },
+    });
+    await writeFile(model, modelProto([[OUTPUT_WRITER_KEY, 'export-onnx']]));
+    guard(model, 'export-onnx', [data])();
+    await writeFile(model, modelProto([[OUTPUT_WRITER_KEY, 'train']]));
+    expect(() => guard(model, 'export-onnx', [data])).toThrow(/would delete 2 file\(s\)/);
   });
 });
 

@@ -1,9 +1,10 @@
-import { existsSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { type Dirent, existsSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { CoreError } from '../errors.js';
 import { assertRegularInputs, fileKind } from './file-kind.js';
 import { isFsError, writeFailed } from './fs-errors.js';
+import { isMarkedKind, OUTPUT_WRITER_KEY, readOutputWriter } from './output-marker.js';
 import {
   lockContent,
   lockOwner,
@@ -71,7 +72,15 @@ export function assertOutputSeparate(output: string, inputs: readonly string[]):
 
 /** Relative paths of every file below `folder` (folders themselves not listed). */
 export async function listFilesRecursive(folder: string): Promise<string[]> {
-  const entries = await readdir(folder, { recursive: true, withFileTypes: true });
+  return relativeFiles(folder, await readdir(folder, { recursive: true, withFileTypes: true }));
+}
+
+/** {@link listFilesRecursive}, synchronous (for the checks made before a command starts). */
+export function listFilesRecursiveSync(folder: string): string[] {
+  return relativeFiles(folder, readdirSync(folder, { recursive: true, withFileTypes: true }));
+}
+
+function relativeFiles(folder: string, entries: Dirent[]): string[] {
   return entries
     .filter((e) => !e.isDirectory())
     .map((e) =>
@@ -157,34 +166,129 @@ export function claimOutput(output: string): () => void {
 export interface GuardOutputOptions {
   /** Every file or folder the command reads. */
   readonly inputs: readonly string[];
-  /** Replace an existing output (still only if it holds nothing but what the command writes). */
+  /**
+   * Replace an existing output, but only one that an earlier run of the same `writer` wrote
+   * (and, for a folder, that holds nothing but what the command writes).
+   */
   readonly force?: boolean;
+  /**
+   * The command writing the output (e.g. `"quantize"`), which it records in the files it writes
+   * (`lora.writer`, see {@link outputMarker}); an existing output is replaced only when its
+   * weights files carry this same name.
+   */
+  readonly writer: string;
+  /**
+   * Files written beside `output` that belong to it (e.g. `model.onnx.data`, a residual): checked
+   * and claimed with it, and replaced only together with a recognised `output`.
+   */
+  readonly companions?: readonly string[];
+}
+
+/** How an existing file's writer reads in a message. */
+function writtenBy(writer: string | undefined): string {
+  return writer === undefined ? 'not written by lora' : `written by \`lora ${writer}\``;
+}
+
+/**
+ * Refuses to replace an existing output that the same command did not write: every weights
+ * file (`.safetensors`, `.onnx`) of the output, a folder's at any depth, must carry
+ * `lora.writer` equal to `writer`, and a folder must hold at least one; a companion that is not
+ * a weights file (`model.onnx.data`) is replaced only with the output it belongs to. Reads
+ * headers only. The error names every file replacing would delete and who wrote them.
+ */
+export function assertWrittenBy(
+  output: string,
+  writer: string,
+  companions: readonly string[] = [],
+): void {
+  const existing: string[] = []; // every file that would be replaced, as shown to the user
+  const marked: { file: string; writer: string | undefined }[] = [];
+  const kind = fileKind(output);
+  if (kind === 'folder') {
+    for (const f of listFilesRecursiveSync(output)) {
+      const file = join(output, f);
+      existing.push(file);
+      if (isMarkedKind(f)) marked.push({ file, writer: readOutputWriter(file) });
+    }
+  } else if (kind !== 'missing') {
+    existing.push(output);
+    marked.push({
+      file: output,
+      writer: isMarkedKind(output) ? readOutputWriter(output) : undefined,
+    });
+  }
+  const loose: string[] = []; // companions with no recognised output to belong to
+  for (const c of companions) {
+    if (fileKind(c) === 'missing') continue;
+    existing.push(c);
+    if (isMarkedKind(c)) marked.push({ file: c, writer: readOutputWriter(c) });
+    else if (kind === 'missing') loose.push(c);
+  }
+  if (existing.length === 0) return;
+  const foreign = marked.filter((m) => m.writer !== writer);
+  if (foreign.length === 0 && marked.length > 0 && loose.length === 0) return;
+  const reasons = [
+    ...foreign.map((m) => `${m.file} is ${writtenBy(m.writer)}`),
+    ...loose.map((c) => `${c} belongs to no ${output} written by \`lora ${writer}\``),
+  ];
+  if (reasons.length === 0) {
+    reasons.push(
+      `${output} holds no weights file written by lora (no ${OUTPUT_WRITER_KEY} marker)`,
+    );
+  }
+  const shown = existing.slice(0, 8).join(', ');
+  const more = existing.length > 8 ? ` and ${existing.length - 8} more` : '';
+  throw new CoreError(
+    'OUTPUT_NOT_REPLACEABLE',
+    `--force replaces only what an earlier \`lora ${writer}\` wrote, and ${reasons.join('; ')}. Replacing it would delete ${existing.length} file(s): ${shown}${more}. Nothing was replaced: choose another output, or delete these files by hand if you no longer need them (outputs of lora versions without the ${OUTPUT_WRITER_KEY} marker are never replaced).`,
+    {
+      path: output,
+      files: existing,
+      writers: Object.fromEntries(marked.map((m) => [m.file, m.writer ?? null])),
+    },
+  );
 }
 
 /**
  * Everything a command checks before it reads anything for an output: the output is separate
  * from every input; the inputs are regular files or folders (no FIFO or device); an existing
- * output is refused unless `force`; stale temporaries of dead processes next to the output are
+ * output (or companion) is refused unless `force`, and with `force` unless the same `writer`
+ * wrote it ({@link assertWrittenBy}); stale temporaries of dead processes next to the output are
  * removed; and the output is claimed against concurrent writers. Returns the release function.
  */
 export function guardOutput(output: string, options: GuardOutputOptions): () => void {
-  assertOutputSeparate(output, options.inputs);
+  const paths = [output, ...(options.companions ?? [])];
+  for (const p of paths) assertOutputSeparate(p, options.inputs);
   assertRegularInputs(options.inputs);
-  removeStaleTemporaries([dirname(resolve(output))]);
-  const kind = fileKind(output);
-  if (kind !== 'missing' && !options.force) {
-    throw new CoreError(
-      'OUTPUT_EXISTS',
-      `${output} already exists. Choose another output, or pass --force to replace what an earlier run wrote there.`,
-      { path: output },
-    );
+  removeStaleTemporaries([...new Set(paths.map((p) => dirname(resolve(p))))]);
+  for (const p of paths) {
+    const kind = fileKind(p);
+    if (kind !== 'missing' && !options.force) {
+      throw new CoreError(
+        'OUTPUT_EXISTS',
+        `${p} already exists. Choose another output, or pass --force to replace what an earlier run of the same command wrote there.`,
+        { path: p },
+      );
+    }
+    if (kind === 'fifo' || kind === 'socket' || kind === 'device') {
+      throw new CoreError(
+        'OUTPUT_NOT_REPLACEABLE',
+        `${p} is a ${kind}, not a file or folder; it was not replaced. Choose another output.`,
+        { path: p },
+      );
+    }
   }
-  if (kind === 'fifo' || kind === 'socket' || kind === 'device') {
-    throw new CoreError(
-      'OUTPUT_NOT_REPLACEABLE',
-      `${output} is a ${kind}, not a file or folder; it was not replaced. Choose another output.`,
-      { path: output },
-    );
+  const releases: (() => void)[] = [];
+  const release = () => {
+    for (const r of releases.splice(0)) r();
+  };
+  try {
+    for (const p of paths) releases.push(claimOutput(p));
+    // Checked under the claim: no other lora process changes the output meanwhile.
+    if (options.force) assertWrittenBy(output, options.writer, options.companions);
+  } catch (e) {
+    release();
+    throw e;
   }
-  return claimOutput(output);
+  return release;
 }

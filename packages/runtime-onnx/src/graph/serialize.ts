@@ -73,10 +73,15 @@ function tensorProto(
   };
 }
 
-function modelProto(graph: Graph, initializers: Onnx.ITensorProto[]): Uint8Array {
+function modelProto(
+  graph: Graph,
+  initializers: Onnx.ITensorProto[],
+  metadata: Readonly<Record<string, string>> = {},
+): Uint8Array {
   const model: Onnx.IModelProto = {
     irVersion: IR_VERSION,
     producerName: '@lora/runtime-onnx',
+    metadataProps: Object.entries(metadata).map(([key, value]) => ({ key, value })),
     // onnxruntime's contrib domain is declared only when a node uses it: a graph of standard
     // operators then names no domain another ONNX runtime would have to know.
     opsetImport: [
@@ -156,6 +161,11 @@ export interface SaveModelOptions {
    * `<file>.data` beside the model above it; `true` always writes the side file; `false` never.
    */
   readonly externalData?: boolean | 'auto';
+  /**
+   * String entries for the model's `metadata_props`, e.g. core's `outputMarker("export-onnx")`
+   * so that a later `--force` recognises the file.
+   */
+  readonly metadata?: Readonly<Record<string, string>>;
 }
 
 /** What {@link saveModel} wrote. */
@@ -180,7 +190,11 @@ export async function saveModel(
   const mode = options.externalData ?? 'auto';
   const external = mode === true || (mode === 'auto' && totalBytes > 1.5e9);
   if (!external) {
-    const bytes = serializeGraphInline(graph);
+    const bytes = modelProto(
+      graph,
+      [...graph.initializers].map(([name, t]) => tensorProto(name, t)),
+      options.metadata,
+    );
     await writeFileAtomic(path, async (fh) => writeAll(fh, bytes));
     return { modelPath: path, bytes: bytes.length };
   }
@@ -214,7 +228,7 @@ export async function saveModel(
     },
     { beforeRename: removeOldModel },
   );
-  const bytes = modelProto(graph, inits);
+  const bytes = modelProto(graph, inits, options.metadata);
   try {
     await writeFileAtomic(path, async (fh) => writeAll(fh, bytes));
   } catch (e) {

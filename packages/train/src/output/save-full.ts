@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import {
   castFloat,
   type FloatDType,
+  outputMarker,
   type Tensor,
   writeFolderAtomic,
   writeSafetensors,
@@ -22,7 +23,11 @@ export async function saveFullModel(
   baseDir: string,
   base: WeightSource,
   parameters: readonly Parameter[],
-  options: { overwrite?: boolean } = {},
+  options: {
+    overwrite?: boolean;
+    /** The command writing the model, recorded in its metadata (`lora.writer`). */
+    writer?: string;
+  } = {},
 ): Promise<void> {
   const entries = await readdir(baseDir, { withFileTypes: true });
   const others = entries
@@ -41,7 +46,7 @@ export async function saveFullModel(
     dir,
     async (tmp) => {
       await writeSafetensors(join(tmp, 'model.safetensors'), tensors, {
-        metadata: { format: 'pt' },
+        metadata: { format: 'pt', ...outputMarker(options.writer) },
       });
       for (const name of others) await copyFile(join(baseDir, name), join(tmp, name));
     },
