@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { outputMarker } from '@lora/core';
 import {
   buildLlamaModelGraph,
   createLoraHook,
@@ -8,7 +9,7 @@ import {
   saveModel,
   storedQuantization,
 } from '@lora/runtime-onnx';
-import type { QuantFormat } from '@lora/quant';
+import { QUANT_FORMATS, type QuantFormat } from '@lora/quant';
 import { type Command, Option } from 'commander';
 import { UsageError } from '../errors.js';
 // --adapter / --merged: adapters baked into the exported weights.
@@ -23,6 +24,7 @@ import {
   parsePositiveInt,
 } from '../output.js';
 import { resolveModelOrBundled } from '../model-source.js';
+import { BNB4_FORMAT_LIST, NBITS_FORMAT_LIST } from '../quant-formats.js';
 
 /**
  * The operators an export may use: `standard` (only the ONNX standard's default domain: runs on
@@ -85,8 +87,8 @@ export function registerExportOnnx(program: Command): void {
     .addOption(
       new Option(
         '--quant <format>',
-        'quantize the decoder linears on export (nf4/fp4: MatMulBnb4, int4/uint4: MatMulNBits; onnxruntime only)',
-      ).choices(['nf4', 'fp4', 'int4', 'uint4']),
+        `quantize the decoder linears on export (${BNB4_FORMAT_LIST}: MatMulBnb4, ${NBITS_FORMAT_LIST}: MatMulNBits; onnxruntime only)`,
+      ).choices(QUANT_FORMATS),
     )
     .option(
       '--block-size <n>',
@@ -167,8 +169,12 @@ async function exportOnnx(options: ExportOnnxOptions): Promise<ExportOnnxReport>
     );
   }
   const inputs = [options.model, ...(options.adapter ?? []).map((a) => parseAdapterSpec(a).dir)];
-  checkOutput(options.output, options, inputs);
-  checkOutput(`${options.output}.data`, options, inputs);
+  // The model and its external data are one output.
+  checkOutput(options.output, options, {
+    writer: 'export-onnx',
+    inputs,
+    companions: [`${options.output}.data`],
+  });
   log(options, `reading ${options.model}`);
   const opened = await openLlamaFolder(options.model);
   const { config } = opened;
@@ -201,6 +207,7 @@ async function exportOnnx(options: ExportOnnxOptions): Promise<ExportOnnxReport>
   log(options, `writing ${options.output}`);
   const saved = await saveModel(graph, options.output, {
     externalData: options.externalData ? true : 'auto',
+    metadata: outputMarker('export-onnx'),
   });
   const ops: Record<string, number> = {};
   for (const n of graph.nodes) {

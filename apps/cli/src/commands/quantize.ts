@@ -3,6 +3,7 @@ import {
   type ErrorStats,
   errorRow,
   parseQuantFormat,
+  QUANT_FORMATS,
   type QuantFormat,
   type QuantizeReport,
   QuantizeWorkerPool,
@@ -12,6 +13,7 @@ import {
 import { type Command, Option } from 'commander';
 import { UsageError } from '../errors.js';
 import { startProgress } from '../progress.js';
+import { BNB4_FORMAT_LIST, NBITS_FORMAT_LIST } from '../quant-formats.js';
 import {
   type CommonOptions,
   checkOutput,
@@ -43,16 +45,14 @@ export function registerQuantize(program: Command): void {
       'a .safetensors file or a model folder (HF layout); default: the bundled model',
     )
     .description(
-      '4-bit quantization (bitsandbytes-exact nf4/fp4, MatMulNBits int4/uint4), tensor by tensor; prints per-tensor and total error (RMSE, max abs, SNR) and bits per parameter.',
+      `4-bit quantization (bitsandbytes-exact ${BNB4_FORMAT_LIST}, MatMulNBits ${NBITS_FORMAT_LIST}), tensor by tensor; prints per-tensor and total error (RMSE, max abs, SNR) and bits per parameter.`,
     )
     .requiredOption(
       '-o, --output <path>',
       'output folder (or a .safetensors file when the input is a file)',
     )
     .addOption(
-      new Option('--format <format>', '4-bit format')
-        .choices(['nf4', 'fp4', 'int4', 'uint4'])
-        .default('nf4'),
+      new Option('--format <format>', '4-bit format').choices(QUANT_FORMATS).default('nf4'),
     )
     .option(
       '--block-size <n>',
@@ -84,7 +84,7 @@ export function registerQuantize(program: Command): void {
     .action(async (arg: string | undefined, options: QuantizeOptions) => {
       const input = await resolveModelOrBundled(arg, options);
       if (!existsSync(input)) throw new UsageError(`${input} does not exist.`);
-      checkOutput(options.output, options, [input]);
+      checkOutput(options.output, options, { writer: 'quantize', inputs: [input] });
       const format = parseQuantFormat(options.format);
       const include = compileRegex('include', options.include);
       const exclude = compileRegex('exclude', options.exclude);
@@ -106,6 +106,7 @@ export function registerQuantize(program: Command): void {
           computeDType: options.computeDtype,
           pool,
           force: options.force,
+          writer: 'quantize',
           onTensor: (row) => progress.update(++done, undefined, row.name),
         });
       } finally {

@@ -1,3 +1,4 @@
+import type { QuantFormat } from '@lora/quant';
 import type { StepReport, TrainOptions, TrainResult } from '@lora/train';
 import cliProgress from 'cli-progress';
 import { writeBytesAtomic } from '@lora/core';
@@ -5,6 +6,7 @@ import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { resolveModelOrBundled } from '../model-source.js';
 import type { ProgressStream } from '../progress.js';
+import { parseQuantFlag, QUANT_FORMAT_LIST } from '../quant-formats.js';
 import {
   type CommonOptions,
   checkOutput,
@@ -16,7 +18,6 @@ import {
 } from '../output.js';
 
 const METHODS = ['lora', 'qlora', 'full'] as const;
-const QUANTS = ['nf4', 'fp4', 'int4', 'uint4'] as const;
 const SCHEDULES = ['constant', 'linear', 'cosine'] as const;
 const INITS = ['default', 'gaussian', 'pissa', 'olora'] as const;
 
@@ -26,7 +27,7 @@ export interface TrainCommandOptions extends CommonOptions {
   data?: string;
   output?: string;
   method: (typeof METHODS)[number];
-  quant?: (typeof QUANTS)[number];
+  quant?: QuantFormat;
   doubleQuant?: boolean;
   blockSize?: number;
   rank?: number;
@@ -110,8 +111,8 @@ export function registerTrain(program: Command): void {
     .option('--method <m>', 'lora, qlora (4-bit base) or full', oneOf('method', METHODS), 'lora')
     .option(
       '--quant <format>',
-      'qlora base format: nf4, fp4, int4, uint4 (default nf4)',
-      oneOf('quant', QUANTS),
+      `qlora base format: ${QUANT_FORMAT_LIST} (default nf4)`,
+      parseQuantFlag('quant'),
     )
     .option(
       '--double-quant',
@@ -235,7 +236,7 @@ export function registerTrain(program: Command): void {
         ...(options.evalData ? [options.evalData] : []),
         ...(options.initAdapter ? [options.initAdapter] : []),
       ];
-      checkOutput(options.output, options, inputs);
+      checkOutput(options.output, options, { writer: 'train', inputs });
       await runTrain(options);
     });
 }
@@ -370,6 +371,7 @@ async function runTrain(options: TrainCommandOptions): Promise<void> {
     evalData: options.evalData,
     evalEvery: options.evalEvery,
     overwrite: options.force,
+    writer: 'train',
     device: options.device,
     intraOpNumThreads: options.threads,
     warn: (m) => log(options, m),
