@@ -1,6 +1,5 @@
 import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +15,7 @@ import {
 } from '@lora/runtime-onnx';
 import * as ort from 'onnxruntime-node';
 import { afterAll, describe, expect, it } from 'vitest';
-import { runExportedDecoder } from '../test-utils/exported-model.js';
+import { readOnnxInitializers, runExportedDecoder } from '../test-utils/exported-model.js';
 import { runCli } from '../test-utils/run-cli.js';
 
 const stories = fileURLToPath(
@@ -99,59 +98,65 @@ describe.skipIf(!haveStories)('lora export-onnx --merged', () => {
     expect(maxDelta).toBeGreaterThan(1e-2); // the adapter changes the logits
   });
 
-  it('writes the same weights as `lora merge` followed by `lora export-onnx` (byte for byte)', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'export-merged-same-'));
-    dirs.push(dir);
-    const { config, source } = await openLlamaFolder(stories);
-    await source.close();
-    const rng = createRng(9);
-    const modules = new Map<string, { A: Tensor; B: Tensor }>();
-    for (let l = 0; l < config.numLayers; l++) {
-      for (const linear of ['k_proj', 'v_proj', 'down_proj'] as const) {
-        const [out, inF] = llamaLinearShape(config, linear);
-        modules.set(llamaModuleName(l, linear), {
-          A: tensor('f32', [5, inF], rng.uniformArray(5 * inF, -0.5, 0.5, 'f32')),
-          B: tensor('f32', [out, 5], rng.uniformArray(out * 5, -0.5, 0.5, 'f32')),
-        });
+  it.each(['standard', 'ort'])(
+    '--ops %s: writes the same weights as `lora merge` followed by `lora export-onnx` (byte for byte)',
+    async (ops) => {
+      const dir = await mkdtemp(join(tmpdir(), 'export-merged-same-'));
+      dirs.push(dir);
+      const { config, source } = await openLlamaFolder(stories);
+      await source.close();
+      const rng = createRng(9);
+      const modules = new Map<string, { A: Tensor; B: Tensor }>();
+      for (let l = 0; l < config.numLayers; l++) {
+        for (const linear of ['k_proj', 'v_proj', 'down_proj'] as const) {
+          const [out, inF] = llamaLinearShape(config, linear);
+          modules.set(llamaModuleName(l, linear), {
+            A: tensor('f32', [5, inF], rng.uniformArray(5 * inF, -0.5, 0.5, 'f32')),
+            B: tensor('f32', [out, 5], rng.uniformArray(out * 5, -0.5, 0.5, 'f32')),
+          });
+        }
       }
-    }
-    const ad = join(dir, 'ad');
-    await savePeftAdapter(ad, {
-      config: createLoraConfig({ r: 5, lora_alpha: 7 }),
-      modules,
-      modulesToSave: new Map(),
-    });
-    const cli = async (args: string[]) => {
-      const r = await runCli([...args, '--quiet']);
-      expect(r.stderr).toBe('');
-      expect(r.code).toBe(0);
-    };
-    const merged = join(dir, 'merged');
-    await cli(['merge', '--base', stories, '--adapter', `${ad}:0.6`, '-o', merged]);
-    await cli(['export-onnx', '--model', merged, '-o', join(dir, 'a.onnx')]);
-    await cli([
-      'export-onnx',
-      '--model',
-      stories,
-      '--adapter',
-      `${ad}:0.6`,
-      '--merged',
-      '-o',
-      join(dir, 'b.onnx'),
-    ]);
-    await cli(['export-onnx', '--model', stories, '-o', join(dir, 'base.onnx')]);
-    const a = await initializers(join(dir, 'a.onnx'));
-    const b = await initializers(join(dir, 'b.onnx'));
-    const base = await initializers(join(dir, 'base.onnx'));
-    expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
-    let changed = 0;
-    for (const [name, bytes] of a) {
-      expect(Buffer.compare(bytes, b.get(name)!), name).toBe(0);
-      if (Buffer.compare(bytes, base.get(name)!) !== 0) changed++;
-    }
-    // k, v and down of every layer carry the adapter: those initializers differ from the base.
-    expect(changed).toBe(3 * config.numLayers);
-  });
+      const ad = join(dir, 'ad');
+      await savePeftAdapter(ad, {
+        config: createLoraConfig({ r: 5, lora_alpha: 7 }),
+        modules,
+        modulesToSave: new Map(),
+      });
+      const cli = async (args: string[]) => {
+        const r = await runCli([...args, '--quiet']);
+        expect(r.stderr).toBe('');
+        expect(r.code).toBe(0);
+      };
+      const merged = join(dir, 'merged');
+      await cli(['merge', '--base', stories, '--adapter', `${ad}:0.6`, '-o', merged]);
+      await cli(['export-onnx', '--model', merged, '--ops', ops, '-o', join(dir, 'a.onnx')]);
+      await cli([
+        'export-onnx',
+        '--model',
+        stories,
+        '--adapter',
+        `${ad}:0.6`,
+        '--merged',
+        '--ops',
+        ops,
+        '-o',
+        join(dir, 'b.onnx'),
+      ]);
+      await cli(['export-onnx', '--model', stories, '--ops', ops, '-o', join(dir, 'base.onnx')]);
+      const a = await readOnnxInitializers(join(dir, 'a.onnx'));
+      const b = await readOnnxInitializers(join(dir, 'b.onnx'));
+      const base = await readOnnxInitializers(join(dir, 'base.onnx'));
+      expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
+      let changed = 0;
+      for (const [name, { dims, bytes }] of a) {
+        expect(b.get(name)?.dims, name).toEqual(dims);
+        expect(Buffer.compare(bytes, b.get(name)!.bytes), name).toBe(0);
+        if (Buffer.compare(bytes, base.get(name)!.bytes) !== 0) changed++;
+      }
+      // k, v and down of every layer carry the adapter: those initializers differ from the base.
+      expect(changed).toBe(3 * config.numLayers);
+    },
+  );
 
   it('needs --merged with --adapter, and an adapter with --merged', async () => {
     const a = await runCli([
@@ -177,27 +182,3 @@ describe.skipIf(!haveStories)('lora export-onnx --merged', () => {
     expect(b.stderr).toMatch(/--merged needs/);
   });
 });
-
-/** Name -> raw bytes of every initializer of an .onnx file (read with onnx-proto, runtime-onnx's dependency). */
-async function initializers(path: string): Promise<Map<string, Buffer>> {
-  const require = createRequire(import.meta.resolve('@lora/runtime-onnx'));
-  // onnx-proto is not a dependency of the CLI: typed here by the little this test reads.
-  type Initializer = { name?: string | null; rawData?: Uint8Array | null } & Record<
-    string,
-    unknown
-  >;
-  const { onnx } = require('onnx-proto') as {
-    onnx: {
-      ModelProto: { decode(b: Uint8Array): { graph?: { initializer?: Initializer[] } | null } };
-    };
-  };
-  const model = onnx.ModelProto.decode(await readFile(path));
-  const out = new Map<string, Buffer>();
-  for (const t of model.graph?.initializer ?? []) {
-    const raw = t.rawData && t.rawData.length > 0 ? Buffer.from(t.rawData) : undefined;
-    const data =
-      raw ?? Buffer.from(JSON.stringify([t.floatData, t.int64Data, t.int32Data, t.dims]));
-    out.set(t.name ?? '', data);
-  }
-  return out;
-}

@@ -1,3 +1,5 @@
+import { readFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import type { Tensor } from '@lora/core';
 import * as ort from 'onnxruntime-node';
 
@@ -43,4 +45,39 @@ export async function runExportedDecoder(
     }
   }
   return (await session.run(feeds)).logits.data as Float32Array;
+}
+
+/** One initializer of an .onnx file: its dims and raw bytes (little-endian, as stored). */
+export interface OnnxInitializer {
+  readonly dims: readonly number[];
+  readonly bytes: Buffer;
+}
+
+/**
+ * Name -> dims and raw bytes of every initializer of an .onnx file whose weights are inline
+ * (read with onnx-proto, runtime-onnx's dependency). Typed fields other than raw_data are
+ * rendered as JSON so that two files can still be compared.
+ */
+export async function readOnnxInitializers(path: string): Promise<Map<string, OnnxInitializer>> {
+  const require = createRequire(import.meta.resolve('@lora/runtime-onnx'));
+  // onnx-proto is not a dependency of the CLI: typed here by the little this reads.
+  type Initializer = {
+    name?: string | null;
+    dims?: (number | { toNumber(): number })[] | null;
+    rawData?: Uint8Array | null;
+  } & Record<string, unknown>;
+  const { onnx } = require('onnx-proto') as {
+    onnx: {
+      ModelProto: { decode(b: Uint8Array): { graph?: { initializer?: Initializer[] } | null } };
+    };
+  };
+  const model = onnx.ModelProto.decode(await readFile(path));
+  const out = new Map<string, OnnxInitializer>();
+  for (const t of model.graph?.initializer ?? []) {
+    const dims = (t.dims ?? []).map((d) => Number(d));
+    const raw = t.rawData && t.rawData.length > 0 ? Buffer.from(t.rawData) : undefined;
+    const bytes = raw ?? Buffer.from(JSON.stringify([t.floatData, t.int64Data, t.int32Data]));
+    out.set(t.name ?? '', { dims, bytes });
+  }
+  return out;
 }
