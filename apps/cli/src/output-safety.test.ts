@@ -1,7 +1,9 @@
 import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { readOutputWriter, readSafetensorsHeader } from '@lora/core';
 import { Command } from 'commander';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -90,6 +92,134 @@ describe('outputs never destroy inputs', () => {
     expect(replaced.code).toBe(0);
     expect(hashTree(out)['model.safetensors']).not.toBe(fp4['model.safetensors']); // nf4 now
     expect((await readdir(root)).filter((n) => n.startsWith('.q.'))).toEqual([]);
+  });
+});
+
+describe('--force recognises the command that wrote the output (lora.writer)', () => {
+  const writerOf = async (file: string) =>
+    (await readSafetensorsHeader(file)).metadata['lora.writer'];
+
+  it('every weights writer records itself beside {"format": "pt"}; the same command replaces its own output', async () => {
+    const q = join(root, 'mark-q');
+    const m = join(root, 'mark-m');
+    const c = join(root, 'mark-c');
+    for (const args of [
+      ['quantize', model, '-o', q, '--quiet'],
+      ['merge', '--base', model, '--adapter', adapter, '-o', m, '--quiet'],
+      ['combine', '--adapter', adapter, '--adapter', adapter, '-o', c, '--quiet'],
+    ]) {
+      expect((await runCli(args)).code, args.join(' ')).toBe(0);
+      expect((await runCli([...args, '--force'])).code, `${args.join(' ')} --force`).toBe(0);
+    }
+    expect((await readSafetensorsHeader(join(q, 'model.safetensors'))).metadata).toMatchObject({
+      format: 'pt',
+      'lora.writer': 'quantize',
+    });
+    expect(await writerOf(join(m, 'model.safetensors'))).toBe('merge');
+    expect(await writerOf(join(m, 'unmerge-residual.safetensors'))).toBe('merge');
+    expect(await writerOf(join(c, 'adapter_model.safetensors'))).toBe('combine');
+    // merging onto a base lora quantize wrote: the output names merge, not the base's writer
+    const mq = join(root, 'mark-mq');
+    expect((await runCli(['dequantize', q, '-o', join(root, 'mark-d'), '--quiet'])).code).toBe(0);
+    expect(await writerOf(join(root, 'mark-d', 'model.safetensors'))).toBe('dequantize');
+    expect(
+      (await runCli(['merge', '--base', join(root, 'mark-d'), '--adapter', adapter, '-o', mq]))
+        .code,
+    ).toBe(0);
+    expect(await writerOf(join(mq, 'model.safetensors'))).toBe('merge');
+  });
+
+  it("refuses another command's folder with the same file names, naming the writer; and a hub-like folder", async () => {
+    const q = join(root, 'same-q');
+    const target = join(root, 'same-target');
+    expect((await runCli(['quantize', model, '-o', q, '--quiet'])).code).toBe(0);
+    expect((await runCli(['quantize', model, '-o', target, '--quiet'])).code).toBe(0);
+    const before = hashTree(target);
+    // dequantize writes the same file names quantize wrote: only the marker tells them apart
+    const r = await runCli(['dequantize', q, '-o', target, '--force', '--quiet']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('model.safetensors is written by `lora quantize`');
+    expect(r.stderr).toMatch(/would delete \d+ file\(s\): .*config\.json/);
+    expect(hashTree(target)).toEqual(before);
+
+    const hub = join(root, 'hub-like'); // a downloaded model: same files, no marker
+    await mkdir(hub);
+    for (const f of await readdir(model)) await copyFile(join(model, f), join(hub, f));
+    const hubBefore = hashTree(hub);
+    const h = await runCli(['quantize', model, '-o', hub, '--force', '--quiet']);
+    expect(h.code).toBe(2);
+    expect(h.stderr).toContain(`${join(hub, 'model.safetensors')} is not written by lora`);
+    expect(h.stderr).toMatch(/delete these files by hand/);
+    expect(hashTree(hub)).toEqual(hubBefore);
+    expect((await readdir(root)).filter((n) => n.startsWith('.hub-like.'))).toEqual([]);
+  });
+
+  it('single .onnx files: its own export is replaced, other bytes are not; .onnx + .data are one output', async () => {
+    const onnx = join(root, 'single.onnx');
+    const exportTo = (out: string, ...more: string[]) =>
+      runCli(['export-onnx', '--model', model, '-o', out, '--quiet', ...more]);
+    expect((await exportTo(onnx)).code).toBe(0);
+    expect(readOutputWriter(onnx)).toBe('export-onnx');
+    expect((await exportTo(onnx, '--force')).code).toBe(0);
+
+    const foreign = join(root, 'foreign.onnx');
+    await writeFile(foreign, 'not a model of ours');
+    const f = await runCli(['export-onnx', '--model', model, '-o', foreign, '--force']);
+    expect(f.code).toBe(2);
+    expect(f.stderr).toContain(`${foreign} is not written by lora`);
+    expect(await readFile(foreign, 'utf8')).toBe('not a model of ours');
+
+    const pair = join(root, 'pair.onnx');
+    expect((await exportTo(pair, '--external-data')).code).toBe(0);
+    expect(existsSync(`${pair}.data`)).toBe(true);
+    expect((await exportTo(pair, '--external-data', '--force')).code).toBe(0);
+    // a model file that is not ours: the pair is refused whole, naming both files
+    await writeFile(pair, 'someone else');
+    const dataBefore = hashTree(root)['pair.onnx.data'];
+    const p = await exportTo(pair, '--external-data', '--force');
+    expect(p.code).toBe(2);
+    expect(p.stderr).toMatch(/would delete 2 file\(s\): .*pair\.onnx, .*pair\.onnx\.data/);
+    expect(hashTree(root)['pair.onnx.data']).toBe(dataBefore);
+    // a stray .data with no model of ours beside it
+    const stray = join(root, 'stray.onnx');
+    await writeFile(`${stray}.data`, new Uint8Array(16));
+    const s = await exportTo(stray, '--force');
+    expect(s.code).toBe(2);
+    expect(s.stderr).toContain(
+      `${stray}.data belongs to no ${stray} written by \`lora export-onnx\``,
+    );
+    expect(existsSync(stray)).toBe(false);
+  });
+
+  it('single .safetensors files: quantize replaces its own file, merge its file + residual pair', async () => {
+    const base = join(model, 'model.safetensors');
+    const q = join(root, 'one-q.safetensors');
+    expect((await runCli(['quantize', base, '-o', q, '--quiet'])).code).toBe(0);
+    expect(await writerOf(q)).toBe('quantize');
+    expect((await runCli(['quantize', base, '-o', q, '--force', '--quiet'])).code).toBe(0);
+    const d = await runCli(['dequantize', q, '-o', join(root, 'one-q2.safetensors')]);
+    expect(d.code).toBe(0);
+    const cross = await runCli([
+      'quantize',
+      base,
+      '-o',
+      join(root, 'one-q2.safetensors'),
+      '--force',
+    ]);
+    expect(cross.code).toBe(2);
+    expect(cross.stderr).toContain('one-q2.safetensors is written by `lora dequantize`');
+
+    const m = join(root, 'one-m.safetensors');
+    const residual = join(root, 'one-m.unmerge-residual.safetensors');
+    const merge = (...more: string[]) =>
+      runCli(['merge', '--base', base, '--adapter', adapter, '-o', m, '--quiet', ...more]);
+    expect((await merge()).code).toBe(0);
+    expect(await writerOf(residual)).toBe('merge');
+    expect((await merge('--force')).code).toBe(0);
+    await rm(m); // the residual alone is left: without --force it is an existing output
+    const again = await merge();
+    expect(again.code).toBe(2);
+    expect(again.stderr).toContain(`${residual} already exists`);
   });
 });
 
