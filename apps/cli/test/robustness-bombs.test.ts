@@ -135,15 +135,21 @@ describe('resource bombs', () => {
     );
   });
 
-  it('a catastrophic target_modules regex is refused before matching (merge used to hang)', async () => {
+  it('catastrophic config regexes are matched in linear time (merge used to hang)', async () => {
     const model = join(work, 'regex-model');
     const adapter = join(work, 'regex-adapter');
     await writeSyntheticLlama(model);
     await writeSyntheticAdapter(adapter, 1);
     const configPath = join(adapter, 'adapter_config.json');
     const config = JSON.parse(readFileSync(configPath, 'utf8'));
-    writeFileSync(configPath, JSON.stringify({ ...config, target_modules: '(.*)*x' }));
-    // The regex only feeds merge's target check (warnings); the weights present are merged.
+    // Exponential for a backtracking engine on the base's module names; `(a|a)*` passed the old
+    // nested-repetition check. Every module of the base is a name these patterns fail on.
+    const bombs = {
+      target_modules: '((a|a)*|(x+x+)+y|.*)*\\.(q_proj|v_proj)',
+      exclude_modules: '(.*a)*\\.mlp\\..*',
+      rank_pattern: { '(a|aa)*b': 4, '(a+)+$': 4 },
+    };
+    writeFileSync(configPath, JSON.stringify({ ...config, ...bombs }));
     const r = await runCli([
       'merge',
       '--base',
@@ -153,13 +159,34 @@ describe('resource bombs', () => {
       '-o',
       join(work, 'regex-merged'),
     ]);
-    const warning = r.stderr.split('\n').find((l) => l.includes('target_modules')) ?? '';
+    const warning = r.stderr.split('\n').find((l) => /target|regular expression/.test(l)) ?? '';
     outcomes.push(
-      `${'merge: target_modules "(.*)*x"'.padEnd(36)} exit ${r.code}  ${warning.slice(0, 110)}`,
+      `${'merge: (a|a)*, (a|aa)*b, (a+)+$ ...'.padEnd(36)} exit ${r.code}  ${warning.slice(0, 110)}`,
     );
     expect(r.code, r.stderr).toBe(0);
-    expect(warning).toMatch(
-      /repeats a group that itself repeats .*the limit: no nested repetition/,
+    // The patterns were matched, not refused, and gave the right answer: of the 14 modules with
+    // weights (7 linears x 2 layers), all but the 4 q/v projections are reported as not targeted.
+    expect(r.stderr).not.toMatch(/regular expression/);
+    expect(warning).toMatch(/: 10 module\(s\) have weights the config does not target/);
+
+    // A construct RE2 cannot run is refused by name instead (merge reports it and goes on).
+    writeFileSync(configPath, JSON.stringify({ ...config, target_modules: '(q)\\1_proj' }));
+    const refused = await runCli([
+      'merge',
+      '--base',
+      model,
+      '--adapter',
+      adapter,
+      '-o',
+      join(work, 'regex-merged-2'),
+    ]);
+    const line = refused.stderr.split('\n').find((l) => l.includes('target_modules')) ?? '';
+    outcomes.push(
+      `${'merge: target_modules "(q)\\1_proj"'.padEnd(36)} exit ${refused.code}  ${line.slice(0, 110)}`,
+    );
+    expect(refused.code, refused.stderr).toBe(0);
+    expect(line).toMatch(
+      /target_modules: the regular expression "\(q\)\\1_proj" uses a back-reference/,
     );
   });
 

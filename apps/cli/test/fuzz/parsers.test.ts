@@ -6,6 +6,8 @@ import {
   createLoraConfig,
   LoraError,
   loraConfigToJson,
+  loraScaling,
+  matchTargets,
   parseModelConfig,
   type Tensor,
   tensor,
@@ -121,14 +123,24 @@ const VALID_LLAMA = {
   eos_token_id: [2, 3],
 };
 
+/** Module names for the adapter_config case: real ones and adversarial ones for regexes. */
+const FUZZ_MODULE_NAMES = [
+  'model.layers.0.self_attn.q_proj',
+  'model.layers.1.mlp.down_proj',
+  `${'a'.repeat(80)}!`,
+  `model.${'x'.repeat(80)}.q_proj`,
+];
+
 describe('parser fuzz', () => {
   it('adapter_config.json', async () => {
     const valid = loraConfigToJson(
       createLoraConfig({
         r: 8,
         lora_alpha: 16,
-        target_modules: ['q_proj', 'v_proj'],
-        rank_pattern: { 'layers.0.q_proj': 4 },
+        // regexes, so that flipped characters fuzz the regex translation and matching as well
+        target_modules: '.*\\.(q_proj|v_proj)',
+        exclude_modules: '(?!model\\.).*',
+        rank_pattern: { 'layers\\.0\\.(q|v)_proj': 4 },
       }),
     );
     const dir = join(work, 'adapter');
@@ -138,7 +150,11 @@ describe('parser fuzz', () => {
       const text = mutateJson(valid, rand);
       return async () => {
         writeFileSync(join(dir, 'adapter_config.json'), text);
-        await readAdapterConfig(join(dir, 'adapter_config.json'));
+        const { config } = await readAdapterConfig(join(dir, 'adapter_config.json'));
+        // Regexes a mutation put in the config are matched too (linear time, whatever the
+        // pattern), also against names built to make backtracking engines explode.
+        matchTargets(config, FUZZ_MODULE_NAMES, { modelType: 'llama' });
+        for (const name of FUZZ_MODULE_NAMES) loraScaling(config, name);
       };
     });
   });
