@@ -450,8 +450,8 @@ function targetWarnings(sources: readonly AdapterSource[], names: readonly strin
     try {
       check = checkAdapterTargets(s.adapter, modules);
     } catch (e) {
-      // e.g. target_modules null with no model type: nothing to compare against. An unsafe or
-      // invalid regex is reported; the weights present are merged all the same.
+      // e.g. target_modules null with no model type: nothing to compare against. A regex that is
+      // invalid or that RE2 cannot run is reported; the weights present are merged all the same.
       if (e instanceof LoraError && e.code.startsWith('REGEX_')) out.push(`${label}: ${e.message}`);
       return;
     }
