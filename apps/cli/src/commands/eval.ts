@@ -1,9 +1,9 @@
+import type { QuantFormat } from '@lora/quant';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { resolveModelOrBundled } from '../model-source.js';
 import { type CommonOptions, emit, log, parsePositiveInt } from '../output.js';
-
-const QUANTS = ['nf4', 'fp4', 'int4', 'uint4'] as const;
+import { parseQuantFlag, QUANT_FORMAT_LIST } from '../quant-formats.js';
 
 interface EvalCommandOptions extends CommonOptions {
   model?: string;
@@ -11,7 +11,7 @@ interface EvalCommandOptions extends CommonOptions {
   data?: string;
   batchSize: number;
   seqLen?: number;
-  quant?: (typeof QUANTS)[number];
+  quant?: QuantFormat;
   exactMatch: boolean;
   device: 'cpu' | 'cuda' | 'auto';
 }
@@ -32,11 +32,8 @@ export function registerEval(program: Command): void {
     .option('--seq-len <t>', 'keep the first T tokens of each row', parsePositiveInt('seq-len'))
     .option(
       '--quant <format>',
-      'quantize the base to 4 bits on load: nf4, fp4, int4, uint4',
-      (v: string) => {
-        if ((QUANTS as readonly string[]).includes(v)) return v as (typeof QUANTS)[number];
-        throw new UsageError(`--quant must be one of ${QUANTS.join(', ')}, got "${v}".`);
-      },
+      `quantize the base to 4 bits on load: ${QUANT_FORMAT_LIST}`,
+      parseQuantFlag('quant'),
     )
     .option('--no-exact-match', 'skip greedy generation on prompt/completion rows')
     .option('--device <d>', 'cpu, cuda or auto', 'cpu')

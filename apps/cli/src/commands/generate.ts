@@ -5,10 +5,12 @@ import type {
   GenerationOutput,
   GenerationTimings,
 } from '@lora/runtime-onnx';
+import type { QuantFormat } from '@lora/quant';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { type CommonOptions, emit, log, parseNumber, parsePositiveInt } from '../output.js';
 import { readPrompt } from '../prompt-input.js';
+import { parseQuantFlag, QUANT_FORMAT_LIST } from '../quant-formats.js';
 import { resolveModelOrBundled } from '../model-source.js';
 // LoRA flags (--adapter, --merged) live in generate-adapters.ts, --batch in generate-batch.ts.
 import {
@@ -20,10 +22,6 @@ import {
 } from './generate-adapters.js';
 import { addBatchOptions, type BatchOptions, runBatch } from './generate-batch.js';
 import { openModel } from './generate-model.js';
-
-/** 4-bit formats `--quant` accepts for the base weights. */
-const QUANT_FORMATS = ['nf4', 'fp4', 'int4', 'uint4'] as const;
-type QuantFormat = (typeof QUANT_FORMATS)[number];
 
 /** Parsed flags of `lora generate`. Later flags (adapters, batch files) extend this object. */
 export interface GenerateCommandOptions extends CommonOptions, AdapterOptions, BatchOptions {
@@ -75,8 +73,8 @@ export function registerGenerate(program: Command): void {
     .option('--stop <text>', 'stop when this text appears (not printed); repeatable', collect)
     .option(
       '--quant <format>',
-      `quantize the base weights to 4 bits at load: ${QUANT_FORMATS.join(', ')}`,
-      parseQuant,
+      `quantize the base weights to 4 bits at load: ${QUANT_FORMAT_LIST}`,
+      parseQuantFlag('quant'),
     )
     .option(
       '--device <device>',
@@ -228,11 +226,6 @@ function parseSeed(value: string): number {
   if (!Number.isSafeInteger(n) || n < 0)
     throw new UsageError(`--seed must be a non-negative integer, got "${value}".`);
   return n;
-}
-
-function parseQuant(value: string): QuantFormat {
-  if ((QUANT_FORMATS as readonly string[]).includes(value)) return value as QuantFormat;
-  throw new UsageError(`--quant must be one of ${QUANT_FORMATS.join(', ')}, got "${value}".`);
 }
 
 const DEVICE_NAMES: readonly Device[] = ['cpu', 'cuda', 'auto'];

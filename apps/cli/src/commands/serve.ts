@@ -1,11 +1,12 @@
+import type { QuantFormat } from '@lora/quant';
 import type { Device } from '@lora/runtime-onnx';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { resolveModelOrBundled } from '../model-source.js';
 import { formatBytes, parsePositiveInt } from '../output.js';
+import { parseQuantFlag, QUANT_FORMAT_LIST } from '../quant-formats.js';
 import { parseSize } from './plan.js';
 
-const QUANT_FORMATS = ['nf4', 'fp4', 'int4', 'uint4'] as const;
 const DEVICES: readonly Device[] = ['cpu', 'cuda', 'auto'];
 
 /** Parsed flags of `lora serve`. */
@@ -26,7 +27,7 @@ export interface ServeCommandOptions {
   maxConcurrent?: number;
   maxQueue?: number;
   device: Device;
-  quant?: (typeof QUANT_FORMATS)[number];
+  quant?: QuantFormat;
 }
 
 /** How long in-flight requests may run after SIGTERM / SIGINT before connections are closed. */
@@ -95,8 +96,8 @@ export function registerServe(program: Command): void {
     .option('--device <device>', 'cpu, cuda or auto', parseDevice, 'cpu' as Device)
     .option(
       '--quant <format>',
-      `quantize the base weights to 4 bits at load: ${QUANT_FORMATS.join(', ')}`,
-      parseQuant,
+      `quantize the base weights to 4 bits at load: ${QUANT_FORMAT_LIST}`,
+      parseQuantFlag('quant'),
     )
     .action(async (options: ServeCommandOptions) => {
       options.model = await resolveModelOrBundled(options.model, {});
@@ -183,10 +184,4 @@ function splitList(value: string): string[] {
 function parseDevice(value: string): Device {
   if ((DEVICES as readonly string[]).includes(value)) return value as Device;
   throw new UsageError(`Unknown device "${value}": use cpu, cuda or auto.`);
-}
-
-function parseQuant(value: string): (typeof QUANT_FORMATS)[number] {
-  if ((QUANT_FORMATS as readonly string[]).includes(value))
-    return value as (typeof QUANT_FORMATS)[number];
-  throw new UsageError(`--quant must be one of ${QUANT_FORMATS.join(', ')}, got "${value}".`);
 }
