@@ -2,6 +2,7 @@ import { basename, resolve } from 'node:path';
 import { type Adapter, AdapterRegistry } from '@lora/adapters';
 import { isLoraError } from '@lora/core';
 import {
+  type BaseQuantOptions,
   createLoraHook,
   type Device,
   type FinishReason,
@@ -78,7 +79,8 @@ export interface CompletionServiceOptions {
   /** Slot rank of the LoRA branches. Default: the largest rank among the folder's adapters. */
   readonly maxRank?: number;
   readonly device?: Device;
-  readonly quant?: 'nf4' | 'fp4' | 'int4' | 'uint4';
+  /** Quantize the base weights to 4 bits at load (one of @lora/quant's `QUANT_FORMATS`). */
+  readonly quant?: BaseQuantOptions['format'];
   readonly limits?: Partial<ServeLimits>;
   /** Warnings at startup (adapter folders that cannot be read). */
   readonly warn?: (message: string) => void;

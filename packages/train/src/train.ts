@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { type Adapter, loadPeftAdapter, savePeftAdapter } from '@lora/adapters';
 import type { Tensor } from '@lora/core';
-import type { Bnb4Format, QuantFormat } from '@lora/quant';
+import { type Bnb4Format, isBnb4Format, type QuantFormat } from '@lora/quant';
 import {
   type BaseQuantOptions,
   type Device,
@@ -168,7 +168,7 @@ function resolveSettings(o: TrainOptions) {
           doubleQuant: o.quant?.doubleQuant ?? false,
         }
       : undefined;
-  if (quant?.doubleQuant && !['nf4', 'fp4'].includes(quant.format))
+  if (quant?.doubleQuant && !isBnb4Format(quant.format))
     throw invalid('double quantization is for nf4 and fp4.');
   const lr = o.lr ?? 2e-4;
   const maxGradNorm = o.maxGradNorm ?? 1;

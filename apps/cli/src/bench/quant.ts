@@ -7,6 +7,9 @@ import {
   dequantizeBlockwise,
   dequantizeMatMulNBits,
   doubleQuantize,
+  isBnb4Format,
+  isNBitsFormat,
+  QUANT_FORMATS,
   quantizeBlockwise,
   quantizeMatMulNBits,
   QuantizeWorkerPool,
@@ -63,7 +66,7 @@ export const quantBench: BenchSection = {
     const N = 4096;
     const K = n / N;
     let nf4dqCpu = 0;
-    for (const format of ['nf4', 'fp4'] as const) {
+    for (const format of QUANT_FORMATS.filter(isBnb4Format)) {
       const q = quantizeBlockwise(x, { format, blockSize: 64 });
       const out = new Float32Array(n);
       ctx.log(`${format}`);
@@ -83,7 +86,7 @@ export const quantBench: BenchSection = {
         await medianMs(() => dequantizeBlockwise(q, out), repeats),
       );
     }
-    for (const format of ['int4', 'uint4'] as const) {
+    for (const format of QUANT_FORMATS.filter(isNBitsFormat)) {
       ctx.log(`${format}`);
       const w = quantizeMatMulNBits(x, N, K, { format, blockSize: 32 });
       const out = new Float32Array(n);

@@ -5,6 +5,7 @@ import {
   dequantizeBlockwise,
   dequantizeBnb4,
   dequantizeMatMulNBits,
+  isBnb4Format,
   type MatMulNBitsWeight,
   ORT_QUANT_STATE_SUFFIX,
   type QuantFormat,
@@ -69,7 +70,7 @@ export function quantizeLinear(
   options: BaseQuantOptions,
   name: string,
 ): LinearWeight {
-  if (options.format === 'nf4' || options.format === 'fp4') {
+  if (isBnb4Format(options.format)) {
     const q = quantizeBlockwise(weight, {
       format: options.format,
       blockSize: options.blockSize,
