@@ -1,5 +1,4 @@
 import type { QuantFormat } from '@lora/quant';
-import type { QuantFormat } from '@lora/quant';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { resolveModelOrBundled } from '../model-source.js';

@@ -25,7 +25,6 @@ import {
 } from '../output.js';
 import { resolveModelOrBundled } from '../model-source.js';
 import { BNB4_FORMAT_LIST, NBITS_FORMAT_LIST } from '../quant-formats.js';
-import { BNB4_FORMAT_LIST, NBITS_FORMAT_LIST } from '../quant-formats.js';
 
 /**
  * The operators an export may use: `standard` (only the ONNX standard's default domain: runs on

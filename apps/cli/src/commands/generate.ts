@@ -6,12 +6,10 @@ import type {
   GenerationTimings,
 } from '@lora/runtime-onnx';
 import type { QuantFormat } from '@lora/quant';
-import type { QuantFormat } from '@lora/quant';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { type CommonOptions, emit, log, parseNumber, parsePositiveInt } from '../output.js';
 import { readPrompt } from '../prompt-input.js';
-import { parseQuantFlag, QUANT_FORMAT_LIST } from '../quant-formats.js';
 import { parseQuantFlag, QUANT_FORMAT_LIST } from '../quant-formats.js';
 import { resolveModelOrBundled } from '../model-source.js';
 // LoRA flags (--adapter, --merged) live in generate-adapters.ts, --batch in generate-batch.ts.

@@ -14,7 +14,6 @@ import { type Command, Option } from 'commander';
 import { UsageError } from '../errors.js';
 import { startProgress } from '../progress.js';
 import { BNB4_FORMAT_LIST, NBITS_FORMAT_LIST } from '../quant-formats.js';
-import { BNB4_FORMAT_LIST, NBITS_FORMAT_LIST } from '../quant-formats.js';
 import {
   type CommonOptions,
   checkOutput,

@@ -1,11 +1,9 @@
 import type { QuantFormat } from '@lora/quant';
-import type { QuantFormat } from '@lora/quant';
 import type { Device } from '@lora/runtime-onnx';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { resolveModelOrBundled } from '../model-source.js';
 import { formatBytes, parsePositiveInt } from '../output.js';
-import { parseQuantFlag, QUANT_FORMAT_LIST } from '../quant-formats.js';
 import { parseQuantFlag, QUANT_FORMAT_LIST } from '../quant-formats.js';
 import { parseSize } from './plan.js';
 

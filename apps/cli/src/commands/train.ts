@@ -1,5 +1,4 @@
 import type { QuantFormat } from '@lora/quant';
-import type { QuantFormat } from '@lora/quant';
 import type { StepReport, TrainOptions, TrainResult } from '@lora/train';
 import cliProgress from 'cli-progress';
 import { writeBytesAtomic } from '@lora/core';
@@ -7,7 +6,6 @@ import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { resolveModelOrBundled } from '../model-source.js';
 import type { ProgressStream } from '../progress.js';
-import { parseQuantFlag, QUANT_FORMAT_LIST } from '../quant-formats.js';
 import { parseQuantFlag, QUANT_FORMAT_LIST } from '../quant-formats.js';
 import {
   type CommonOptions,
