@@ -1,5 +1,12 @@
 import { join } from 'node:path';
-import { createLoraConfig, svd, type Tensor, tensor, toFloat64Array } from '@lora/core';
+import {
+  createLoraConfig,
+  matchTargets,
+  svd,
+  type Tensor,
+  tensor,
+  toFloat64Array,
+} from '@lora/core';
 import { describe, expect, it } from 'vitest';
 import type { Adapter, LoraModule } from './adapter.js';
 import { combineAdapters } from './combine.js';
@@ -167,6 +174,22 @@ describe('combineAdapters', () => {
     expect(kept / got.length).toBeLessThan(0.3);
     expect(values(run(5).A)).toEqual(values(a.A));
     expect(values(run(6).A)).not.toEqual(values(a.A));
+  });
+
+  it('a list and a regex target_modules combine into a regex that targets what either did', () => {
+    const modules = { 'model.l.0.q': { in: 8, out: 8 }, 'model.l.0.v': { in: 8, out: 8 } };
+    const listed = syntheticAdapter(modules, { r: 2, lora_alpha: 2, target_modules: ['q'] }, 3);
+    const regex = syntheticAdapter(modules, { r: 2, lora_alpha: 2, target_modules: '.*\\.v' }, 4);
+    const { adapter } = combineAdapters(
+      [
+        { adapter: listed, weight: 1 },
+        { adapter: regex, weight: 1 },
+      ],
+      { method: 'cat' },
+    );
+    const names = ['model.l.0.q', 'model.l.0.v', 'model.l.0.k', 'q', 'model.l.0.xq'];
+    // PEFT's meaning of each input: a list entry is the name or a `.entry` suffix.
+    expect(matchTargets(adapter.config, names)).toEqual(['model.l.0.q', 'model.l.0.v', 'q']);
   });
 
   it('refuses unequal ranks for linear, and a missing density', () => {

@@ -8,6 +8,7 @@ import {
   tensor,
   toFloat64Array,
 } from '@lora/core';
+import { escapePythonRegex } from '@lora/core/internal';
 import { type Adapter, type LoraModule, moduleScaling } from './adapter.js';
 import { AdapterError } from './errors.js';
 
@@ -435,10 +436,6 @@ export function darePrune(t: Values, density: number, rng: Rng): Values {
   return out;
 }
 
-function escapeRegex(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-}
-
 function combinedConfig(
   inputs: readonly WeightedAdapter[],
   ranks: ReadonlyMap<string, number>,
@@ -449,14 +446,17 @@ function combinedConfig(
   // The most common rank is r; other modules get exact rank_pattern / alpha_pattern entries.
   const r = [...counts].sort((a, b) => b[1] - a[1] || a[0] - b[0])[0][0];
   const rank_pattern: Record<string, number> = {};
-  for (const [name, rm] of ranks) if (rm !== r) rank_pattern[escapeRegex(name)] = rm;
+  for (const [name, rm] of ranks) if (rm !== r) rank_pattern[escapePythonRegex(name)] = rm;
   const targets = inputs.map((x) => x.adapter.config.target_modules);
   let target_modules: LoraConfig['target_modules'];
   if (targets.every((t) => Array.isArray(t)))
     target_modules = [...new Set(targets.flat() as string[])].sort();
   else
     target_modules = targets
-      .map((t) => (Array.isArray(t) ? t.map(escapeRegex).join('|') : String(t)))
+      // A list entry matches the name itself or a `.entry` suffix: `(.*\.)?entry` under fullmatch.
+      .map((t) =>
+        Array.isArray(t) ? `(.*\\.)?(${t.map(escapePythonRegex).join('|')})` : String(t),
+      )
       .map((t) => `(${t})`)
       .join('|');
   return {

@@ -10,6 +10,7 @@ import {
   tensor,
   toFloat64Array,
 } from '@lora/core';
+import { escapePythonRegex } from '@lora/core/internal';
 import type { Adapter, LoraModule } from '../adapter.js';
 import { AdapterError } from '../errors.js';
 import { type OnnxAdapterFile, readOnnxAdapter, writeOnnxAdapter } from './onnx-adapter.js';
@@ -257,7 +258,7 @@ function scaleOneConfig(ranks: ReadonlyMap<string, number>): LoraConfig {
   for (const r of ranks.values()) counts.set(r, (counts.get(r) ?? 0) + 1);
   const r = [...counts].sort((x, y) => y[1] - x[1] || x[0] - y[0])[0]?.[0] ?? 8;
   const pattern: Record<string, number> = {};
-  for (const [module, rank] of ranks) if (rank !== r) pattern[escapeRegex(module)] = rank;
+  for (const [module, rank] of ranks) if (rank !== r) pattern[escapePythonRegex(module)] = rank;
   const suffixes = [
     ...new Set([...ranks.keys()].map((m) => m.slice(m.lastIndexOf('.') + 1))),
   ].sort();
@@ -268,10 +269,6 @@ function scaleOneConfig(ranks: ReadonlyMap<string, number>): LoraConfig {
     alpha_pattern: { ...pattern },
     target_modules: suffixes,
   });
-}
-
-function escapeRegex(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
 function parseMetadata(t: Tensor, source: string): Metadata {
