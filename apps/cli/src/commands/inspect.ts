@@ -1,5 +1,5 @@
 import { existsSync, statSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   type AdapterDescription,
@@ -7,7 +7,12 @@ import {
   peftParameterCounts,
   RESIDUAL_FILE,
 } from '@lora/adapters';
-import { assertRegularInputs, type SafetensorsSummary, summarizeSafetensors } from '@lora/core';
+import {
+  assertRegularInputs,
+  readJsonFile,
+  type SafetensorsSummary,
+  summarizeSafetensors,
+} from '@lora/core';
 import type { OnnxModelSummary } from '@lora/runtime-onnx';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
@@ -131,10 +136,7 @@ export async function inspectPath(path: string, base?: string): Promise<InspectR
 }
 
 async function inspectModel(dir: string): Promise<Extract<InspectReport, { kind: 'model' }>> {
-  const raw = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')) as Record<
-    string,
-    unknown
-  >;
+  const raw = (await readJsonFile(join(dir, 'config.json'))) as Record<string, unknown>;
   const num = (k: string) => (typeof raw[k] === 'number' ? (raw[k] as number) : undefined);
   const heads = num('num_attention_heads');
   const hidden = num('hidden_size');
@@ -179,13 +181,8 @@ async function modelWeightFiles(dir: string): Promise<string[]> {
   const names = await readdir(dir);
   const index = names.find((n) => n.endsWith('.safetensors.index.json'));
   if (!index) return names.filter((n) => n.endsWith('.safetensors') && n !== RESIDUAL_FILE).sort();
-  let weightMap: unknown;
-  try {
-    weightMap = (JSON.parse(await readFile(join(dir, index), 'utf8')) as { weight_map?: unknown })
-      .weight_map;
-  } catch (e) {
-    throw new UsageError(`${join(dir, index)}: not valid JSON (${(e as Error).message}).`);
-  }
+  const weightMap = ((await readJsonFile(join(dir, index))) as { weight_map?: unknown } | null)
+    ?.weight_map;
   if (typeof weightMap !== 'object' || weightMap === null || Array.isArray(weightMap))
     throw new UsageError(`${join(dir, index)}: no "weight_map" object; the index is not usable.`);
   const shards = [

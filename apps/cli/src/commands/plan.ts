@@ -1,5 +1,4 @@
 import { existsSync, statSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   countModelParameters,
@@ -7,6 +6,7 @@ import {
   type ModelShape,
   parseModelConfig,
   planMemory,
+  readJsonFile,
   shapeForParameterCount,
   type WeightFormat,
 } from '@lora/core';
@@ -204,13 +204,7 @@ async function resolveShape(
       throw new UsageError(
         `${file} does not exist. Pass a model folder holding config.json, or use --params.`,
       );
-    let json: unknown;
-    try {
-      json = JSON.parse(await readFile(file, 'utf8'));
-    } catch (e) {
-      throw new UsageError(`${file} is not valid JSON (${(e as Error).message}).`);
-    }
-    shape = parseModelConfig(json, file);
+    shape = parseModelConfig(await readJsonFile(file), file);
     source = file;
   } else if (o.params !== undefined) {
     if (!(o.params >= 1e6))

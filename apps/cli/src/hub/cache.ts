@@ -1,6 +1,7 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { parseJsonText } from '@lora/core';
 
 /**
  * The Hugging Face hub cache folder, where Python's `huggingface_hub` keeps models:
@@ -48,8 +49,11 @@ export function isCompleteModel(dir: string): boolean {
   const index = join(dir, 'model.safetensors.index.json');
   if (!existsSync(index)) return false;
   try {
-    const map = (JSON.parse(readFileSync(index, 'utf8')) as { weight_map?: Record<string, string> })
-      .weight_map;
+    const map = (
+      parseJsonText(readFileSync(index, 'utf8'), index) as {
+        weight_map?: Record<string, string>;
+      }
+    ).weight_map;
     return map !== undefined && Object.values(map).every((f) => existsSync(join(dir, f)));
   } catch {
     return false;

@@ -1,4 +1,4 @@
-import { numel, SafetensorsFile, type SafetensorsSummary } from '@lora/core';
+import { numel, parseJsonText, SafetensorsFile, type SafetensorsSummary } from '@lora/core';
 import {
   BNB4_QUANT_STATE_PREFIX,
   bnb4Keys,
@@ -53,7 +53,10 @@ export async function summarizeQuantizedWeights(
     for (const name of weights) {
       const stateKey = names.find((n) => n.startsWith(`${name}${BNB4_QUANT_STATE_PREFIX}`))!;
       const format = stateKey.slice(`${name}${BNB4_QUANT_STATE_PREFIX}`.length);
-      const state = JSON.parse(new TextDecoder().decode(await f.readBytes(stateKey))) as {
+      const state = parseJsonText(
+        new TextDecoder().decode(await f.readBytes(stateKey)),
+        `${file.path} (${stateKey})`,
+      ) as {
         quant_type?: string;
         blocksize?: number;
         shape?: number[];
@@ -80,8 +83,9 @@ export async function summarizeQuantizedWeights(
     }
     for (const name of ortWeights) {
       const stateKey = `${name}${ORT_QUANT_STATE_SUFFIX}`;
-      const state = JSON.parse(
+      const state = parseJsonText(
         new TextDecoder().decode(await f.readBytes(stateKey)),
+        `${file.path} (${stateKey})`,
       ) as OrtQuantState;
       const keys = [name, `${name}.scales`, `${name}.zero_points`, `${name}.absmax`, stateKey];
       const present = keys.filter((k) => byName.has(k));
