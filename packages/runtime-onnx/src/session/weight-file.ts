@@ -80,16 +80,17 @@ export class WeightFile {
   static async create(parent?: string, expectedBytes = 0): Promise<WeightFile> {
     const where = parent ?? (await weightFileParent(expectedBytes));
     const dir = temporaryPath(join(where, 'lora-session'));
+    trackTemporary(dir); // before it exists: a kill right after the mkdir leaves nothing unknown
     try {
       await mkdir(dir, { mode: 0o700 });
     } catch (error) {
+      untrackTemporary(dir);
       throw new RuntimeError(
         'WEIGHT_FILE',
         `Cannot create a temporary folder for the model's weights under ${where} (${String(error)}); set LORA_SESSION_DIR (or TMPDIR) to a writable folder with room for the weights.`,
         { dir: where },
       );
     }
-    trackTemporary(dir);
     try {
       return new WeightFile(dir, await open(join(dir, WEIGHT_FILE_NAME), 'w'));
     } catch (error) {
