@@ -192,6 +192,61 @@ describe.skipIf(!haveStories)('lora generate with adapters (stories260K)', () =>
     expect(batch.outputs[1].adapters).toBe('base');
   });
 
+  it('--batch in groups: adapter sets first seen in a later group reopen the model; each row still as it runs alone', async () => {
+    const qvSpec = join(dir, 'qv');
+    const mlpSpec = `${join(dir, 'mlp.onnx_adapter')}:0.5`;
+    const file = join(dir, 'grouped.jsonl');
+    const sets = [null, null, qvSpec, [mlpSpec], qvSpec];
+    await writeFile(
+      file,
+      sets.map((adapter) => JSON.stringify({ prompt: PROMPT, adapter })).join('\n'),
+    );
+    // groups of 2: [base, base] opens the plain model, [qv, mlp] and [qv] the LoRA graph
+    const r = await runCli([
+      'generate',
+      '--model',
+      stories,
+      '--max-tokens',
+      String(N),
+      '--batch',
+      file,
+      '--max-batch',
+      '2',
+      '--jsonl',
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/grouped\.jsonl:3: adapter set .*qv is new: reopening the model/);
+    const rows = r.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    const base = await gen('--prompt', PROMPT);
+    const withQv = await gen('--prompt', PROMPT, '--adapter', qvSpec);
+    const withMlp = await gen('--prompt', PROMPT, '--adapter', mlpSpec);
+    expect(rows.map((x) => x.tokens)).toEqual(
+      [base, base, withQv, withMlp, withQv].map((x) => x.tokens),
+    );
+    expect(rows.map((x) => x.adapters)).toEqual(['base', 'base', qvSpec, mlpSpec, qvSpec]);
+
+    // --merged bakes the first row's set: a row with another set stops the run at its line
+    const merged = await runCli([
+      'generate',
+      '--model',
+      stories,
+      '--max-tokens',
+      String(N),
+      '--batch',
+      file,
+      '--merged',
+      '--adapter',
+      qvSpec,
+      '--jsonl',
+    ]);
+    expect(merged.code).toBe(2);
+    expect(merged.stderr).toMatch(/grouped\.jsonl:3: --merged bakes ONE adapter set/);
+    expect(merged.stdout.trim().split('\n')).toHaveLength(2);
+  });
+
   it('--merged on a 4-bit base (nf4, bitsandbytes layout) gives the tokens of `lora merge` of the same base', async () => {
     const q = join(dir, 'nf4');
     const quant = await runCli(['quantize', stories, '-o', q, '--format', 'nf4', '--quiet']);
