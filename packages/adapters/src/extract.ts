@@ -1,9 +1,10 @@
-import { readFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   createLoraConfig,
   isFloatDType,
   randomizedSvd,
+  readJsonFile,
   svd,
   type Tensor,
   tensor,
@@ -52,14 +53,12 @@ export interface ExtractResult {
 const EMBEDDING_NAME =
   /(^|\.)(embed_tokens|embed_in|wte|wpe|word_embeddings|position_embeddings|token_type_embeddings|shared|embeddings)(\.weight)?$/;
 
+/** `model_type` of a model folder's config.json; undefined without one (a lone .safetensors file). */
 async function modelType(path: string): Promise<string | undefined> {
-  try {
-    return (
-      JSON.parse(await readFile(join(path, 'config.json'), 'utf8')) as { model_type?: string }
-    ).model_type;
-  } catch {
-    return undefined;
-  }
+  const config = join(path, 'config.json');
+  if (!existsSync(config)) return undefined;
+  const json = (await readJsonFile(config)) as { model_type?: unknown } | null;
+  return typeof json?.model_type === 'string' ? json.model_type : undefined;
 }
 
 /**

@@ -2,9 +2,11 @@ import {
   castFloat,
   createLoraConfig,
   isFloatDType,
+  isLoraError,
   type LoraConfig,
   loraConfigToJson,
   loraScaling,
+  parseJsonText,
   parseLoraConfig,
   type Tensor,
   tensor,
@@ -275,11 +277,18 @@ function parseMetadata(t: Tensor, source: string): Metadata {
   let meta: Metadata;
   try {
     if (t.dtype !== 'u8') throw new Error(`dtype ${t.dtype}`);
-    meta = JSON.parse(new TextDecoder().decode(t.data as Uint8Array)) as Metadata;
+    meta = parseJsonText(
+      new TextDecoder().decode(t.data as Uint8Array),
+      `the ${ONNX_ADAPTER_METADATA} parameter`,
+    ) as Metadata;
   } catch (e) {
+    // parseJsonText's message says why (bad syntax, nesting too deep).
+    const why = isLoraError(e)
+      ? e.message
+      : `the ${ONNX_ADAPTER_METADATA} parameter is not UTF-8 JSON bytes.`;
     throw new AdapterError(
       'ONNX_ADAPTER_METADATA',
-      `${source}: the ${ONNX_ADAPTER_METADATA} parameter is not UTF-8 JSON bytes.`,
+      `${source}: ${why}`,
       {
         file: source,
       },

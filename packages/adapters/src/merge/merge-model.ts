@@ -6,6 +6,7 @@ import {
   LoraError,
   OUTPUT_WRITER_KEY,
   outputMarker,
+  parseJsonText,
   type Tensor,
   type TensorToWrite,
   temporaryPath,
@@ -486,7 +487,7 @@ async function writeFileWithoutQuantConfig(path: string, original: Buffer): Prom
   const { writeBytesAtomic } = await import('@lora/core');
   let json: Record<string, unknown>;
   try {
-    json = JSON.parse(original.toString('utf8'));
+    json = parseJsonText(original.toString('utf8'), path) as Record<string, unknown>;
   } catch {
     await writeBytesAtomic(path, new Uint8Array(original));
     return;

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import {
   outputMarker,
+  parseJsonText,
   RESIDUAL_SUFFIXES,
   readSafetensors,
   residualFromTensors,
@@ -99,8 +100,14 @@ export async function readResidualFile(path: string): Promise<ResidualContents> 
       { path },
     );
   }
-  const adapters = JSON.parse(metadata.adapters ?? '[]') as MergedAdapterRecord[];
-  const shardNames = JSON.parse(metadata.shards ?? '[]') as string[];
+  const adapters = parseJsonText(
+    metadata.adapters ?? '[]',
+    `${path} (metadata "adapters")`,
+  ) as MergedAdapterRecord[];
+  const shardNames = parseJsonText(
+    metadata.shards ?? '[]',
+    `${path} (metadata "shards")`,
+  ) as string[];
   const shards = shardNames.map((fileName) => {
     const t = tensors.get(`${SHARD_HEADER}${fileName}`);
     if (!t)

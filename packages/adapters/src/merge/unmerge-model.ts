@@ -4,6 +4,7 @@ import {
   type DType,
   isLoraError,
   type LowRankDelta,
+  parseJsonText,
   type Tensor,
   tensorBytes,
   type UnmergeResidual,
@@ -50,11 +51,12 @@ interface HeaderEntry {
   end: number;
 }
 
-function parseOriginalHeader(header: Uint8Array): HeaderEntry[] {
-  const json = JSON.parse(new TextDecoder().decode(header.subarray(8)).trimEnd()) as Record<
-    string,
-    { dtype: string; shape: number[]; data_offsets: [number, number] }
-  >;
+/** The saved safetensors header of an original shard; `source` names it in errors. */
+function parseOriginalHeader(header: Uint8Array, source: string): HeaderEntry[] {
+  const json = parseJsonText(
+    new TextDecoder().decode(header.subarray(8)).trimEnd(),
+    source,
+  ) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
   const entries: HeaderEntry[] = [];
   for (const [name, v] of Object.entries(json)) {
     if (name === '__metadata__') continue;
@@ -194,7 +196,10 @@ export async function unmergeModel(
     };
 
     const writeShard = async (path: string, shard: { fileName: string; header: Uint8Array }) => {
-      const entries = parseOriginalHeader(shard.header);
+      const entries = parseOriginalHeader(
+        shard.header,
+        `${residualPath} (saved header of ${shard.fileName})`,
+      );
       await writeFileAtomic(path, async (h) => {
         await writeAll(h, shard.header);
         for (const e of entries) {
