@@ -81,7 +81,7 @@ export function registerExportOnnx(program: Command): void {
     .addOption(
       new Option(
         '--ops <set>',
-        'operators the file may use: standard (ONNX default domain only, linears as MatMul on [in, out] weights transposed at export: any ONNX runtime) or ort (onnxruntime com.microsoft contrib ops: FusedMatMul on the checkpoint [out, in] weights, as lora generate runs; needed for 4-bit). Default: standard for float exports, ort for 4-bit ones',
+        'operators the file may use: standard (ONNX default domain only, linears as MatMul on [in, out] weights transposed at export: runs on any ONNX runtime) or ort (onnxruntime com.microsoft contrib ops: FusedMatMul on the checkpoint [out, in] weights, the graph lora generate runs; nothing transposed, so a slightly faster export; onnxruntime only). Default: standard for float exports (a file for other runtimes must run on them; onnxruntime runs both at the same speed), ort for 4-bit ones (standard ONNX has no 4-bit matrix product)',
       ).choices(['standard', 'ort']),
     )
     .addOption(
