@@ -1,4 +1,4 @@
-import { type Tensor, type TensorToWrite, writeSafetensors } from '@lora/core';
+import { parseJsonText, type Tensor, type TensorToWrite, writeSafetensors } from '@lora/core';
 import { codeTable } from './blockwise.js';
 import { DYNAMIC_MAP } from './codebooks.js';
 import { DOUBLE_QUANT_BLOCK_SIZE, type DoubleQuantizedAbsmax } from './double-quant.js';
@@ -236,9 +236,12 @@ export async function readBnb4Weight(source: TensorSource, name: string): Promis
   const stateTensor = await source.read(`${name}${BNB4_QUANT_STATE_PREFIX}${format}`);
   let state: Record<string, unknown>;
   try {
-    state = JSON.parse(new TextDecoder().decode(stateTensor.data as Uint8Array));
-  } catch {
-    bad(name, 'the quant_state tensor is not UTF-8 JSON.');
+    state = parseJsonText(
+      new TextDecoder().decode(stateTensor.data as Uint8Array),
+      'quant_state',
+    ) as Record<string, unknown>;
+  } catch (e) {
+    bad(name, `the quant_state tensor is not usable UTF-8 JSON (${(e as Error).message}).`);
   }
   const blockSize = state.blocksize;
   const shape = state.shape;

@@ -4,6 +4,7 @@ import {
   type DType,
   fromFloat32Array,
   outputMarker,
+  parseJsonText,
   readJsonFile,
   SafetensorsFile,
   type TensorToWrite,
@@ -227,9 +228,10 @@ async function stateShape(file: SafetensorsFile, name: string): Promise<number[]
     `${name}${ORT_QUANT_STATE_SUFFIX}`,
   ].find((k) => file.has(k));
   const state = key
-    ? (JSON.parse(new TextDecoder().decode((await file.read(key)).data as Uint8Array)) as {
-        shape?: unknown;
-      })
+    ? ((parseJsonText(
+        new TextDecoder().decode((await file.read(key)).data as Uint8Array),
+        `${file.path} (${key})`,
+      ) ?? {}) as { shape?: unknown })
     : {};
   if (!Array.isArray(state.shape) || !state.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
     throw new QuantError(

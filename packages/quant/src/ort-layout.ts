@@ -1,4 +1,4 @@
-import type { Tensor, TensorToWrite } from '@lora/core';
+import { parseJsonText, type Tensor, type TensorToWrite } from '@lora/core';
 import type { TensorSource } from './bnb4-state-dict.js';
 import { type Bnb4Weight, expandedAbsmax, numelOf, type WeightDType } from './bnb4-weight.js';
 import { QuantError } from './errors.js';
@@ -182,9 +182,12 @@ export async function readOrtWeight(source: TensorSource, name: string): Promise
   const raw = (await source.read(`${name}${ORT_QUANT_STATE_SUFFIX}`)) as Tensor;
   let state: OrtQuantState;
   try {
-    state = JSON.parse(new TextDecoder().decode(raw.data as Uint8Array)) as OrtQuantState;
-  } catch {
-    return fail('quant_state is not UTF-8 JSON.');
+    state = parseJsonText(
+      new TextDecoder().decode(raw.data as Uint8Array),
+      'quant_state',
+    ) as OrtQuantState;
+  } catch (e) {
+    return fail(`quant_state is not usable UTF-8 JSON (${(e as Error).message}).`);
   }
   const dtype = FROM_TORCH[state.dtype] ?? fail(`unknown dtype ${state.dtype}.`);
   const B = await source.read(name);

@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
+import { readJsonFile } from '@lora/core';
 import { ServeError } from './errors.js';
 
 /** One chat message as the OpenAI API sends it. */
@@ -38,11 +39,7 @@ export class ChatTemplate {
     const configPath = join(dir, 'tokenizer_config.json');
     let config: Record<string, unknown> = {};
     if (existsSync(configPath)) {
-      try {
-        config = JSON.parse(await readFile(configPath, 'utf8')) as Record<string, unknown>;
-      } catch {
-        config = {};
-      }
+      config = ((await readJsonFile(configPath)) ?? {}) as Record<string, unknown>;
     }
     const specials: Record<string, string> = {};
     for (const key of ['bos_token', 'eos_token', 'unk_token', 'pad_token']) {

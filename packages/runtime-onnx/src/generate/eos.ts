@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { isLoraError, readJsonFile } from '@lora/core';
 import { RuntimeError } from '../errors.js';
 import type { LlamaConfig } from '../models/llama/config.js';
 import type { Tokenizer } from './tokenizer.js';
@@ -29,14 +29,10 @@ async function generationConfigEos(dir: string): Promise<number[]> {
   const path = join(dir, 'generation_config.json');
   if (!existsSync(path)) return [];
   try {
-    return idList(
-      (JSON.parse(await readFile(path, 'utf8')) as { eos_token_id?: unknown }).eos_token_id,
-    );
+    return idList(((await readJsonFile(path)) as { eos_token_id?: unknown } | null)?.eos_token_id);
   } catch (e) {
-    throw new RuntimeError(
-      'GENERATION_CONFIG_INVALID',
-      `${path} is not valid JSON (${(e as Error).message}); fix or remove it.`,
-      { path },
-    );
+    // readJsonFile's typed errors already name the file and the cause.
+    const why = isLoraError(e) ? e.message : `${path}: ${(e as Error).message}`;
+    throw new RuntimeError('GENERATION_CONFIG_INVALID', `${why} Fix or remove it.`, { path });
   }
 }

@@ -2,13 +2,13 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   type RngState,
+  readJsonFile,
   SafetensorsFile,
   type TensorToWrite,
   writeBytesAtomic,
   writeFolderAtomic,
   writeSafetensors,
 } from '@lora/core';
-import { readFile } from 'node:fs/promises';
 import { TrainError } from '../errors.js';
 import type { AdamWState } from '../optim/adamw.js';
 import type { Parameter } from '../optim/parameters.js';
@@ -96,7 +96,7 @@ export async function loadCheckpoint(
 ): Promise<CheckpointState> {
   let json: Record<string, unknown>;
   try {
-    json = JSON.parse(await readFile(join(dir, STATE_FILE), 'utf8'));
+    json = (await readJsonFile(join(dir, STATE_FILE))) as Record<string, unknown>;
   } catch (e) {
     throw new TrainError(
       'CHECKPOINT_INVALID',
