@@ -1,7 +1,12 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { LoraError } from '../errors.js';
-import { compilePythonRegex, escapePythonRegex, type PythonMatchMode } from './python-regex.js';
+import {
+  compilePythonRegex,
+  escapePythonRegex,
+  MAX_REGEX_SIZE,
+  type PythonMatchMode,
+} from './python-regex.js';
 
 /** Python's own answers: scripts/reference/regex-targets.py (Python 3.11 `re`, PEFT 0.21). */
 const reference = JSON.parse(
@@ -140,6 +145,30 @@ describe('refusals', () => {
       if (!c.python) expect(code, `${c.pattern}: ${c.error}`).toBe('REGEX_INVALID');
       else expect(code, c.pattern).toBe(listed.has(c.pattern) ? 'REGEX_UNSUPPORTED' : undefined);
     }
+  });
+
+  it('a pattern too large to compile quickly: REGEX_TOO_LARGE naming the limit', () => {
+    // 100 groups of 1000 repeats: short text, ~100,000 RE2 instructions written out
+    const wide = '(\\w{1000})'.repeat(101);
+    const e = errorOf(() =>
+      compilePythonRegex(wide, 'fullmatch', { key: 'target_modules', pattern: wide }),
+    );
+    expect(e.code).toBe('REGEX_TOO_LARGE');
+    expect(e.message).toMatch(
+      /^target_modules: .*expands to about 101,\d{3} steps .*the limit: 100,000/,
+    );
+    expect(e.details.limit).toBe(MAX_REGEX_SIZE);
+    // smaller ones compile and match
+    const ok = compilePythonRegex('(\\w{1000})'.repeat(3), 'fullmatch');
+    expect(ok.test('a'.repeat(3000))).toBe(true);
+    expect(ok.test('a'.repeat(2999))).toBe(false);
+    // a long alternation of names counts its atoms (~22 per name here): refused before compiling
+    const names = Array.from({ length: 5000 }, (_, i) =>
+      escapePythonRegex(`model.layers.${i}.q_proj`),
+    ).join('|');
+    expect(errorOf(() => compilePythonRegex(names, 'fullmatch')).details.size).toBeGreaterThan(
+      MAX_REGEX_SIZE,
+    );
   });
 
   it('names the template PEFT splices a key into', () => {

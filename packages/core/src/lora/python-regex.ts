@@ -18,7 +18,9 @@ import { CoreError } from '../errors.js';
  * position 0. Everything RE2 cannot run in linear time is refused with `REGEX_UNSUPPORTED`,
  * naming the construct: back-references, other lookarounds, atomic groups, possessive
  * quantifiers, conditionals, `\N{...}`, verbose mode `(?x)`, repeat counts above 1000. Patterns
- * Python itself rejects get `REGEX_INVALID`.
+ * Python itself rejects get `REGEX_INVALID`; patterns above {@link MAX_REGEX_SIZE} once their
+ * counted repeats are written out get `REGEX_TOO_LARGE` (compiling is the one cost that grows
+ * with the pattern).
  *
  * Differences that module names never reach: `\d`, `\w`, `\s`, `\b` are ASCII classes (Python's
  * also take non-ASCII digits, letters and spaces; `\s` here lacks `\v`), and `$` is the end of
@@ -96,6 +98,17 @@ export function compilePythonRegex(
     // re.search tries the lookahead at every position, not at the start alone.
     throw unsupported(where, 'a lookahead in a pattern searched anywhere in the name (re.search)');
   }
+  const size = [t.source, ...t.lookaheads.map((l) => l.source)].reduce(
+    (n, source) => n + expandedSize(source),
+    0,
+  );
+  if (size > MAX_REGEX_SIZE) {
+    throw new CoreError(
+      'REGEX_TOO_LARGE',
+      `${describe(where)} expands to about ${size.toLocaleString('en-US')} steps once its counted repeats are written out (the limit: ${MAX_REGEX_SIZE.toLocaleString('en-US')}), too large to compile quickly. List the module names, or write a shorter pattern.`,
+      { ...where, size, limit: MAX_REGEX_SIZE },
+    );
+  }
   const anchored =
     mode === 'search'
       ? t.source
@@ -109,6 +122,13 @@ export function compilePythonRegex(
   }));
   return new PythonRegex(expression, mode, body, lookaheads);
 }
+
+/**
+ * The largest config regex compiled: its size with counted repeats written out (`a{1000}` counts
+ * 1000), about the number of instructions RE2 builds. Compiling takes time and memory in
+ * proportion (~1 s per 100,000 on a loaded 2-core machine); a 4,000-name alternation is ~150,000.
+ */
+export const MAX_REGEX_SIZE = 100_000;
 
 /**
  * Escapes `text` so that a Python regex matches it literally (Python's `re.escape` for the
@@ -368,6 +388,57 @@ function translateEscape(
 
 function codePoint(value: number): string {
   return `\\x{${value.toString(16)}}`;
+}
+
+/** Roughly the instructions RE2 compiles `source` (RE2 syntax) to: atoms, counted repeats expanded. */
+function expandedSize(source: string): number {
+  const outer: { alts: number; sum: number }[] = [];
+  let alts = 0; // completed branches of the current group
+  let sum = 0; // the current branch so far
+  let last = 0; // size of the last atom, which a counted repeat multiplies
+  const skipEscape = (i: number) =>
+    source[i + 1] === 'x' && source[i + 2] === '{' ? source.indexOf('}', i) : i + 1;
+  for (let i = 0; i < source.length; i++) {
+    const c = source[i];
+    if (c === '(') {
+      outer.push({ alts, sum });
+      alts = 0;
+      sum = 0;
+      last = 0;
+      if (source[i + 1] === '?') i = source.indexOf(source[i + 2] === 'P' ? '>' : ':', i);
+      continue;
+    }
+    if (c === ')') {
+      last = alts + sum + 1;
+      const o = outer.pop() ?? { alts: 0, sum: 0 };
+      alts = o.alts;
+      sum = o.sum + last;
+      continue;
+    }
+    if (c === '|') {
+      alts += sum;
+      sum = 0;
+      last = 0;
+      continue;
+    }
+    const counted = c === '{' ? /^\{(\d+),(\d*)\}/.exec(source.slice(i, i + 24)) : null;
+    if (counted) {
+      const times = counted[2] === '' ? Number(counted[1]) + 1 : Number(counted[2]);
+      sum += last * (Math.max(times, 1) - 1);
+      last = 0;
+      i += counted[0].length - 1;
+      continue;
+    }
+    if (c === '\\') i = skipEscape(i);
+    else if (c === '[') {
+      for (i++; i < source.length && source[i] !== ']'; i++) {
+        if (source[i] === '\\') i = skipEscape(i);
+      }
+    }
+    sum += 1;
+    last = c === '*' || c === '+' || c === '?' ? 0 : 1;
+  }
+  return alts + sum;
 }
 
 function compileRe2(source: string, where: Where): RE2JS {
