@@ -47,4 +47,28 @@ describe.skipIf(!cliBuilt)('lora generate --batch - (child process, bundled mode
       child.kill('SIGKILL');
     }
   }, 120_000);
+
+  it('stops quietly (exit 0, no stack) when the reader of stdout goes away, as with `| head -n 1`', async () => {
+    const child = spawn(
+      process.execPath,
+      [LORA_BIN, 'generate', '--batch', '-', '--max-tokens', '1', '--jsonl'],
+      { stdio: 'pipe' },
+    );
+    let stderr = '';
+    child.stderr.on('data', (d) => {
+      stderr += d;
+    });
+    const exited = new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+    try {
+      // more rows than a pipe holds: the run is still going when the reader leaves
+      child.stdin.on('error', () => {}); // the child may exit before taking them all
+      child.stdin.end(`${JSON.stringify({ prompt: 'Once upon a time' })}\n`.repeat(5000));
+      await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
+      child.stdout.destroy();
+      expect(await exited, stderr).toBe(0);
+      expect(stderr).toBe('');
+    } finally {
+      child.kill('SIGKILL');
+    }
+  }, 120_000);
 });

@@ -12,7 +12,7 @@ import {
   adapterSetLabel,
   LoadedAdapters,
 } from './generate-adapters.js';
-import { createBatchWriter } from './generate-batch-output.js';
+import { createBatchWriter, watchStdout } from './generate-batch-output.js';
 import { type OpenedModel, openModel, PromptError } from './generate-model.js';
 
 /**
@@ -139,6 +139,7 @@ export async function runBatch(options: GenerateCommandOptions): Promise<void> {
   await loaded.add(defaults);
   const input = new GroupReader(readBatchRows(options.batch!, defaults), loaded, options);
   const writer = createBatchWriter(options);
+  const stdout = watchStdout();
   const sets: AdapterSet[] = [];
   const total: GenerationTimings = {
     prefillMs: 0,
@@ -175,12 +176,17 @@ export async function runBatch(options: GenerateCommandOptions): Promise<void> {
         stop = done.error;
         break;
       }
+      // Nobody reads the results any more (`| head`): stop quietly.
+      if (stdout.closed) break;
     }
   } catch (e) {
     stop = e;
   } finally {
     await opened?.release();
+    stdout.stop();
   }
+  if (stdout.error) throw stdout.error;
+  if (stdout.closed) return;
   stop ??= input.error;
   total.tokensPerSecond = total.decodeTokens > 0 ? total.decodeTokens / (total.decodeMs / 1000) : 0;
   // Results so far stay valid output (a closed JSON document) also when a line stopped the run.
