@@ -130,6 +130,7 @@ export { loraLinearBackward, loraLinearForward } from './lora/linear.js';
 export type { LoraLinearForward, LoraLinearGradients, LoraLinearInputs } from './lora/linear.js';
 export {
   applyResidual,
+  LowRankMerger,
   mergeLowRank,
   mergeWeight,
   mergeWeightExact,
@@ -165,7 +166,11 @@ export {
 export { summarizeSafetensors } from './safetensors/summary.js';
 export type { SafetensorsSummary, TensorSummary } from './safetensors/summary.js';
 export { writeSafetensors } from './safetensors/writer.js';
-export type { TensorToWrite, WriteSafetensorsOptions } from './safetensors/writer.js';
+export type {
+  TensorData,
+  TensorToWrite,
+  WriteSafetensorsOptions,
+} from './safetensors/writer.js';
 export {
   assertShape,
   f32,

@@ -41,7 +41,8 @@ export interface MergedTensor {
   readonly original?: Tensor;
 }
 
-function notFinite(name: string, row: number): AdapterError {
+/** The error for a merged tensor with NaN/Inf values (nothing is written). */
+export function notFinite(name: string, row: number): AdapterError {
   return new AdapterError(
     'MERGE_NOT_FINITE',
     `${name}: the merged weight has NaN or infinite values (first in row ${row}). The adapter holds NaN/Inf or its scale is too large for the output dtype; nothing was written. Check the adapter, lower its weight, or merge into a wider dtype (--dtype f32).`,

@@ -33,6 +33,7 @@ import { checkAdapterTargets, moduleNamesOf } from '../targets.js';
 import { ModelFiles } from '../model/model-files.js';
 import { mergeTensor } from './compute.js';
 import { type AdapterSource, planMerge, type TensorCatalog, type TensorPlan } from './plan.js';
+import { BlockBuffers, streamedTensor } from './streamed.js';
 import {
   adapterFingerprint,
   RESIDUAL_FILE,
@@ -201,6 +202,8 @@ export async function mergeIntoModel(
     for (const q of quantized.keys())
       for (const k of bnb4Keys(q, 'nf4').concat(bnb4Keys(q, 'fp4'))) if (k !== q) auxKeys.add(k);
 
+    // Tensors read from the base go through these, block by block (see streamedTensor).
+    const blocks = new BlockBuffers();
     const total = model.names().length;
     let done = 0;
     let written = 0;
@@ -235,29 +238,44 @@ export async function mergeIntoModel(
           const e = model.entry(name);
           const tplan = plan.tensors.get(name);
           const outDtype = isFloatDType(e.dtype) ? (options.dtype ?? e.dtype) : undefined;
+          const streamed = streamedTensor(
+            model,
+            name,
+            tplan,
+            outDtype ?? e.dtype,
+            capture,
+            blocks,
+            (residual) => {
+              if (residual) residuals.set(name, residual);
+              progress(name);
+              written++;
+            },
+          );
           entries.push({
             name,
             dtype: outDtype ?? e.dtype,
             shape: e.shape,
-            data: async () => {
-              const t = await model.read(name);
-              // An adapter's own base weight (PEFT base_layer.weight): merged onto it; the
-              // original is kept whole for the exact unmerge.
-              const newBase = tplan?.kind === 'lora' ? tplan.newBase?.tensor : undefined;
-              const r = !outDtype
-                ? { tensor: t }
-                : newBase
-                  ? {
-                      ...mergeTensor(name, newBase, tplan, outDtype, false),
-                      original: capture ? t : undefined,
-                    }
-                  : mergeTensor(name, t, tplan, outDtype, capture);
-              if ('residual' in r && r.residual) residuals.set(name, r.residual);
-              if ('original' in r && r.original) originals.set(name, r.original);
-              progress(name);
-              written++;
-              return r.tensor.data;
-            },
+            data:
+              streamed ??
+              (async () => {
+                const t = await model.read(name);
+                // An adapter's own base weight (PEFT base_layer.weight): merged onto it; the
+                // original is kept whole for the exact unmerge.
+                const newBase = tplan?.kind === 'lora' ? tplan.newBase?.tensor : undefined;
+                const r = !outDtype
+                  ? { tensor: t }
+                  : newBase
+                    ? {
+                        ...mergeTensor(name, newBase, tplan, outDtype, false),
+                        original: capture ? t : undefined,
+                      }
+                    : mergeTensor(name, t, tplan, outDtype, capture);
+                if ('residual' in r && r.residual) residuals.set(name, r.residual);
+                if ('original' in r && r.original) originals.set(name, r.original);
+                progress(name);
+                written++;
+                return r.tensor.data;
+              }),
           });
         }
         // The base's own writer marker (if any) does not describe this output.

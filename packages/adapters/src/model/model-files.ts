@@ -108,6 +108,11 @@ export class ModelFiles {
     return this.shardOf(name).file.read(name);
   }
 
+  /** Reads `into.length` bytes of a tensor from `byteOffset` into a reused buffer (core's `readInto`). */
+  async readInto(name: string, byteOffset: number, into: Uint8Array): Promise<void> {
+    return this.shardOf(name).file.readInto(name, byteOffset, into);
+  }
+
   async close(): Promise<void> {
     for (const s of this.shards) await s.file.close();
   }

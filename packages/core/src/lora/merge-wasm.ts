@@ -55,21 +55,47 @@ function bytesOf(a: AnyTypedArray, start: number, length: number): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset + start, length);
 }
 
+/** The packed delta whose basis is in the module's memory (only this function writes there). */
+let basisLoaded: PackedLowRank | undefined;
+
+/** Positions collected by a merge (the residual's), in a buffer that grows by doubling. */
+export interface PositionSink {
+  positions: Uint32Array;
+  count: number;
+}
+
+/** Appends one position to `sink`, growing its buffer when full. */
+export function pushPosition(sink: PositionSink, position: number): void {
+  if (sink.count === sink.positions.length) grow(sink, sink.count + 1);
+  sink.positions[sink.count++] = position;
+}
+
+function grow(sink: PositionSink, need: number): void {
+  const bigger = new Uint32Array(Math.max(need, 2 * sink.positions.length, 1 << 12));
+  bigger.set(sink.positions.subarray(0, sink.count));
+  sink.positions = bigger;
+}
+
 /**
- * Runs `merge_rows` over the whole weight (see {@link canMergeWithWasm}). Returns the residual's
- * positions (unsorted) when `capture`, an empty array otherwise, or undefined when a merged value is not
- * finite: the caller then runs the TypeScript loop, which owns the NaN/Inf rules.
+ * Runs `merge_rows` over a block of whole rows of the weight, the first being row `r0` (see
+ * {@link canMergeWithWasm}): `weight` holds the block's rows, `out` receives them merged. With
+ * `capture`, appends the residual's positions (flat in the whole weight, unsorted) to `sink`.
+ * Returns false as soon as a merged value is not finite: the caller then runs the TypeScript
+ * loop on the block, which owns the NaN/Inf rules.
  */
 export function mergeRowsWasm(
   weight: AnyTypedArray,
   inDtype: FloatDType,
   packed: PackedLowRank,
+  r0: number,
   out: AnyTypedArray,
   outDtype: FloatDType,
   capture: boolean,
-): Uint32Array | undefined {
+  sink: PositionSink,
+): boolean {
   const k = float16Wasm() as unknown as MergeExports;
-  const { rows, cols, chunks, width } = packed;
+  const { cols, chunks, width } = packed;
+  const rows = weight.length / cols;
   const inSize = weight.BYTES_PER_ELEMENT;
   const outSize = out.BYTES_PER_ELEMENT;
   const rowsPer = Math.max(1, Math.min(rows, Math.floor(CHUNK_ELEMENTS / cols)));
@@ -86,16 +112,18 @@ export function mergeRowsWasm(
   const have = k.memory.buffer.byteLength;
   if (end > have) k.memory.grow(Math.ceil((end - have) / 65536));
   const mem = k.memory.buffer;
-  new Float32Array(mem, basisOff, packed.basis.length).set(packed.basis);
-  let found = new Uint32Array(capture ? 1 << 16 : 0);
-  let count = 0;
-  for (let r0 = 0; r0 < rows; r0 += rowsPer) {
-    const n = Math.min(rowsPer, rows - r0);
+  if (basisLoaded !== packed) {
+    new Float32Array(mem, basisOff, packed.basis.length).set(packed.basis);
+    basisLoaded = packed; // the blocks of one weight share it
+  }
+  for (let i0 = 0; i0 < rows; i0 += rowsPer) {
+    const n = Math.min(rowsPer, rows - i0);
+    const row = r0 + i0; // in the whole weight
     new Float64Array(mem, coefOff, n * chunks * width).set(
-      packed.coef.subarray(r0 * chunks * width, (r0 + n) * chunks * width),
+      packed.coef.subarray(row * chunks * width, (row + n) * chunks * width),
     );
     new Uint8Array(mem, wOff, n * cols * inSize).set(
-      bytesOf(weight, r0 * cols * inSize, n * cols * inSize),
+      bytesOf(weight, i0 * cols * inSize, n * cols * inSize),
     );
     const missed = k.merge_rows(
       wOff,
@@ -112,21 +140,17 @@ export function mergeRowsWasm(
       dOff,
       tOff,
       idxOff,
-      r0 * cols,
+      row * cols,
     );
-    if (missed < 0) return undefined;
-    bytesOf(out, r0 * cols * outSize, n * cols * outSize).set(
+    if (missed < 0) return false;
+    bytesOf(out, i0 * cols * outSize, n * cols * outSize).set(
       new Uint8Array(mem, outOff, n * cols * outSize),
     );
-    if (count + missed > found.length) {
-      const grown = new Uint32Array(Math.max(2 * found.length, count + missed));
-      grown.set(found.subarray(0, count));
-      found = grown;
-    }
-    found.set(new Uint32Array(mem, idxOff, missed), count);
-    count += missed;
+    if (sink.count + missed > sink.positions.length) grow(sink, sink.count + missed);
+    sink.positions.set(new Uint32Array(mem, idxOff, missed), sink.count);
+    sink.count += missed;
   }
-  return found.subarray(0, count);
+  return true;
 }
 
 function align16(n: number): number {

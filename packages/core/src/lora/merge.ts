@@ -8,11 +8,12 @@ import {
   type LoraFactors,
   type LowRankDelta,
   lowRankDelta,
+  type PackedLowRank,
   packLowRank,
   zeroLowRankDelta,
 } from './delta.js';
 import { bitsView, FloatRows } from './float-rows.js';
-import { canMergeWithWasm, mergeRowsWasm } from './merge-wasm.js';
+import { canMergeWithWasm, mergeRowsWasm, type PositionSink, pushPosition } from './merge-wasm.js';
 export interface MergeOptions {
   /** Name of the weight, for error messages (e.g. `model.layers.0.self_attn.q_proj.weight`). */
   name?: string;
@@ -52,14 +53,180 @@ const TILE = 512;
 /**
  * THE merge engine: `merged = round_out(W + ΔW)` element by element, ΔW row by row from
  * {@link deltaRow} (float64), the sum rounded ONCE to `outDtype`. W is 2-D, any float dtype, not
- * modified. Works in 512-column tiles of each row so the tile's packed basis stays in cache.
- * f32/f16/bf16 weights run in a WebAssembly SIMD kernel (../wasm/float16.wat, `merge_rows`) with
- * the same per-element arithmetic; the TypeScript loop below is its reference (tested bit for
- * bit), the fallback without WebAssembly, and the path for f64 and NaN/Inf results.
+ * modified. The weight comes in blocks of whole rows, in order ({@link LowRankMerger.mergeRows}),
+ * so a caller can stream a tensor from a file through one reused buffer; {@link mergeLowRank}
+ * gives it a whole tensor at once. Within a block the engine works in 512-column tiles of each
+ * row so the tile's packed basis stays in cache. f32/f16/bf16 weights run in a WebAssembly SIMD
+ * kernel (../wasm/float16.wat, `merge_rows`) with the same per-element arithmetic; the
+ * TypeScript loop is its reference (tested bit for bit), the fallback without WebAssembly, and
+ * the path for f64 and for blocks with NaN/Inf results. Each element depends only on its own row,
+ * so the bytes do not depend on how the rows are split into blocks.
  *
  * With `captureResidual`, also runs the unmerge exactly as {@link unmergeLowRank} will,
- * `round_in(merged - ΔW)`, and records where it misses the original bits (the residual). Never
- * throws on NaN/Inf: reports `firstNonFiniteRow`, so callers refuse before writing anything.
+ * `round_in(merged - ΔW)`, and records where it misses the original bits (the residual).
+ */
+export class LowRankMerger {
+  readonly rows: number;
+  readonly cols: number;
+  /** Index of the first row holding a NaN or infinite value so far, or -1. */
+  firstNonFiniteRow = -1;
+  private nextRow = 0;
+  private readonly packed: PackedLowRank;
+  private readonly capture: boolean;
+  private readonly wasm: boolean;
+  private readonly found: PositionSink;
+  /** Residual so far: positions (ascending) and original bits, `count` of each. */
+  private indices = new Uint32Array(0);
+  private bits: Uint16Array | Uint32Array | BigUint64Array;
+  private count = 0;
+  private checksum = FNV_OFFSET;
+  /** TypeScript loop scratch, made on first use. */
+  private scratch?: { io: FloatRows; w: Float64Array; d: Float64Array; back?: AnyTypedArray };
+
+  constructor(
+    delta: LowRankDelta,
+    readonly inDtype: FloatDType,
+    readonly outDtype: FloatDType,
+    options: { captureResidual?: boolean; name?: string } = {},
+  ) {
+    this.rows = delta.rows;
+    this.cols = delta.cols;
+    checkMergeable(inDtype, this.rows * this.cols, options.name ?? 'weight');
+    this.packed = packLowRank(delta);
+    this.capture = options.captureResidual === true;
+    this.wasm = canMergeWithWasm(inDtype, outDtype, this.cols);
+    this.found = { positions: new Uint32Array(this.capture ? 1 << 12 : 0), count: 0 };
+    this.bits = bitsView(DTYPES[inDtype].create(0), inDtype);
+  }
+
+  /** Rows merged so far (the next block starts there). */
+  get rowsDone(): number {
+    return this.nextRow;
+  }
+
+  /**
+   * Merges the next `w.length / cols` rows of the weight: `w` holds them in `inDtype`, `out`
+   * (same length, `outDtype`) receives the merged rows. Returns the first row (of the whole
+   * weight) of this block holding a NaN or infinite value, or -1; the block is merged all the
+   * same, so the caller decides.
+   */
+  mergeRows(w: AnyTypedArray, out: AnyTypedArray): number {
+    const { cols } = this;
+    const n = w.length / cols;
+    const r0 = this.nextRow;
+    if (!Number.isInteger(n) || out.length !== w.length || r0 + n > this.rows) {
+      throw new CoreError(
+        'LORA_SHAPE_MISMATCH',
+        `merge: a block of ${w.length} elements (output ${out.length}) is not whole rows of ${cols} within the ${this.rows - r0} rows left.`,
+        { rows: this.rows, cols, from: r0 },
+      );
+    }
+    this.nextRow += n;
+    let bad = -1;
+    this.found.count = 0;
+    const fast =
+      this.wasm &&
+      mergeRowsWasm(w, this.inDtype, this.packed, r0, out, this.outDtype, this.capture, this.found);
+    if (!fast) {
+      // no WebAssembly, f64, or a NaN/Inf in this block: the TypeScript loop owns those rules
+      this.found.count = 0;
+      bad = this.mergeRowsTs(w, r0, out);
+    }
+    if (bad >= 0 && this.firstNonFiniteRow < 0) this.firstNonFiniteRow = bad;
+    if (this.capture) {
+      this.keepResidual(w, r0 * cols);
+      this.checksum = fnv1a16(w, this.checksum);
+    }
+    return bad;
+  }
+
+  /** The residual of the whole weight, once every row is merged (`captureResidual` only). */
+  residual(shape: readonly number[] = [this.rows, this.cols]): UnmergeResidual {
+    if (!this.capture || this.nextRow !== this.rows) {
+      throw new CoreError(
+        'LORA_SHAPE_MISMATCH',
+        `merge: the residual needs captureResidual and every row merged (${this.nextRow} of ${this.rows} done).`,
+        { rows: this.rows },
+      );
+    }
+    return {
+      dtype: this.inDtype,
+      shape: [...shape],
+      indices: this.indices.slice(0, this.count),
+      bits: this.bits.slice(0, this.count) as UnmergeResidual['bits'],
+      checksum: this.checksum >>> 0,
+    };
+  }
+
+  /** Sorts this block's missed positions (tiles visit them out of order), keeps them with W's bits. */
+  private keepResidual(w: AnyTypedArray, first: number): void {
+    const { positions, count: k } = this.found;
+    const block = positions.subarray(0, k).sort();
+    const need = this.count + k;
+    if (need > this.indices.length) {
+      const size = Math.max(need, 2 * this.indices.length, 1 << 12);
+      const indices = new Uint32Array(size);
+      indices.set(this.indices.subarray(0, this.count));
+      const ctor = this.bits.constructor as new (n: number) => typeof this.bits;
+      const bits = new ctor(size);
+      bits.set(this.bits.subarray(0, this.count) as never);
+      this.indices = indices;
+      this.bits = bits;
+    }
+    const orig = bitsView(w, this.inDtype);
+    const { indices, bits } = this;
+    for (let i = 0; i < k; i++) {
+      indices[this.count + i] = block[i];
+      bits[this.count + i] = orig[block[i] - first];
+    }
+    this.count = need;
+  }
+
+  /** The TypeScript loop over rows [r0, r0 + n): the reference of `merge_rows`. */
+  private mergeRowsTs(weight: AnyTypedArray, r0: number, out: AnyTypedArray): number {
+    const { cols, packed, inDtype, outDtype, capture } = this;
+    const nRows = weight.length / cols;
+    this.scratch ??= {
+      io: new FloatRows(cols),
+      w: new Float64Array(TILE),
+      d: new Float64Array(TILE),
+      // one tile decoded back from the output, re-encoded in the input dtype
+      back: capture ? DTYPES[inDtype].create(TILE) : undefined,
+    };
+    const { io, w, d, back } = this.scratch;
+    // Signed 32-bit views for comparing (a uint32 above 2^31 would be a heap double in V8).
+    const origCmp = capture ? compareView(weight, inDtype) : undefined;
+    const backCmp = back ? compareView(back, inDtype) : undefined;
+    const found = this.found;
+    let firstNonFiniteRow = -1;
+    for (let j0 = 0; j0 < cols; j0 += TILE) {
+      const n = Math.min(TILE, cols - j0);
+      for (let i = 0; i < nRows; i++) {
+        deltaRow(packed, r0 + i, d, j0, n);
+        io.readAdd(weight, inDtype, i, d, w, j0, n); // w = W + ΔW, this tile of row i
+        if (
+          !io.write(w, out, outDtype, i, j0, n) &&
+          (firstNonFiniteRow < 0 || i < firstNonFiniteRow)
+        )
+          firstNonFiniteRow = i;
+        if (capture) {
+          io.read(out, outDtype, i, w, j0, n);
+          for (let j = 0; j < n; j++) w[j] -= d[j];
+          io.write(w, back!, inDtype, 0, 0, n);
+          const base = i * cols + j0;
+          for (let j = 0; j < n; j++)
+            if (backCmp![j] !== origCmp![base + j]) pushPosition(found, r0 * cols + base + j);
+        }
+      }
+    }
+    return firstNonFiniteRow < 0 ? -1 : r0 + firstNonFiniteRow;
+  }
+}
+
+/**
+ * {@link LowRankMerger} over a whole weight: returns the merged tensor (and the residual with
+ * `captureResidual`). Never throws on NaN/Inf: reports `firstNonFiniteRow`, so callers refuse
+ * before writing anything.
  */
 export function mergeLowRank(
   weight: Tensor,
@@ -67,54 +234,14 @@ export function mergeLowRank(
   outDtype: FloatDType,
   options: { captureResidual?: boolean; name?: string } = {},
 ): LowRankMergeResult {
-  const where = options.name ?? 'weight';
-  checkWeight(weight, delta, where);
-  const inDtype = weight.dtype as FloatDType;
-  const { rows: nRows, cols } = delta;
-  const packed = packLowRank(delta);
-  const out = DTYPES[outDtype].create(nRows * cols);
-  const capture = options.captureResidual === true;
-  if (canMergeWithWasm(inDtype, outDtype, cols)) {
-    const found = mergeRowsWasm(weight.data, inDtype, packed, out, outDtype, capture);
-    if (found) {
-      const merged = { dtype: outDtype, shape: [nRows, cols], data: out } as Tensor;
-      if (!capture) return { merged, firstNonFiniteRow: -1 };
-      const bits = bitsView(weight.data, inDtype);
-      return { merged, firstNonFiniteRow: -1, residual: takeResidual(weight, bits, found) };
-    }
-  }
-  const io = new FloatRows(cols);
-  const w = new Float64Array(TILE);
-  const d = new Float64Array(TILE);
-  let firstNonFiniteRow = -1;
-
-  // Residual scratch: one tile decoded back from the output, one re-encoded in the input dtype.
-  const back = capture ? DTYPES[inDtype].create(TILE) : undefined;
-  const origBits = capture ? bitsView(weight.data, inDtype) : undefined;
-  // Signed 32-bit views for comparing (a uint32 above 2^31 would be a heap double in V8).
-  const origCmp = capture ? compareView(weight.data, inDtype) : undefined;
-  const backCmp = back ? compareView(back, inDtype) : undefined;
-  const indices: number[] = [];
-
-  for (let j0 = 0; j0 < cols; j0 += TILE) {
-    const n = Math.min(TILE, cols - j0);
-    for (let i = 0; i < nRows; i++) {
-      deltaRow(packed, i, d, j0, n);
-      io.readAdd(weight.data, inDtype, i, d, w, j0, n); // w = W + ΔW, this tile of row i
-      if (!io.write(w, out, outDtype, i, j0, n) && (firstNonFiniteRow < 0 || i < firstNonFiniteRow))
-        firstNonFiniteRow = i;
-      if (capture) {
-        io.read(out, outDtype, i, w, j0, n);
-        for (let j = 0; j < n; j++) w[j] -= d[j];
-        io.write(w, back!, inDtype, 0, 0, n);
-        const base = i * cols + j0;
-        for (let j = 0; j < n; j++) if (backCmp![j] !== origCmp![base + j]) indices.push(base + j);
-      }
-    }
-  }
-  const merged = { dtype: outDtype, shape: [nRows, cols], data: out } as Tensor;
-  if (!capture) return { merged, firstNonFiniteRow };
-  return { merged, firstNonFiniteRow, residual: takeResidual(weight, origBits!, indices) };
+  checkWeight(weight, delta, options.name ?? 'weight');
+  const merger = new LowRankMerger(delta, weight.dtype as FloatDType, outDtype, options);
+  const out = DTYPES[outDtype].create(delta.rows * delta.cols);
+  merger.mergeRows(weight.data, out);
+  const merged = { dtype: outDtype, shape: [delta.rows, delta.cols], data: out } as Tensor;
+  const { firstNonFiniteRow } = merger;
+  if (!options.captureResidual) return { merged, firstNonFiniteRow };
+  return { merged, firstNonFiniteRow, residual: merger.residual(weight.shape) };
 }
 
 /**
@@ -314,13 +441,7 @@ export function residualFromTensors(
 // ---------------------------------------------------------------------------------------------
 
 function checkWeight(W: Tensor, delta: LowRankDelta, where: string): void {
-  if (!isFloatDType(W.dtype)) {
-    throw new CoreError(
-      'DTYPE_UNSUPPORTED',
-      `${where}: only float weights can be merged, got ${W.dtype}.`,
-      { where },
-    );
-  }
+  checkMergeable(W.dtype, numel(W.shape), where);
   if (W.shape.length !== 2 || W.shape[0] !== delta.rows || W.shape[1] !== delta.cols) {
     throw new CoreError(
       'LORA_SHAPE_MISMATCH',
@@ -328,7 +449,17 @@ function checkWeight(W: Tensor, delta: LowRankDelta, where: string): void {
       { where },
     );
   }
-  if (numel(W.shape) > 2 ** 32) {
+}
+
+function checkMergeable(dtype: DType, elements: number, where: string): void {
+  if (!isFloatDType(dtype)) {
+    throw new CoreError(
+      'DTYPE_UNSUPPORTED',
+      `${where}: only float weights can be merged, got ${dtype}.`,
+      { where },
+    );
+  }
+  if (elements > 2 ** 32) {
     throw new CoreError(
       'LORA_SHAPE_MISMATCH',
       `${where}: weights above 2^32 elements are not supported by exact unmerge.`,
@@ -405,31 +536,19 @@ function compareView(
     : (bitsView(data, dtype) as Uint16Array | BigUint64Array);
 }
 
-function takeResidual(
-  weight: Tensor,
-  bits: Uint16Array | Uint32Array | BigUint64Array,
-  indices: readonly number[] | Uint32Array,
-): UnmergeResidual {
-  const idx = Uint32Array.from(indices).sort(); // tiles visit the tensor out of order
-  const ctor = bits.constructor as new (n: number) => typeof bits;
-  const picked = new ctor(idx.length);
-  for (let k = 0; k < idx.length; k++) picked[k] = bits[idx[k]];
-  return {
-    dtype: weight.dtype as FloatDType,
-    shape: [...weight.shape],
-    indices: idx,
-    bits: picked,
-    checksum: residualChecksum(weight.data),
-  };
-}
-
 /**
  * The checksum an {@link UnmergeResidual} carries: FNV-1a over the tensor data's bytes taken as
  * 16-bit words. Fast, and enough to catch a wrong adapter or a modified merged model.
  */
 export function residualChecksum(data: AnyTypedArray): number {
+  return fnv1a16(data, FNV_OFFSET) >>> 0;
+}
+
+const FNV_OFFSET = 0x811c9dc5;
+
+/** FNV-1a continued from `h` over the bytes of `data` as 16-bit words (a block of rows at a time). */
+function fnv1a16(data: AnyTypedArray, h: number): number {
   const words = new Uint16Array(data.buffer, data.byteOffset, data.byteLength >>> 1);
-  let h = 0x811c9dc5;
   for (let i = 0; i < words.length; i++) h = Math.imul(h ^ words[i], 0x01000193);
-  return h >>> 0;
+  return h;
 }

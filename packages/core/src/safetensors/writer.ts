@@ -4,14 +4,22 @@ import { writeAll, writeFileAtomic } from '../io/atomic-write.js';
 import { numel, type Tensor, tensorBytes } from '../tensor.js';
 
 /**
+ * A tensor's data: the whole array, or its consecutive pieces (row-major order) as an async
+ * iterable. Each piece is written before the next one is asked for, so a producer may hand the
+ * same reused buffer every time.
+ */
+export type TensorData = AnyTypedArray | AsyncIterable<AnyTypedArray>;
+
+/**
  * A tensor to write. `data` may be a function so that tensors are produced one at a time while
- * the file is written (streaming: only one tensor's data needs to be in memory).
+ * the file is written (streaming: only one tensor's data needs to be in memory), and it may
+ * produce the tensor in pieces (then only one piece needs to be).
  */
 export interface TensorToWrite {
   readonly name: string;
   readonly dtype: DType;
   readonly shape: readonly number[];
-  readonly data: AnyTypedArray | (() => AnyTypedArray | Promise<AnyTypedArray>);
+  readonly data: AnyTypedArray | (() => TensorData | Promise<TensorData>);
 }
 
 export interface WriteSafetensorsOptions {
@@ -75,14 +83,29 @@ export async function writeSafetensors(
     for (const t of list) {
       const data = typeof t.data === 'function' ? await t.data() : t.data;
       const expected = numel(t.shape);
-      if (data.length !== expected || data.constructor !== DTYPES[t.dtype].create(0).constructor) {
-        throw new CoreError(
+      const mismatch = (got: string) =>
+        new CoreError(
           'SHAPE_MISMATCH',
-          `${path}: tensor "${t.name}" was declared ${t.dtype} [${t.shape.join(', ')}] (${expected} elements) but its data is a ${data.constructor.name} of ${data.length}. Nothing was written.`,
+          `${path}: tensor "${t.name}" was declared ${t.dtype} [${t.shape.join(', ')}] (${expected} elements) but its data is ${got}. Nothing was written.`,
           { file: path, tensor: t.name },
         );
+      const ctor = DTYPES[t.dtype].create(0).constructor;
+      if (!(Symbol.asyncIterator in data)) {
+        if (data.length !== expected || data.constructor !== ctor)
+          throw mismatch(`a ${data.constructor.name} of ${data.length}`);
+        await writeAll(h, tensorBytes({ data }));
+        continue;
       }
-      await writeAll(h, tensorBytes({ data }));
+      let done = 0;
+      for await (const piece of data) {
+        if (piece.constructor !== ctor || done + piece.length > expected)
+          throw mismatch(
+            `pieces of ${done} + ${piece.length} elements (${piece.constructor.name})`,
+          );
+        await writeAll(h, tensorBytes({ data: piece }));
+        done += piece.length;
+      }
+      if (done !== expected) throw mismatch(`pieces of ${done} elements in all`);
     }
   });
 }
