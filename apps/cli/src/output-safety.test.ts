@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { readOutputWriter, readSafetensorsHeader } from '@lora/core';
 import { Command } from 'commander';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -189,6 +190,41 @@ describe('--force recognises the command that wrote the output (lora.writer)', (
       `${stray}.data belongs to no ${stray} written by \`lora export-onnx\``,
     );
     expect(existsSync(stray)).toBe(false);
+  });
+
+  it('train: its adapter folder and its --report file are replaced by train only', async () => {
+    const fixture = fileURLToPath(
+      new URL('../../../packages/train/src/testdata/trajectory/', import.meta.url),
+    );
+    const out = join(root, 'trained');
+    const report = join(root, 'report.json');
+    const train = (...more: string[]) =>
+      runCli([
+        'train',
+        '--model',
+        join(fixture, 'model'),
+        '--data',
+        join(fixture, 'train.jsonl'),
+        '--steps',
+        '1',
+        '--threads',
+        '1',
+        '--quiet',
+        '-o',
+        out,
+        '--report',
+        report,
+        ...more,
+      ]);
+    expect((await train()).code).toBe(0);
+    expect(await writerOf(join(out, 'adapter_model.safetensors'))).toBe('train');
+    expect(JSON.parse(await readFile(report, 'utf8'))['lora.writer']).toBe('train');
+    expect((await train('--force')).code).toBe(0);
+    await writeFile(report, '{"mine": true}\n'); // a JSON file train did not write
+    const r = await train('--force');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`${report} is not written by lora`);
+    expect(await readFile(report, 'utf8')).toBe('{"mine": true}\n');
   });
 
   it('single .safetensors files: quantize replaces its own file, merge its file + residual pair', async () => {

@@ -1,7 +1,7 @@
 import type { QuantFormat } from '@lora/quant';
 import type { StepReport, TrainOptions, TrainResult } from '@lora/train';
 import cliProgress from 'cli-progress';
-import { writeBytesAtomic } from '@lora/core';
+import { outputMarker, writeBytesAtomic } from '@lora/core';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { resolveModelOrBundled } from '../model-source.js';
@@ -217,7 +217,7 @@ export function registerTrain(program: Command): void {
     )
     .option(
       '--report <file>',
-      'also write the --json document to this file (the progress stays on the terminal)',
+      'also write the --json document to this file (the progress stays on the terminal), with "lora.writer": "train" so that --force may replace it',
     )
     .option('--quiet', 'no progress or log lines')
     .action(async (options: TrainCommandOptions) => {
@@ -237,6 +237,7 @@ export function registerTrain(program: Command): void {
         ...(options.initAdapter ? [options.initAdapter] : []),
       ];
       checkOutput(options.output, options, { writer: 'train', inputs });
+      if (options.report) checkOutput(options.report, options, { writer: 'train', inputs });
       await runTrain(options);
     });
 }
@@ -417,7 +418,10 @@ async function runTrain(options: TrainCommandOptions): Promise<void> {
     eval: result.evals,
     peakRssBytes: result.peakRssBytes,
   };
-  if (options.report) await writeBytesAtomic(options.report, `${JSON.stringify(doc, null, 2)}\n`);
+  if (options.report) {
+    const report = { ...outputMarker('train'), ...doc }; // recognised by a later --force
+    await writeBytesAtomic(options.report, `${JSON.stringify(report, null, 2)}\n`);
+  }
   emit(options, doc, () =>
     result.interrupted
       ? `interrupted after step ${result.checkpoint?.step ?? 0}; checkpoint in ${result.checkpoint?.dir}. Run the same command with --resume to continue.`

@@ -199,6 +199,12 @@ describe('--force replaces only what the same command wrote (lora.writer marker)
     const bytes = join(dir, 'bytes.onnx');
     await writeFile(bytes, 'not a model');
     expect(() => guard(bytes, 'export-onnx')).toThrow(/not written by lora/);
+    const report = join(dir, 'report.json'); // a small JSON report: its top-level lora.writer
+    await writeFile(report, JSON.stringify({ [OUTPUT_WRITER_KEY]: 'train', loss: 1 }));
+    guard(report, 'train')();
+    expect(() => guard(report, 'eval')).toThrow(/report\.json is written by `lora train`/);
+    await writeFile(report, '{"lora.writer": ');
+    expect(() => guard(report, 'train')).toThrow(/report\.json is not written by lora/);
     const notes = join(dir, 'notes.txt'); // a file kind that carries no marker
     await writeFile(notes, 'x');
     expect(() => guard(notes, 'export-onnx')).toThrow(/would delete 1 file\(s\): .*notes\.txt/);

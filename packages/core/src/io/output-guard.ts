@@ -190,11 +190,12 @@ function writtenBy(writer: string | undefined): string {
 }
 
 /**
- * Refuses to replace an existing output that the same command did not write: every weights
- * file (`.safetensors`, `.onnx`) of the output, a folder's at any depth, must carry
- * `lora.writer` equal to `writer`, and a folder must hold at least one; a companion that is not
- * a weights file (`model.onnx.data`) is replaced only with the output it belongs to. Reads
- * headers only. The error names every file replacing would delete and who wrote them.
+ * Refuses to replace an existing output that the same command did not write: a single-file
+ * output, and every weights file (`.safetensors`, `.onnx`) of a folder at any depth, must carry
+ * `lora.writer` equal to `writer` ({@link readOutputWriter}), and a folder must hold at least
+ * one; a companion that is not a weights file (`model.onnx.data`) is replaced only with the
+ * output it belongs to. Reads headers only. The error names every file replacing would delete
+ * and who wrote them.
  */
 export function assertWrittenBy(
   output: string,
@@ -212,10 +213,7 @@ export function assertWrittenBy(
     }
   } else if (kind !== 'missing') {
     existing.push(output);
-    marked.push({
-      file: output,
-      writer: isMarkedKind(output) ? readOutputWriter(output) : undefined,
-    });
+    marked.push({ file: output, writer: readOutputWriter(output) }); // a single-file output of any kind
   }
   const loose: string[] = []; // companions with no recognised output to belong to
   for (const c of companions) {

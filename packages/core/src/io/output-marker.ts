@@ -22,10 +22,14 @@ export function isMarkedKind(path: string): boolean {
   return path.endsWith('.safetensors') || path.endsWith('.onnx');
 }
 
+/** A JSON report larger than this is not one we wrote. */
+const MAX_JSON_REPORT_BYTES = 1 << 20;
+
 /**
  * The command recorded in a `.safetensors` or `.onnx` file (headers only: the safetensors JSON
- * header, or the top-level fields of the ONNX ModelProto with the graph skipped), or undefined
- * when it carries none, is not such a file, or cannot be read.
+ * header, or the top-level fields of the ONNX ModelProto with the graph skipped), or in a small
+ * `.json` report (its top-level `lora.writer`), or undefined when it carries none, is not such a
+ * file, or cannot be read.
  */
 export function readOutputWriter(path: string): string | undefined {
   let fd: number | undefined;
@@ -34,6 +38,11 @@ export function readOutputWriter(path: string): string | undefined {
     const size = fstatSync(fd).size;
     if (path.endsWith('.safetensors')) return safetensorsWriter(fd, size, path);
     if (path.endsWith('.onnx')) return onnxWriter(fd, size);
+    if (path.endsWith('.json') && size <= MAX_JSON_REPORT_BYTES) {
+      const value = JSON.parse(new TextDecoder().decode(readAt(fd, 0, size)));
+      const writer = value?.[OUTPUT_WRITER_KEY];
+      return typeof writer === 'string' ? writer : undefined;
+    }
     return undefined;
   } catch {
     return undefined; // unreadable or not the format its name says: not ours
