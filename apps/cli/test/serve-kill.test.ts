@@ -63,23 +63,49 @@ const PROMPT = 'Once upon a time';
 
 let root: string;
 let adapters: string;
-let tmp: string;
 let adaptersHash: Record<string, string>;
 let adaptersListing: string[];
 let modelHash: Record<string, string>;
-/** PIDs of the processes the first test ended, for the leftover scans of the second. */
-const ended: number[] = [];
+/** The processes the first test ended (PID, TMPDIR), for the leftover scans of the second. */
+const ended: { pid: number; tmp: string }[] = [];
+/** TMPDIR of the process killed while the base model loaded: what it left there. */
+let staleTmp: string | undefined;
+/** The adapters two kills were loading: the next server must answer with them as generate does. */
+const COMPARED = ['posted', 'lazy'];
+const MAX_TOKENS = 12;
+/** `lora generate --adapter` for each of COMPARED, started early (its own TMPDIR) to overlap. */
+let references: Promise<ChildResult[]>;
 
 beforeAll(async () => {
   if (!cliBuilt) return;
   root = await mkdtemp(join(tmpdir(), 'lora-serve-kill-'));
   adapters = join(root, 'adapters');
-  tmp = join(root, 'tmp');
-  await mkdir(tmp);
   await writeModelAdapters(model, adapters, RANKS);
   adaptersHash = hashTree(adapters);
   adaptersListing = listTree(adapters);
   modelHash = modelFilesHash();
+  const elsewhere = join(root, 'generate');
+  await mkdir(elsewhere);
+  references = Promise.all(
+    COMPARED.map((name) =>
+      runCliChild(
+        [
+          'generate',
+          '--adapter',
+          join(adapters, name),
+          '--prompt',
+          PROMPT,
+          '--max-tokens',
+          String(MAX_TOKENS),
+          '--temperature',
+          '0',
+          '--json',
+          '--quiet',
+        ],
+        { cwd: elsewhere, shellPrefix: `export TMPDIR='${elsewhere}'` },
+      ),
+    ),
+  );
 });
 
 afterAll(async () => {
@@ -107,10 +133,10 @@ const mb = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MB`;
 const listening = (s: ServeChild) => s.stderr().includes('listening on');
 
 /**
- * What process `pid` left: entries of TMPDIR, `/dev/shm` and the OS temp folder named after it
- * (temporaries are `.NAME.tmp-PID-HEX`), and its temporaries journal.
+ * What process `pid` left: entries of its TMPDIR `tmp`, `/dev/shm` and the OS temp folder named
+ * after it (temporaries are `.NAME.tmp-PID-HEX`), and its temporaries journal.
  */
-function leftoversOf(pid: number): string[] {
+function leftoversOf(pid: number, tmp: string): string[] {
   const mine = new RegExp(`\\.(tmp|old)-${pid}-`);
   const found: string[] = [];
   for (const dir of [tmp, '/dev/shm', tmpdir()]) {
@@ -158,7 +184,7 @@ function readSince(s: ServeChild, start: number): number {
 
 /** True while `s` writes its session weight file (the base model loading) in TMPDIR. */
 function sessionFileIn(s: ServeChild): boolean {
-  return readdirSync(tmp).some((n) => n.startsWith(`.lora-session.tmp-${s.pid}-`));
+  return readdirSync(s.tmp).some((n) => n.startsWith(`.lora-session.tmp-${s.pid}-`));
 }
 
 /** Signals during the startup preload of pre0..pre7, while the 3rd adapter is being read. */
@@ -187,7 +213,7 @@ async function duringPreload(s: ServeChild, signal: NodeJS.Signals): Promise<str
 const MOMENTS: Moment[] = [
   {
     name: 'model loading',
-    args: ['--max-loaded', '10'],
+    args: ['--max-loaded', '2'],
     signal: 'SIGKILL',
     drive: async (s, signal) => {
       await signalWhen(s, signal, () => sessionFileIn(s));
@@ -196,13 +222,13 @@ const MOMENTS: Moment[] = [
   },
   {
     name: '--preload of 8 adapters',
-    args: ['--max-loaded', '10', '--preload', PRELOAD_ALL],
+    args: ['--max-loaded', '8', '--preload', PRELOAD_ALL],
     signal: 'SIGKILL',
     drive: duringPreload,
   },
   {
     name: 'POST /v1/adapters',
-    args: ['--max-loaded', '10'],
+    args: ['--max-loaded', '2'],
     signal: 'SIGKILL',
     drive: async (s, signal) => {
       const url = await s.url;
@@ -224,7 +250,7 @@ const MOMENTS: Moment[] = [
   },
   {
     name: 'load on first use',
-    args: ['--max-loaded', '10'],
+    args: ['--max-loaded', '2'],
     signal: 'SIGKILL',
     drive: async (s, signal) => {
       const url = await s.url;
@@ -248,7 +274,7 @@ const MOMENTS: Moment[] = [
   },
   {
     name: 'requests streaming',
-    args: ['--max-loaded', '10', '--preload', 'pre0,pre1'],
+    args: ['--max-loaded', '4', '--preload', 'pre0,pre1'],
     signal: 'SIGKILL',
     drive: async (s, signal) => {
       const url = await s.url;
@@ -263,7 +289,7 @@ const MOMENTS: Moment[] = [
   },
   {
     name: 'SIGTERM in --preload',
-    args: ['--max-loaded', '10', '--preload', PRELOAD_ALL],
+    args: ['--max-loaded', '8', '--preload', PRELOAD_ALL],
     signal: 'SIGTERM',
     drive: duringPreload,
   },
@@ -273,14 +299,16 @@ describe.skipIf(!cliBuilt)('lora serve killed while it loads adapters', () => {
   it('SIGKILL at 5 moments (SIGTERM at one): inputs byte-identical, nothing written during adapter loads', async () => {
     const outcomes = await Promise.all(
       MOMENTS.map(async (m) => {
-        // Each process runs in its own working folder, checked empty afterwards.
-        const cwd = join(root, `cwd-${m.name.replace(/[^a-z0-9]+/gi, '-')}`);
-        await mkdir(cwd);
+        // Each process has its own working folder and TMPDIR (so that none removes what
+        // another left before it is seen), checked afterwards.
+        const slug = m.name.replace(/[^a-z0-9]+/gi, '-');
+        const [cwd, tmp] = [join(root, `cwd-${slug}`), join(root, `tmp-${slug}`)];
+        await Promise.all([mkdir(cwd), mkdir(tmp)]);
         const s = startServe(['--adapters', adapters, ...m.args], cwd, tmp);
         const at = await m.drive(s, m.signal);
         const result: ChildResult = await s.done;
-        ended.push(s.pid);
-        return { m, s, at, result, cwd, left: leftoversOf(s.pid) };
+        ended.push({ pid: s.pid, tmp });
+        return { m, s, at, result, cwd, left: leftoversOf(s.pid, tmp) };
       }),
     );
     const lines: string[] = [];
@@ -291,78 +319,61 @@ describe.skipIf(!cliBuilt)('lora serve killed while it loads adapters', () => {
         expect(o.result.stderr).toMatch(/stopped by SIGTERM/);
       }
       expect(readdirSync(o.cwd), `${o.m.name}: working folder`).toEqual([]);
-      // Only a kill while the base model loads can leave something (its session weight file);
-      // adapter loading writes nothing.
-      if (o.m.name !== 'model loading') expect(o.left, o.m.name).toEqual([]);
+      if (o.m.name === 'model loading') {
+        // The session weight file (and the journal naming it) is all a kill can leave, for
+        // the next run to remove.
+        staleTmp = o.s.tmp;
+        for (const entry of listTree(o.s.tmp)) {
+          expect(entry, 'model loading: TMPDIR').toMatch(
+            new RegExp(`^(\\.lora-session\\.tmp-${o.s.pid}-|\\.lora-temporaries/(${o.s.pid} |$))`),
+          );
+        }
+      } else {
+        // Adapter loading writes nothing: TMPDIR holds only the empty journal folder that the
+        // session weight file of the base model (removed, before any adapter loads) was noted in.
+        expect(o.left, o.m.name).toEqual([]);
+        expect(listTree(o.s.tmp), `${o.m.name}: TMPDIR`).toEqual(['.lora-temporaries/']);
+      }
       lines.push(
         `${o.m.name}: ${o.m.signal} while ${o.at} -> ${o.result.signal ?? `exit ${o.result.code}`}; left: ${o.left.map((p) => p.slice(root.length + 1)).join(', ') || 'nothing'}`,
       );
     }
     expectInputsIntact();
-    // TMPDIR holds nothing but what the killed processes are named in (and the journal folder).
-    const names = outcomes.map((o) => String(o.s.pid));
-    for (const entry of readdirSync(tmp)) {
-      if (entry === '.lora-temporaries') {
-        for (const j of readdirSync(join(tmp, entry))) expect(names).toContain(j);
-      } else
-        expect(
-          names.some((pid) => entry.includes(`.tmp-${pid}-`)),
-          entry,
-        ).toBe(true);
-    }
     console.log(`lora serve kills\n  ${lines.join('\n  ')}`);
   }, 120_000);
 
   it('the next lora serve removes what the kills left, answers as lora generate --adapter; SIGTERM while it loads adapters drains and exits 0', async () => {
-    const before = listTree(tmp);
+    // The same TMPDIR as the process killed while the model loaded, with what it left.
+    const tmp = staleTmp ?? join(root, 'tmp-next');
     const cwd = join(root, 'cwd-next');
+    await mkdir(tmp, { recursive: true });
     await mkdir(cwd);
+    const before = listTree(tmp);
+    if (staleTmp) expect(before.some((e) => e.startsWith('.lora-session.tmp-'))).toBe(true);
     const s = startServe(
-      ['--adapters', adapters, '--max-loaded', '10', '--preload', 'pre0,pre1'],
+      ['--adapters', adapters, '--max-loaded', '4', '--preload', 'pre0,pre1'],
       cwd,
       tmp,
     );
     const url = await s.url;
     // The journal folder stays (shared by every lora process), empty: no journal, no temporary.
     expect(listTree(tmp)).toEqual(['.lora-temporaries/']);
-    for (const pid of ended) expect(leftoversOf(pid)).toEqual([]);
+    for (const e of ended) expect(leftoversOf(e.pid, e.tmp)).toEqual([]);
 
     // Greedy answers with the adapters two kills were loading equal `lora generate --adapter`.
-    const names = ['posted', 'lazy'];
-    const [served, generated] = await Promise.all([
-      Promise.all(
-        names.map((name) =>
-          postJson(`${url}/v1/completions`, {
-            model: name,
-            prompt: PROMPT,
-            max_tokens: 12,
-            temperature: 0,
-          }),
-        ),
+    const served = await Promise.all(
+      COMPARED.map((name) =>
+        postJson(`${url}/v1/completions`, {
+          model: name,
+          prompt: PROMPT,
+          max_tokens: MAX_TOKENS,
+          temperature: 0,
+        }),
       ),
-      Promise.all(
-        names.map((name) =>
-          runCliChild(
-            [
-              'generate',
-              '--adapter',
-              join(adapters, name),
-              '--prompt',
-              PROMPT,
-              '--max-tokens',
-              '12',
-              '--temperature',
-              '0',
-              '--json',
-              '--quiet',
-            ],
-            { cwd, shellPrefix: `export TMPDIR='${tmp}'` },
-          ),
-        ),
-      ),
-    ]);
+    );
+    const generated = await references;
     const texts: string[] = [];
-    for (const [k, name] of names.entries()) {
+    for (const [k, name] of COMPARED.entries()) {
       expect(served[k].status, JSON.stringify(served[k].json)).toBe(200);
       expect(generated[k].code, generated[k].stderr).toBe(0);
       const text = (served[k].json.choices as { text: string }[])[0].text;
@@ -397,7 +408,7 @@ describe.skipIf(!cliBuilt)('lora serve killed while it loads adapters', () => {
     expect(result.stderr).toMatch(/SIGTERM: no new requests[\s\S]*stopped/);
     expect(listTree(tmp)).toEqual(['.lora-temporaries/']);
     expect(readdirSync(cwd)).toEqual([]);
-    expect(leftoversOf(s.pid)).toEqual([]);
+    expect(leftoversOf(s.pid, tmp)).toEqual([]);
     expectInputsIntact();
     console.log(
       `lora serve after the kills\n  TMPDIR before: ${before.join(', ')}\n  after start: only .lora-temporaries/ (empty)\n  greedy = generate --adapter: ${texts.join(', ')}\n  SIGTERM with POST {"name":"drain"} unanswered (${mb(read)} read of its ${mb(size)} and pre6's ${mb(weightsSize('pre6'))}): POST 200, completion 200, exit 0`,

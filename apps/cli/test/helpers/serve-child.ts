@@ -41,6 +41,8 @@ export async function writeModelAdapters(
 export interface ServeChild {
   child: ChildProcess;
   pid: number;
+  /** Its TMPDIR. */
+  tmp: string;
   /** Resolves with `http://host:port` once the server prints it; rejects if it exits first. */
   url: Promise<string>;
   done: Promise<ChildResult>;
@@ -77,7 +79,7 @@ export function startServe(args: readonly string[], cwd: string, tmp: string): S
   done.then(() => {
     ended = true;
   });
-  return { child, pid: child.pid!, url, done, stderr: () => stderr, exited: () => ended };
+  return { child, pid: child.pid!, tmp, url, done, stderr: () => stderr, exited: () => ended };
 }
 
 /**
