@@ -31,6 +31,11 @@ import { type OpenedModel, openModel, PromptError } from './generate-model.js';
 export const DEFAULT_MAX_BATCH = 16;
 /** Largest `--max-batch`: rows of a group each hold a KV cache of the whole context. */
 export const MAX_BATCH_GROUP = 256;
+/**
+ * Adapter sets the model is opened for at most (one LoRA slot each); a group bringing more
+ * reopens it with the group's sets only. Adapter files stay loaded once named.
+ */
+export const MAX_OPEN_SETS = 64;
 /** Longest line of a `--batch` input (longer than any prompt a context can take). */
 export const MAX_BATCH_LINE_BYTES = 16 * 2 ** 20;
 
@@ -140,7 +145,7 @@ export async function runBatch(options: GenerateCommandOptions): Promise<void> {
   const input = new GroupReader(readBatchRows(options.batch!, defaults), loaded, options);
   const writer = createBatchWriter(options);
   const stdout = watchStdout();
-  const sets: AdapterSet[] = [];
+  let sets: AdapterSet[] = [];
   const total: GenerationTimings = {
     prefillMs: 0,
     decodeMs: 0,
@@ -154,15 +159,18 @@ export async function runBatch(options: GenerateCommandOptions): Promise<void> {
     for (let group = await input.next(); group.length > 0; group = await input.next()) {
       const fresh = newSets(group, sets);
       if (!opened || fresh.length > 0) {
+        // The sets seen so far stay in the graph (no reopen when they come back), up to a bound.
+        sets =
+          sets.length + fresh.length <= MAX_OPEN_SETS ? [...sets, ...fresh] : newSets(group, []);
         if (opened) {
+          const first = group.find((r) => adapterSetKey(r.adapters) === adapterSetKey(fresh[0]))!;
           log(
             options,
-            `${group[0].where}: adapter set ${adapterSetLabel(fresh[0])} is new: reopening the model with ${sets.length + fresh.length} adapter set(s).`,
+            `${first.where}: adapter set ${adapterSetLabel(fresh[0])} is new: reopening the model with ${sets.length} adapter set(s).`,
           );
           await opened.release();
           opened = undefined;
         }
-        sets.push(...fresh);
         opened = await openModel(options, sets, loaded);
         writer.begin(opened.device);
       }
