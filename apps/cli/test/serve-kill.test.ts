@@ -35,9 +35,11 @@ import {
  * every command); SIGTERM while a listening server loads adapters lets the loads and requests
  * finish, then exits 0.
  *
- * The one thing serve writes is the session weight file of the base model (a tracked temporary
- * in TMPDIR, deleted as soon as the onnxruntime session exists, before any adapter loads); the
- * "model loading" kill shows that this is what a kill can leave, and that the next run removes it.
+ * The one thing serve writes is the session weight file of the base model (a temporary folder
+ * in TMPDIR, noted in the temporaries journal `TMPDIR/.lora-temporaries/PID`, both deleted as
+ * soon as the onnxruntime session exists, before any adapter loads). The "model loading" kill
+ * shows that this is all a kill can leave, and that the next run removes it; the kills during
+ * adapter loading leave nothing at all.
  */
 
 const model = bundledModelDir();
@@ -84,6 +86,7 @@ beforeAll(async () => {
   adaptersHash = hashTree(adapters);
   adaptersListing = listTree(adapters);
   modelHash = modelFilesHash();
+  outsideBefore = new Set(outsideEntries());
   const elsewhere = join(root, 'generate');
   await mkdir(elsewhere);
   references = Promise.all(
@@ -132,20 +135,27 @@ function weightsSize(name: string): number {
 const mb = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MB`;
 const listening = (s: ServeChild) => s.stderr().includes('listening on');
 
+/** Where else a temporary could go (the session weight file prefers /dev/shm without TMPDIR). */
+const OUTSIDE = ['/dev/shm', tmpdir(), join(tmpdir(), '.lora-temporaries')];
+/** Their entries before the test: other processes of the machine (PIDs recycle) use them too. */
+let outsideBefore: Set<string>;
+
+function outsideEntries(): string[] {
+  return OUTSIDE.filter((d) => existsSync(d)).flatMap((d) => readdirSync(d).map((n) => join(d, n)));
+}
+
 /**
- * What process `pid` left: entries of its TMPDIR `tmp`, `/dev/shm` and the OS temp folder named
- * after it (temporaries are `.NAME.tmp-PID-HEX`), and its temporaries journal.
+ * What process `pid` left: entries named after it (temporaries are `.NAME.tmp-PID-HEX`, its
+ * journal is `.lora-temporaries/PID`) in its TMPDIR `tmp`, and new ones in `/dev/shm` and the
+ * OS temp folder.
  */
 function leftoversOf(pid: number, tmp: string): string[] {
-  const mine = new RegExp(`\\.(tmp|old)-${pid}-`);
-  const found: string[] = [];
-  for (const dir of [tmp, '/dev/shm', tmpdir()]) {
-    if (!existsSync(dir)) continue;
-    for (const name of readdirSync(dir)) if (mine.test(name)) found.push(join(dir, name));
-    const journal = join(dir, '.lora-temporaries', String(pid));
-    if (existsSync(journal)) found.push(journal);
-  }
-  return found;
+  const mine = new RegExp(`(\\.(tmp|old)-${pid}-[^${sep}]*|\\.lora-temporaries${sep}${pid})$`);
+  const inTmp = listTree(tmp)
+    .map((e) => join(tmp, e.replace(/( \(\d+\)|\/)$/, '')))
+    .filter((p) => mine.test(p));
+  const outside = outsideEntries().filter((p) => !outsideBefore.has(p) && mine.test(p));
+  return [...inTmp, ...outside];
 }
 
 /** The inputs are byte-identical and the adapters and model folders hold nothing new. */
@@ -266,10 +276,15 @@ const MOMENTS: Moment[] = [
         answered = true;
       });
       request.catch(() => {});
-      // Once its weights are read: the adapter is being put into a slot of the graph.
-      await signalWhen(s, signal, () => answered || readSince(s, start) >= size);
+      // Once its weights are read and the file closed: the adapter is going into a slot.
+      const weights = join(adapters, 'lazy');
+      await signalWhen(
+        s,
+        signal,
+        () => answered || (readSince(s, start) >= size && openIn(s, weights).length === 0),
+      );
       expect(answered, 'the completion answered before the kill').toBe(false);
-      return `a completion with "lazy" unanswered, its ${mb(size)} of weights read`;
+      return `a completion with "lazy" unanswered, its ${mb(size)} of weights read and closed`;
     },
   },
   {
@@ -296,7 +311,7 @@ const MOMENTS: Moment[] = [
 ];
 
 describe.skipIf(!cliBuilt)('lora serve killed while it loads adapters', () => {
-  it('SIGKILL at 5 moments (SIGTERM at one): inputs byte-identical, nothing written during adapter loads', async () => {
+  it('SIGKILL at 5 moments, SIGTERM during the preload: inputs byte-identical, nothing written while adapters load', async () => {
     const outcomes = await Promise.all(
       MOMENTS.map(async (m) => {
         // Each process has its own working folder and TMPDIR (so that none removes what

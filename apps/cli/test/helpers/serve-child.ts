@@ -53,13 +53,14 @@ export interface ServeChild {
 }
 
 /**
- * Starts `lora serve <args>` in `cwd` with `TMPDIR` (and so every temporary of the process:
- * session weight files, the temporaries journal) pointed at `tmp`.
+ * Starts `lora serve --port 0 <args>` in `cwd` with `TMPDIR` pointed at `tmp` (and
+ * `LORA_SESSION_DIR` unset), so that every temporary of the process (session weight files, the
+ * temporaries journal) goes there.
  */
 export function startServe(args: readonly string[], cwd: string, tmp: string): ServeChild {
   const { child, done } = startCli(['serve', '--port', '0', ...args], {
     cwd,
-    shellPrefix: `export TMPDIR='${tmp}'`,
+    shellPrefix: `unset LORA_SESSION_DIR; export TMPDIR='${tmp}'`,
   });
   let stderr = '';
   child.stderr!.on('data', (d) => {
