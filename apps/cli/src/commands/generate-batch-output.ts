@@ -1,7 +1,8 @@
 import type { GenerationOutput, GenerationTimings } from '@lora/runtime-onnx';
-import { generationHeader, jsonRow, jsonTimings, type GenerateCommandOptions } from './generate.js';
+import type { GenerateCommandOptions } from './generate.js';
 import { adapterSetLabel } from './generate-adapters.js';
 import type { BatchRow } from './generate-batch.js';
+import { generationHeader, jsonRow, jsonTimings } from './generate-json.js';
 
 /**
  * Writes the results of `lora generate --batch` to stdout as they come, in one of three formats:

@@ -1,10 +1,5 @@
 import { assertRegularInputs } from '@lora/core';
-import type {
-  Device,
-  GenerateResult,
-  GenerationOutput,
-  GenerationTimings,
-} from '@lora/runtime-onnx';
+import type { Device, GenerateResult } from '@lora/runtime-onnx';
 import type { QuantFormat } from '@lora/quant';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
@@ -13,14 +8,9 @@ import { readPrompt } from '../prompt-input.js';
 import { parseQuantFlag, QUANT_FORMAT_LIST } from '../quant-formats.js';
 import { resolveModelOrBundled } from '../model-source.js';
 // LoRA flags (--adapter, --merged) live in generate-adapters.ts, --batch in generate-batch.ts.
-import {
-  type AdapterOptions,
-  type AdapterSet,
-  adapterSetLabel,
-  addAdapterOptions,
-  LoadedAdapters,
-} from './generate-adapters.js';
+import { type AdapterOptions, addAdapterOptions, LoadedAdapters } from './generate-adapters.js';
 import { addBatchOptions, type BatchOptions, runBatch } from './generate-batch.js';
+import { generationHeader, jsonRow, jsonTimings } from './generate-json.js';
 import { openModel } from './generate-model.js';
 
 /** Parsed flags of `lora generate`. Later flags (adapters, batch files) extend this object. */
@@ -162,50 +152,8 @@ async function runGenerate(options: GenerateCommandOptions): Promise<void> {
       ...jsonRow(out, set),
       timings: jsonTimings(timings),
     },
-    () => '',
+    () => '', // --json only: the human output was streamed above
   );
-}
-
-/** The first fields of the --json document: what ran and how it sampled. */
-export function generationHeader(options: GenerateCommandOptions, device: string) {
-  return {
-    model: options.model,
-    device,
-    quant: options.quant ?? null,
-    sampling: {
-      temperature: options.temperature,
-      topK: options.topK ?? null,
-      topP: options.topP ?? null,
-      repetitionPenalty: options.repetitionPenalty ?? null,
-      seed: options.seed,
-    },
-  };
-}
-
-/** The --json timings, rounded to microseconds. */
-export function jsonTimings(timings: GenerationTimings) {
-  return {
-    prefillMs: round(timings.prefillMs),
-    decodeMs: round(timings.decodeMs),
-    decodeTokens: timings.decodeTokens,
-    tokensPerSecond: round(timings.tokensPerSecond),
-  };
-}
-
-/** One generated row as --json reports it. */
-export function jsonRow(o: GenerationOutput, set: AdapterSet) {
-  return {
-    prompt: o.prompt,
-    text: o.text,
-    tokens: o.tokens,
-    promptTokens: o.promptTokens,
-    finishReason: o.finishReason,
-    adapters: adapterSetLabel(set),
-  };
-}
-
-function round(x: number): number {
-  return Math.round(x * 1000) / 1000;
 }
 
 function collect(value: string, previous: string[] | undefined): string[] {
