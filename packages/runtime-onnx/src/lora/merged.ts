@@ -61,7 +61,9 @@ export function mergedWeights(
     for (const w of quantized.keys()) if (name.startsWith(`${w}.`)) return true;
     return false;
   };
-  const cache = new Map<string, Promise<Tensor>>();
+  // Reads of a weight still being merged share its promise; a finished one is not kept, so a
+  // caller that lets a tensor go (an export transposing it) frees it.
+  const pending = new Map<string, Promise<Tensor>>();
   return {
     description: `${source.description} with ${adapters.length} adapter(s) merged`,
     names: () => source.names().filter((n) => !hidden(n)),
@@ -73,11 +75,11 @@ export function mergedWeights(
     read: (name) => {
       const t = terms.get(name);
       if (!t) return source.read(name);
-      let merged = cache.get(name);
+      let merged = pending.get(name);
       if (!merged) {
         const base = quantized.has(name) ? readDequantized(source, name) : source.read(name);
-        merged = base.then((W) => mergeWeight(W, t, { name }));
-        cache.set(name, merged);
+        merged = base.then((W) => mergeWeight(W, t, { name })).finally(() => pending.delete(name));
+        pending.set(name, merged);
       }
       return merged;
     },
