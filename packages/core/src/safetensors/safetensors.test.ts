@@ -134,6 +134,69 @@ describe('safetensors reader', () => {
     expect([...(tensors.get('y')!.data as Uint8Array)]).toEqual([7]);
   });
 
+  it('writes a tensor given in pieces through one reused buffer: the bytes of the whole tensor', async () => {
+    const values = Float32Array.from({ length: 10 }, (_, i) => i * 1.5 - 4);
+    const path = join(dir, 'pieces.safetensors');
+    const reused = new Float32Array(4);
+    const requested: number[] = [];
+    async function* pieces() {
+      for (let at = 0; at < values.length; at += 4) {
+        const n = Math.min(4, values.length - at);
+        requested.push(at);
+        reused.set(values.subarray(at, at + n));
+        yield reused.subarray(0, n); // the previous piece must already be on its way to disk
+      }
+    }
+    await writeSafetensors(path, [
+      { name: 'w', dtype: 'f32', shape: [2, 5], data: pieces },
+      { name: 'b', dtype: 'u8', shape: [1], data: new Uint8Array([9]) },
+    ]);
+    expect(requested).toEqual([0, 4, 8]);
+    const header = {
+      w: { dtype: 'F32', shape: [2, 5], data_offsets: [0, 40] },
+      b: { dtype: 'U8', shape: [1], data_offsets: [40, 41] },
+    };
+    const data = new Uint8Array(41);
+    data.set(new Uint8Array(values.buffer), 0);
+    data[40] = 9;
+    const json = JSON.stringify(header);
+    expect(await readFile(path)).toEqual(
+      Buffer.from(handMade(header, data, Math.ceil(json.length / 8) * 8 - json.length)),
+    );
+  });
+
+  it('refuses pieces that do not add up to the declared tensor, leaving nothing behind', async () => {
+    for (const [label, make] of [
+      [
+        'too few',
+        async function* () {
+          yield new Float32Array(3);
+        },
+      ],
+      [
+        'too many',
+        async function* () {
+          yield new Float32Array(3);
+          yield new Float32Array(2);
+        },
+      ],
+      [
+        'wrong dtype',
+        async function* () {
+          yield new Float64Array(4);
+        },
+      ],
+    ] as const) {
+      const path = join(dir, `bad-pieces-${label.replace(' ', '-')}.safetensors`);
+      await expect(
+        writeSafetensors(path, [{ name: 'w', dtype: 'f32', shape: [4], data: make }]),
+        label,
+      ).rejects.toMatchObject({ code: 'SHAPE_MISMATCH' });
+      expect(existsSync(path), label).toBe(false);
+    }
+    expect((await readdir(dir)).filter((n) => n.includes('.tmp-'))).toEqual([]);
+  });
+
   it('leaves nothing behind and keeps the old file when a write fails', async () => {
     const path = join(dir, 'keep.safetensors');
     await writeSafetensors(path, [
