@@ -241,10 +241,10 @@ export function planMemory(options: MemoryPlanOptions): MemoryPlan {
   });
 
   // What `lora generate` holds (runtime-onnx on onnxruntime's CPU provider): every weight once in
-  // float32 (the graph computes in f32), a tied lm_head as its own transposed copy; the KV cache
+  // float32 (the graph computes in f32), a tied lm_head as the embedding itself (linears stay
+  // [out, in] and run as FusedMatMul transB=1, so the head shares the embedding's bytes); the KV cache
   // in f32 twice (the past fed in, the present coming out); the prompt prefilled at once.
   const V = shape.vocab_size;
-  const tiedCopy = shape.tie_word_embeddings ? V * h * 4 : 0;
   const prefill =
     4 * batch * seq * (2 * shape.num_attention_heads * seq + 3 * shape.intermediate_size + 4 * h);
   const runtimeActivations = 2 * (kvCache / cb) * 4 + prefill + batch * V * 4;
@@ -300,7 +300,7 @@ export function planMemory(options: MemoryPlanOptions): MemoryPlan {
     title: 'lora generate (f32, onnxruntime CPU)',
     memory: breakdown(
       {
-        weights: P * 4 + tiedCopy,
+        weights: P * 4,
         quantStats: 0,
         adapters: T * 4,
         gradients: 0,
@@ -317,7 +317,7 @@ export function planMemory(options: MemoryPlanOptions): MemoryPlan {
       title: `lora generate --quant ${quant.format}`,
       memory: breakdown(
         {
-          weights: runtimeQData + (P - quantizedParams) * 4 + tiedCopy,
+          weights: runtimeQData + (P - quantizedParams) * 4,
           quantStats: runtimeQStats,
           adapters: T * 4,
           gradients: 0,
@@ -372,7 +372,7 @@ export function planMemory(options: MemoryPlanOptions): MemoryPlan {
     `Full fine-tuning: mixed-precision AdamW, ${cb} bytes weights + ${cb} bytes gradients + 8 bytes m/v${master ? ' + 4 bytes f32 master weights' : ''} = ${2 * cb + 8 + (master ? 4 : 0)} bytes per parameter.`,
     `Training activations: batch ${batch} x sequence ${seq} = ${tokens} tokens, ${perTokenLayer} ${cd} values per token and layer (${attention === 'eager' ? 'eager attention keeps heads x seq softmax probabilities' : 'memory-efficient attention, no seq x seq scores'}), ${checkpointing ? 'gradient checkpointing ON (layer inputs kept, one layer recomputed at a time)' : 'gradient checkpointing OFF (every layer keeps its activations)'}, plus f32 logits and their gradient (${shape.vocab_size} x 8 bytes per token).`,
     `Inference activations: KV cache for ${tokens} tokens (2 x layers x tokens x ${kvDim} x ${cb} bytes) and the last position's f32 logits; adapters kept unmerged.`,
-    `lora generate (this runtime, CPU): every weight held once in f32 (onnxruntime's CPU MatMul computes in f32; bf16/f16 checkpoints are widened on load)${shape.tie_word_embeddings ? ', the tied lm_head as a second, transposed copy' : ''}; KV cache in f32 twice (past fed in, present returned); the ${seq}-token prompt prefilled at once (attention scores and probabilities, 3 x intermediate, 4 x hidden f32 values per token); LoRA A/B in f32; while loading, the largest tensor in flight three times (bf16 as stored, f32, f32 transposed); Node.js + onnxruntime ${(RUNTIME_BASELINE_BYTES / 2 ** 20).toFixed(0)} MiB.${quant.format === 'nf4' || quant.format === 'fp4' ? ` With --quant ${quant.format}: decoder linears packed (4 bits) with one f32 absmax per ${quant.blockSize} weights, embedding/lm_head/norms f32, plus one linear dequantized to f32 per call (MatMulBnb4 on CPU).` : ''}`,
+    `lora generate (this runtime, CPU): every weight held once in f32 (onnxruntime's CPU MatMul computes in f32; bf16/f16 checkpoints are widened on load)${shape.tie_word_embeddings ? ', the tied lm_head sharing the embedding (no second copy)' : ''}; KV cache in f32 twice (past fed in, present returned); the ${seq}-token prompt prefilled at once (attention scores and probabilities, 3 x intermediate, 4 x hidden f32 values per token); LoRA A/B in f32; while loading, the largest tensor in flight three times (bf16 as stored, f32, f32 transposed); Node.js + onnxruntime ${(RUNTIME_BASELINE_BYTES / 2 ** 20).toFixed(0)} MiB.${quant.format === 'nf4' || quant.format === 'fp4' ? ` With --quant ${quant.format}: decoder linears packed (4 bits) with one f32 absmax per ${quant.blockSize} weights, embedding/lm_head/norms f32, plus one linear dequantized to f32 per call (MatMulBnb4 on CPU).` : ''}`,
     'Not counted: CUDA context and allocator fragmentation (often 0.5-2 GB), temporary dequantized weights, framework workspaces. Paged optimizers can move optimizer states to CPU memory under pressure; they are counted here in full.',
   ];
 
