@@ -109,6 +109,8 @@ COMPILE_CASES = [
     r"\N{LATIN SMALL LETTER A}",
     r"(?x)a b",
     r"a{1001}",
+    r"(a{100}){100}",
+    r"a{2,1}",
     r"(?!a)b|c",
     r"(?!(?=a))a",
     r"(?!a)*b",

@@ -113,6 +113,7 @@ describe('refusals', () => {
     ['\\N{LATIN SMALL LETTER A}', /named character/],
     ['(?x)a b', /verbose/],
     ['a{1001}', /repeat count.*1000/],
+    ['(a{100}){100}', /repetition too large/],
     ['(?!a)b|c', /top-level "\|"/],
     ['(?!(?=a))a', /lookahead .* not at the start/],
     ['(?!a)*b', /repeated lookahead/],

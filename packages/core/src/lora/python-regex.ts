@@ -250,6 +250,9 @@ function translate(p: string, where: Where, top: boolean): Translated {
       if (r && r[0] !== '{}') {
         const lo = r[1];
         const hi = r[2] === undefined ? lo : r[3];
+        if (hi !== '' && Number(lo) > Number(hi)) {
+          throw invalid(where, `the repeat "${r[0]}" has its minimum above its maximum`);
+        }
         if (Number(lo) > 1000 || (hi !== '' && Number(hi) > 1000)) {
           throw unsupported(where, `the repeat count "${r[0]}" (RE2 allows at most 1000)`);
         }
@@ -448,7 +451,10 @@ function compileRe2(source: string, where: Where): RE2JS {
     return RE2JS.compile(source);
   } catch (e) {
     if (!(e instanceof RE2JSException)) throw e;
-    const why = e.message.replace(/^error parsing regexp: /, '');
+    // RE2 quotes the part it stopped at; drop it when that is the whole wrapped expression.
+    const why = e.message
+      .replace(/^error parsing regexp: /, '')
+      .replace(/: `(?:\(\?[ims]+\))?\\A\(\?:[\s\S]*`$/, '');
     if (/too large|repeat count/.test(why)) {
       throw unsupported(where, `a repetition too large for the linear-time matcher (${why})`);
     }
