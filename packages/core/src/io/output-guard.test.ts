@@ -181,12 +181,25 @@ describe('--force replaces only what the same command wrote (lora.writer marker)
     const bare = join(dir, 'bare'); // no weights file at all
     await mkdir(bare);
     await writeFile(join(bare, 'notes.txt'), 'mine');
-    expect(() => guard(bare, 'merge')).toThrow(/bare holds no weights file written by lora/);
+    expect(() => guard(bare, 'merge')).toThrow(
+      /bare holds no weights file written by `lora merge`/,
+    );
     const mixed = join(dir, 'mixed');
     await mkdir(mixed);
     await weights(join(mixed, 'a.safetensors'), outputMarker('merge'));
     await weights(join(mixed, 'sub', 'b.safetensors'), outputMarker('extract'));
     expect(() => guard(mixed, 'merge')).toThrow(/b\.safetensors is written by `lora extract`/);
+    // unmarked files a command copied from its input (an .onnx, a consolidated.safetensors) do not
+    // make its own output unrecognisable; the file set is checked when the new folder replaces it
+    const copied = join(dir, 'copied');
+    await mkdir(copied);
+    await weights(join(copied, 'model.safetensors'), outputMarker('quantize'));
+    await weights(join(copied, 'consolidated.safetensors'), { format: 'pt' });
+    await writeFile(join(copied, 'model.onnx'), modelProto([]));
+    guard(copied, 'quantize')();
+    expect(() => guard(copied, 'merge')).toThrow(
+      /model\.safetensors is written by `lora quantize`/,
+    );
   });
 
   it('single files: replaces an .onnx export-onnx wrote, refuses other bytes or an unmarked ONNX', async () => {

@@ -190,12 +190,14 @@ function writtenBy(writer: string | undefined): string {
 }
 
 /**
- * Refuses to replace an existing output that the same command did not write: a single-file
- * output, and every weights file (`.safetensors`, `.onnx`) of a folder at any depth, must carry
- * `lora.writer` equal to `writer` ({@link readOutputWriter}), and a folder must hold at least
- * one; a companion that is not a weights file (`model.onnx.data`) is replaced only with the
- * output it belongs to. Reads headers only. The error names every file replacing would delete
- * and who wrote them.
+ * Refuses to replace an existing output that the same command did not write. A single-file
+ * output, and each weights-file companion (a merge residual), must carry `lora.writer` equal to
+ * `writer` ({@link readOutputWriter}). A folder must hold at least one weights file
+ * (`.safetensors`, `.onnx`, at any depth) carrying `writer` and none naming another command;
+ * unmarked files in it (e.g. an `.onnx` a command copied from its input) are left to the
+ * file-set check made when the new folder replaces it ({@link assertReplaceable}). A companion
+ * that is not a weights file (`model.onnx.data`) is replaced only with a recognised output.
+ * Reads headers only. The error names every file replacing would delete and who wrote them.
  */
 export function assertWrittenBy(
   output: string,
@@ -203,37 +205,46 @@ export function assertWrittenBy(
   companions: readonly string[] = [],
 ): void {
   const existing: string[] = []; // every file that would be replaced, as shown to the user
-  const marked: { file: string; writer: string | undefined }[] = [];
+  const read: { file: string; writer: string | undefined }[] = [];
+  const reasons: string[] = [];
+  const mustCarry = (file: string) => {
+    const w = readOutputWriter(file);
+    read.push({ file, writer: w });
+    if (w !== writer) reasons.push(`${file} is ${writtenBy(w)}`);
+  };
   const kind = fileKind(output);
   if (kind === 'folder') {
     for (const f of listFilesRecursiveSync(output)) {
       const file = join(output, f);
       existing.push(file);
-      if (isMarkedKind(f)) marked.push({ file, writer: readOutputWriter(file) });
+      if (isMarkedKind(f)) read.push({ file, writer: readOutputWriter(file) });
+    }
+    for (const r of read) {
+      if (r.writer !== undefined && r.writer !== writer) {
+        reasons.push(`${r.file} is ${writtenBy(r.writer)}`);
+      }
+    }
+    if (!read.some((r) => r.writer === writer)) {
+      const unmarked = read.filter((r) => r.writer === undefined).map((r) => r.file);
+      reasons.push(
+        unmarked.length > 0
+          ? `${unmarked.slice(0, 3).join(', ')}${unmarked.length > 3 ? ' ...' : ''} ${unmarked.length > 1 ? 'are' : 'is'} not written by lora`
+          : `${output} holds no weights file written by \`lora ${writer}\``,
+      );
     }
   } else if (kind !== 'missing') {
     existing.push(output);
-    marked.push({ file: output, writer: readOutputWriter(output) }); // a single-file output of any kind
+    mustCarry(output); // a single-file output of any kind
   }
-  const loose: string[] = []; // companions with no recognised output to belong to
   for (const c of companions) {
     if (fileKind(c) === 'missing') continue;
     existing.push(c);
-    if (isMarkedKind(c)) marked.push({ file: c, writer: readOutputWriter(c) });
-    else if (kind === 'missing') loose.push(c);
+    if (isMarkedKind(c)) mustCarry(c);
+    else if (kind === 'missing') {
+      reasons.push(`${c} belongs to no ${output} written by \`lora ${writer}\``);
+    }
   }
-  if (existing.length === 0) return;
-  const foreign = marked.filter((m) => m.writer !== writer);
-  if (foreign.length === 0 && marked.length > 0 && loose.length === 0) return;
-  const reasons = [
-    ...foreign.map((m) => `${m.file} is ${writtenBy(m.writer)}`),
-    ...loose.map((c) => `${c} belongs to no ${output} written by \`lora ${writer}\``),
-  ];
-  if (reasons.length === 0) {
-    reasons.push(
-      `${output} holds no weights file written by lora (no ${OUTPUT_WRITER_KEY} marker)`,
-    );
-  }
+  if (reasons.length === 0) return;
   const shown = existing.slice(0, 8).join(', ');
   const more = existing.length > 8 ? ` and ${existing.length - 8} more` : '';
   throw new CoreError(
@@ -242,7 +253,7 @@ export function assertWrittenBy(
     {
       path: output,
       files: existing,
-      writers: Object.fromEntries(marked.map((m) => [m.file, m.writer ?? null])),
+      writers: Object.fromEntries(read.map((r) => [r.file, r.writer ?? null])),
     },
   );
 }
