@@ -298,6 +298,7 @@ const MOMENTS: Moment[] = [
       );
       await signalWhen(s, signal, () => streams.every((t) => t.started()));
       const ends = await Promise.all(streams.map((t) => t.ended));
+      expect(streams.map((t) => t.started())).toEqual([true, true, true, true]);
       expect(ends).toEqual(['cut', 'cut', 'cut', 'cut']);
       return '4 streams on 4 adapters (2 preloaded, 2 loaded on first use) are past their first token';
     },
@@ -396,18 +397,13 @@ describe.skipIf(!cliBuilt)('lora serve killed while it loads adapters', () => {
       texts.push(`${name} ${JSON.stringify(text)}`);
     }
 
-    // SIGTERM while a POST /v1/adapters load and a first-use load are in progress: both finish.
+    // SIGTERM while a POST /v1/adapters load is in progress and no completion is: the drain waits
+    // for every request, not only completions (a completion in flight is serve.test.ts's case).
     const size = weightsSize('drain');
     const start = bytesRead(s.pid) ?? 0;
     let answered = false;
     const load = postJson(`${url}/v1/adapters`, { name: 'drain' }).finally(() => {
       answered = true;
-    });
-    const use = postJson(`${url}/v1/completions`, {
-      model: 'pre6',
-      prompt: PROMPT,
-      max_tokens: 20,
-      temperature: 0,
     });
     let read = 0;
     await signalWhen(s, 'SIGTERM', () => {
@@ -415,10 +411,9 @@ describe.skipIf(!cliBuilt)('lora serve killed while it loads adapters', () => {
       return answered || read >= size / 2;
     });
     expect(answered, 'POST /v1/adapters answered before SIGTERM').toBe(false);
-    const [loaded, used, result] = await Promise.all([load, use, s.done]);
+    const [loaded, result] = await Promise.all([load, s.done]);
     expect(loaded.status, JSON.stringify(loaded.json)).toBe(200);
     expect(loaded.json.loaded).toBe(true);
-    expect(used.status, JSON.stringify(used.json)).toBe(200);
     expect(result.code, result.stderr).toBe(0);
     expect(result.stderr).toMatch(/SIGTERM: no new requests[\s\S]*stopped/);
     expect(listTree(tmp)).toEqual(['.lora-temporaries/']);
@@ -426,7 +421,7 @@ describe.skipIf(!cliBuilt)('lora serve killed while it loads adapters', () => {
     expect(leftoversOf(s.pid, tmp)).toEqual([]);
     expectInputsIntact();
     console.log(
-      `lora serve after the kills\n  TMPDIR before: ${before.join(', ')}\n  after start: only .lora-temporaries/ (empty)\n  greedy = generate --adapter: ${texts.join(', ')}\n  SIGTERM with POST {"name":"drain"} unanswered (${mb(read)} read of its ${mb(size)} and pre6's ${mb(weightsSize('pre6'))}): POST 200, completion 200, exit 0`,
+      `lora serve after the kills\n  TMPDIR before: ${before.join(', ')}\n  after start: only .lora-temporaries/ (empty)\n  greedy = generate --adapter: ${texts.join(', ')}\n  SIGTERM with POST {"name":"drain"} unanswered (${mb(read)} of its ${mb(size)} of weights read): POST 200, exit 0`,
     );
   }, 120_000);
 });
