@@ -36,6 +36,10 @@ export function useColor(): boolean {
 
 const claimed: Array<() => void> = [];
 
+/** The help of every writing command's --force ({@link checkOutput} enforces it). */
+export const FORCE_HELP =
+  'replace an existing output, but only one this command wrote (its lora.writer marker)';
+
 /** What a command writes at an output path, for {@link checkOutput}. */
 export interface OutputSpec {
   /** The command (e.g. `"quantize"`); it also records this name in the files it writes. */

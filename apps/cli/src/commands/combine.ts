@@ -15,6 +15,7 @@ import {
   log,
   parseNumber,
   parsePositiveInt,
+  FORCE_HELP,
 } from '../output.js';
 
 interface CombineOptions extends CommonOptions {
@@ -71,7 +72,7 @@ export function registerCombine(program: Command): void {
       parsePositiveIntOrZero,
     )
     .requiredOption('-o, --output <dir>', 'output adapter folder')
-    .option('--force', 'overwrite the output')
+    .option('--force', FORCE_HELP)
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
     .action(async (options: CombineOptions) => {

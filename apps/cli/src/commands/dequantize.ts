@@ -2,7 +2,14 @@ import { existsSync } from 'node:fs';
 import { type DequantizeReport, dequantizeModel, errorRow } from '@lora/quant';
 import { type Command, Option } from 'commander';
 import { UsageError } from '../errors.js';
-import { type CommonOptions, checkOutput, emit, formatBytes, table } from '../output.js';
+import {
+  type CommonOptions,
+  checkOutput,
+  emit,
+  formatBytes,
+  table,
+  FORCE_HELP,
+} from '../output.js';
 import { ERROR_TABLE_HEADER, errorTableRows } from './quantize.js';
 
 interface DequantizeOptions extends CommonOptions {
@@ -29,7 +36,7 @@ export function registerDequantize(program: Command): void {
     )
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
-    .option('--force', 'overwrite the output')
+    .option('--force', FORCE_HELP)
     .action(async (input: string, options: DequantizeOptions) => {
       if (!existsSync(input)) throw new UsageError(`${input} does not exist.`);
       checkOutput(options.output, options, { writer: 'dequantize', inputs: [input] });

@@ -22,6 +22,7 @@ import {
   formatBytes,
   log,
   parsePositiveInt,
+  FORCE_HELP,
 } from '../output.js';
 import { resolveModelOrBundled } from '../model-source.js';
 import { BNB4_FORMAT_LIST, NBITS_FORMAT_LIST } from '../quant-formats.js';
@@ -139,7 +140,7 @@ export function registerExportOnnx(program: Command): void {
     )
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
-    .option('--force', 'overwrite the output')
+    .option('--force', FORCE_HELP)
     .option('--revision <rev>', 'for a hub model name: branch, tag or commit (default main)')
     .action(async (options: ExportOnnxOptions) => {
       const report = await exportOnnx(options);
@@ -180,9 +181,16 @@ async function exportOnnx(options: ExportOnnxOptions): Promise<ExportOnnxReport>
   const { config } = opened;
   // A 4-bit model (quantized now, or a folder written by lora quantize) needs onnxruntime's
   // operators; a float model gets the standard ones unless --ops says otherwise.
-  const fourBit =
-    options.quant !== undefined ||
-    opened.source.names().some((n) => storedQuantization(opened.source, n) !== undefined);
+  const stored4bit = opened.source
+    .names()
+    .find((n) => storedQuantization(opened.source, n) !== undefined);
+  if (options.ops === 'standard' && stored4bit && !options.merged) {
+    await opened.source.close();
+    throw new UsageError(
+      `--ops standard: ${options.model} holds 4-bit linears (${stored4bit}, as lora quantize writes them), which only onnxruntime's com.microsoft MatMulNBits / MatMulBnb4 run (standard ONNX has no 4-bit matrix product). Use --ops ort (or leave --ops out), or export the float model (lora dequantize it first).`,
+    );
+  }
+  const fourBit = options.quant !== undefined || stored4bit !== undefined;
   const opSet: OpsChoice = options.ops ?? (fourBit ? 'ort' : 'standard');
   const source = options.merged
     ? mergedWeights(opened.source, await loadAdapterSet(options.adapter ?? []))

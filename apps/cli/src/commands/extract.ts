@@ -10,6 +10,7 @@ import {
   parseNumber,
   parsePositiveInt,
   table,
+  FORCE_HELP,
 } from '../output.js';
 import { resolveModelPath } from '../model-source.js';
 
@@ -43,7 +44,7 @@ export function registerExtract(program: Command): void {
     )
     .option('--seed <n>', 'seed of the randomized SVD', parsePositiveInt('seed'), 0)
     .requiredOption('-o, --output <dir>', 'output adapter folder')
-    .option('--force', 'overwrite the output')
+    .option('--force', FORCE_HELP)
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
     .option('--revision <rev>', 'for a hub model name: branch, tag or commit (default main)')

@@ -5,7 +5,15 @@ import { type Command, Option } from 'commander';
 import { type AdapterSpec, collectAdapter, loadAdapters } from '../adapter-spec.js';
 import { UsageError } from '../errors.js';
 import { startProgress } from '../progress.js';
-import { type CommonOptions, checkOutput, emit, formatBytes, log, table } from '../output.js';
+import {
+  type CommonOptions,
+  checkOutput,
+  emit,
+  formatBytes,
+  log,
+  table,
+  FORCE_HELP,
+} from '../output.js';
 import { resolveModelOrBundled } from '../model-source.js';
 
 interface MergeOptions extends CommonOptions {
@@ -54,7 +62,7 @@ export function registerMerge(program: Command): void {
       '--no-residual',
       'do not write the unmerge residual (the merge can then not be undone exactly); default: written unless --dtype narrows the base',
     )
-    .option('--force', 'overwrite the output')
+    .option('--force', FORCE_HELP)
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
     .option('--revision <rev>', 'for a hub model name: branch, tag or commit (default main)')

@@ -22,6 +22,7 @@ import {
   parsePositiveInt,
   parseThreads,
   table,
+  FORCE_HELP,
 } from '../output.js';
 import { resolveModelOrBundled } from '../model-source.js';
 
@@ -79,7 +80,7 @@ export function registerQuantize(program: Command): void {
     .option('--threads <n>', 'threads for large nf4/fp4 tensors (default: all CPUs)', parseThreads)
     .option('--json', 'print one JSON document')
     .option('--quiet', 'no progress on stderr')
-    .option('--force', 'overwrite the output')
+    .option('--force', FORCE_HELP)
     .option('--revision <rev>', 'for a hub model name: branch, tag or commit (default main)')
     .action(async (arg: string | undefined, options: QuantizeOptions) => {
       const input = await resolveModelOrBundled(arg, options);

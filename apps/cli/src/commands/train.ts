@@ -15,6 +15,7 @@ import {
   parseNumber,
   parsePositiveInt,
   parseThreads,
+  FORCE_HELP,
 } from '../output.js';
 
 const METHODS = ['lora', 'qlora', 'full'] as const;
@@ -210,7 +211,7 @@ export function registerTrain(program: Command): void {
       'cpu',
     )
     .option('--threads <n>', 'onnxruntime threads per op (default: all cores)', parseThreads)
-    .option('--force', 'replace an existing output folder')
+    .option('--force', FORCE_HELP)
     .option(
       '--json',
       'print one JSON document (steps, settings, eval, peak RSS, output) instead of progress',
