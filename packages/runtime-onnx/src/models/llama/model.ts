@@ -102,7 +102,7 @@ function refuseFourBit(config: LlamaConfig, source: WeightSource, quantOnLoad: b
   if (!quantOnLoad && !stored) return;
   throw new RuntimeError(
     'LINEAR_NOT_STANDARD',
-    `${quantOnLoad ? '4-bit quantization' : `${source.description} holds 4-bit linears (${stored})`} needs onnxruntime's com.microsoft MatMulNBits / MatMulBnb4: standard ONNX has no 4-bit matrix product (NF4/FP4 have no ONNX type). Keep onnxruntime's operators for a 4-bit model, or build from the float model.`,
+    `${quantOnLoad ? '4-bit quantization on load (quant) gives linears' : `${source.description} holds 4-bit linears (${stored})`} that only onnxruntime's com.microsoft MatMulNBits / MatMulBnb4 run: standard ONNX has no 4-bit matrix product (NF4/FP4 have no ONNX type). Keep onnxruntime's operators (ops: 'ort') for a 4-bit model, or build from the float model.`,
     { ...(stored ? { tensor: stored } : {}) },
   );
 }
