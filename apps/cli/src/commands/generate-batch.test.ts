@@ -156,6 +156,13 @@ describe('lora generate --batch (streamed)', () => {
         /:17: JSON nested more than 128 levels deep/,
       ],
       [
+        // refused while reading it: the line is never held whole
+        'line over 16 MiB',
+        JSON.stringify({ prompt: 'x'.repeat(17 * 2 ** 20) }),
+        5,
+        /:5: line longer than 16777216 bytes \(the limit for one line\)/,
+      ],
+      [
         'missing adapter',
         JSON.stringify({ prompt: 'Once', adapter: join(dir, 'nope') }),
         3,
