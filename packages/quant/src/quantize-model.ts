@@ -46,10 +46,13 @@ export interface QuantizeModelOptions {
   doubleQuant?: boolean;
   /** Default: bnb for nf4/fp4, ort for int4/uint4 (which have no bitsandbytes layout). */
   layout?: QuantLayout;
-  /** Also quantize tensors whose name matches (must be float). */
-  include?: RegExp;
-  /** Never quantize tensors whose name matches. */
-  exclude?: RegExp;
+  /**
+   * Also quantize tensors whose name matches (must be float): a RegExp, or anything with
+   * `test(name)` such as core's linear-time `PythonRegex` (what the CLI's `--include` uses).
+   */
+  include?: { test(name: string): boolean };
+  /** Never quantize tensors whose name matches (same kinds as `include`). */
+  exclude?: { test(name: string): boolean };
   /** `bnb_4bit_compute_dtype` to record. Default f32. */
   computeDType?: WeightDType;
   /** Worker threads for large nf4/fp4 tensors. */

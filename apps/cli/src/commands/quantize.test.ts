@@ -265,6 +265,32 @@ describe('lora quantize', async () => {
     expect(existsSync(join(root, 'ints-out.safetensors'))).toBe(false);
   });
 
+  it('--include / --exclude are Python regexes matched in linear time; RE2-only refusals are usage errors', async () => {
+    // `(.*)*\.weight$`-style nesting is exponential for a backtracking engine on names that fail.
+    const out = join(root, 'regex-include');
+    const r = await runCli([
+      'quantize',
+      model,
+      '-o',
+      out,
+      '--include',
+      '^(lm|(x+x+)+y)_head',
+      '--exclude',
+      '((a|a)*|.*)*\\.(up|down)_proj\\.weight$',
+      '--json',
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const names: string[] = JSON.parse(r.stdout).tensors.map((t: { name: string }) => t.name);
+    expect(names).toContain('lm_head.weight');
+    expect(names.filter((n) => /(up|down)_proj/.test(n))).toEqual([]);
+    expect(names).toContain('model.layers.0.self_attn.q_proj.weight');
+    const bad = await runCli(['quantize', model, '-o', join(root, 'never'), '--include', '(a)\\1']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(
+      /--include: the regular expression "\(a\)\\1" uses a back-reference/,
+    );
+  });
+
   it('re-quantizing a 4-bit folder exits 2 with what to do instead, writing nothing', async () => {
     const model = await makeModel('requant');
     const once = join(root, 'requant-nf4');

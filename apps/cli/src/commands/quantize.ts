@@ -10,6 +10,8 @@ import {
   quantizeModel,
   type TensorReport,
 } from '@lora/quant';
+import { LoraError } from '@lora/core';
+import { compilePythonRegex, type PythonRegex } from '@lora/core/internal';
 import { type Command, Option } from 'commander';
 import { UsageError } from '../errors.js';
 import { startProgress } from '../progress.js';
@@ -70,8 +72,11 @@ export function registerQuantize(program: Command): void {
         'bnb: bitsandbytes state dict (nf4/fp4); ort: onnxruntime MatMulNBits/MatMulBnb4 initializers',
       ).choices(['bnb', 'ort']),
     )
-    .option('--include <regex>', 'also quantize tensors whose name matches (e.g. lm_head)')
-    .option('--exclude <regex>', 'never quantize tensors whose name matches')
+    .option(
+      '--include <regex>',
+      'also quantize tensors whose name matches (Python re.search syntax, e.g. lm_head)',
+    )
+    .option('--exclude <regex>', 'never quantize tensors whose name matches (Python re.search)')
     .addOption(
       new Option('--compute-dtype <dtype>', 'bnb_4bit_compute_dtype recorded in config.json')
         .choices(['f32', 'f16', 'bf16'])
@@ -118,14 +123,14 @@ export function registerQuantize(program: Command): void {
     });
 }
 
-function compileRegex(flag: string, source: string | undefined): RegExp | undefined {
+/** A name filter: Python `re.search` syntax, matched in linear time as config regexes are. */
+function compileRegex(flag: string, source: string | undefined): PythonRegex | undefined {
   if (source === undefined) return undefined;
   try {
-    return new RegExp(source);
+    return compilePythonRegex(source, 'search', { key: `--${flag}`, pattern: source });
   } catch (e) {
-    throw new UsageError(
-      `--${flag} "${source}" is not a valid regular expression (${(e as Error).message}).`,
-    );
+    if (e instanceof LoraError && e.code.startsWith('REGEX_')) throw new UsageError(e.message);
+    throw e;
   }
 }
 

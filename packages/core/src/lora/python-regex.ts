@@ -472,7 +472,7 @@ function describe(where: Where): string {
 function invalid(where: Where, why: string): CoreError {
   return new CoreError(
     'REGEX_INVALID',
-    `${describe(where)} is invalid: ${why}. Fix the pattern in the adapter config.`,
+    `${describe(where)} is invalid: ${why}. Fix the pattern.`,
     { ...where, construct: why },
   );
 }
