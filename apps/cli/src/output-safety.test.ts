@@ -139,7 +139,7 @@ describe('--force recognises the command that wrote the output (lora.writer)', (
     // dequantize writes the same file names quantize wrote: only the marker tells them apart
     const r = await runCli(['dequantize', q, '-o', target, '--force', '--quiet']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toContain('model.safetensors is written by `lora quantize`');
+    expect(r.stderr).toContain('model.safetensors is written by `lora quantize`. Replacing it');
     expect(r.stderr).toMatch(/would delete \d+ file\(s\): .*config\.json/);
     expect(hashTree(target)).toEqual(before);
 
@@ -150,7 +150,9 @@ describe('--force recognises the command that wrote the output (lora.writer)', (
     const h = await runCli(['quantize', model, '-o', hub, '--force', '--quiet']);
     expect(h.code).toBe(2);
     expect(h.stderr).toContain(`${join(hub, 'model.safetensors')} is not written by lora`);
-    expect(h.stderr).toMatch(/delete these files by hand/);
+    expect(h.stderr).toMatch(
+      /delete these files by hand.*lora versions before the lora\.writer marker/,
+    );
     expect(hashTree(hub)).toEqual(hubBefore);
     expect((await readdir(root)).filter((n) => n.startsWith('.hub-like.'))).toEqual([]);
   });

@@ -224,7 +224,7 @@ export function assertWrittenBy(
         reasons.push(`${r.file} is ${writtenBy(r.writer)}`);
       }
     }
-    if (!read.some((r) => r.writer === writer)) {
+    if (reasons.length === 0 && !read.some((r) => r.writer === writer)) {
       const unmarked = read.filter((r) => r.writer === undefined).map((r) => r.file);
       reasons.push(
         unmarked.length > 0
@@ -245,11 +245,14 @@ export function assertWrittenBy(
     }
   }
   if (reasons.length === 0) return;
+  const older = reasons.some((r) => r.endsWith('not written by lora'))
+    ? ` Outputs of lora versions before the ${OUTPUT_WRITER_KEY} marker carry none and are never replaced.`
+    : '';
   const shown = existing.slice(0, 8).join(', ');
   const more = existing.length > 8 ? ` and ${existing.length - 8} more` : '';
   throw new CoreError(
     'OUTPUT_NOT_REPLACEABLE',
-    `--force replaces only what an earlier \`lora ${writer}\` wrote, and ${reasons.join('; ')}. Replacing it would delete ${existing.length} file(s): ${shown}${more}. Nothing was replaced: choose another output, or delete these files by hand if you no longer need them (outputs of lora versions without the ${OUTPUT_WRITER_KEY} marker are never replaced).`,
+    `--force replaces only what an earlier \`lora ${writer}\` wrote, and ${reasons.join('; ')}. Replacing it would delete ${existing.length} file(s): ${shown}${more}. Nothing was replaced: choose another output, or delete these files by hand if you no longer need them.${older}`,
     {
       path: output,
       files: existing,
