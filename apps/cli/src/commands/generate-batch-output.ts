@@ -104,7 +104,8 @@ function jsonDocumentWriter(options: GenerateCommandOptions): BatchWriter {
       }
     },
     end(timings, complete) {
-      if (header === undefined) return;
+      // no row: a failed run prints only its error
+      if (header === undefined || rows === 0) return;
       const tail = `"timings": ${indented(jsonTimings(timings), 1)}\n}\n`;
       if (rows === 1 && complete) {
         // One row: its fields in place of `outputs`, as for a single --prompt.
@@ -112,11 +113,8 @@ function jsonDocumentWriter(options: GenerateCommandOptions): BatchWriter {
         write(`${doc.slice(0, -2)},\n  ${tail}`);
         return;
       }
-      if (rows === 0) write(`${indented(header, 0).slice(0, -2)},\n  "outputs": [],\n  ${tail}`);
-      else {
-        if (rows === 1) open();
-        write(`\n  ],\n  ${tail}`);
-      }
+      if (rows === 1) open();
+      write(`\n  ],\n  ${tail}`);
     },
   };
 }
