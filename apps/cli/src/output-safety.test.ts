@@ -229,6 +229,19 @@ describe('--force recognises the command that wrote the output (lora.writer)', (
     expect(await readFile(report, 'utf8')).toBe('{"mine": true}\n');
   });
 
+  it('unmerge restores the base byte for byte, header included, so --force never replaces its output', async () => {
+    const m = join(root, 'um-merged');
+    const restored = join(root, 'um-restored');
+    expect((await runCli(['merge', '--base', model, '--adapter', adapter, '-o', m])).code).toBe(0);
+    const unmerge = (...more: string[]) =>
+      runCli(['unmerge', '--merged', m, '--adapter', adapter, '-o', restored, ...more]);
+    expect((await unmerge()).code).toBe(0);
+    expect(hashTree(restored)['model.safetensors']).toBe(hashTree(model)['model.safetensors']);
+    const r = await unmerge('--force');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`${join(restored, 'model.safetensors')} is not written by lora`);
+  });
+
   it('single .safetensors files: quantize replaces its own file, merge its file + residual pair', async () => {
     const base = join(model, 'model.safetensors');
     const q = join(root, 'one-q.safetensors');
