@@ -470,11 +470,10 @@ function describe(where: Where): string {
 }
 
 function invalid(where: Where, why: string): CoreError {
-  return new CoreError(
-    'REGEX_INVALID',
-    `${describe(where)} is invalid: ${why}. Fix the pattern.`,
-    { ...where, construct: why },
-  );
+  return new CoreError('REGEX_INVALID', `${describe(where)} is invalid: ${why}. Fix the pattern.`, {
+    ...where,
+    construct: why,
+  });
 }
 
 function unsupported(where: Where, construct: string): CoreError {
