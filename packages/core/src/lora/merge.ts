@@ -80,6 +80,8 @@ export class LowRankMerger {
   private bits: Uint16Array | Uint32Array | BigUint64Array;
   private count = 0;
   private checksum = FNV_OFFSET;
+  /** Counting-sort scratch of {@link keepResidual}: per row of a block, where its positions go. */
+  private rowStart = new Uint32Array(0);
   /** TypeScript loop scratch, made on first use. */
   private scratch?: { io: FloatRows; w: Float64Array; d: Float64Array; back?: AnyTypedArray };
 
@@ -158,10 +160,13 @@ export class LowRankMerger {
     };
   }
 
-  /** Sorts this block's missed positions (tiles visit them out of order), keeps them with W's bits. */
+  /**
+   * Keeps this block's missed positions with W's bits there, in ascending order. Tiles visit a
+   * row's columns in ascending order but interleave rows, so a stable counting sort by row
+   * orders them (linear time; a comparison sort of millions of positions costs far more).
+   */
   private keepResidual(w: AnyTypedArray, first: number): void {
     const { positions, count: k } = this.found;
-    const block = positions.subarray(0, k).sort();
     const need = this.count + k;
     if (need > this.indices.length) {
       const size = Math.max(need, 2 * this.indices.length, 1 << 12);
@@ -173,11 +178,20 @@ export class LowRankMerger {
       this.indices = indices;
       this.bits = bits;
     }
+    const { cols } = this;
+    const rows = w.length / cols;
+    if (this.rowStart.length < rows + 1) this.rowStart = new Uint32Array(rows + 1);
+    const start = this.rowStart.fill(0, 0, rows + 1); // start[r + 1] counts row r, then prefix sums
+    for (let i = 0; i < k; i++) start[Math.floor((positions[i] - first) / cols) + 1]++;
+    for (let r = 0; r < rows; r++) start[r + 1] += start[r];
     const orig = bitsView(w, this.inDtype);
     const { indices, bits } = this;
+    const at = this.count;
     for (let i = 0; i < k; i++) {
-      indices[this.count + i] = block[i];
-      bits[this.count + i] = orig[block[i] - first];
+      const p = positions[i];
+      const slot = at + start[Math.floor((p - first) / cols)]++;
+      indices[slot] = p;
+      bits[slot] = orig[p - first];
     }
     this.count = need;
   }
