@@ -1,8 +1,9 @@
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { f32 } from '@lora/core';
+import { f32, outputMarker, readOutputWriter } from '@lora/core';
+import onnxProto from 'onnx-proto';
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectClose } from '../test-utils/parity.js';
@@ -11,6 +12,7 @@ import { GraphBuilder } from './builder.js';
 import * as op from './ops.js';
 import { saveModel, serializeGraph } from './serialize.js';
 
+const { onnx } = onnxProto;
 const rand = seededRandom(5);
 
 function graphWithWeights() {
@@ -53,10 +55,19 @@ describe('serialization', () => {
     it(`saved to disk (external data ${externalData}) and opened by onnxruntime from the path`, async () => {
       const { graph, w, b } = graphWithWeights();
       const path = join(dir, `m-${externalData}.onnx`);
-      const saved = await saveModel(graph, path, { externalData });
+      const saved = await saveModel(graph, path, {
+        externalData,
+        metadata: outputMarker('export-onnx'),
+      });
       expect(existsSync(`${path}.data`)).toBe(externalData);
       if (externalData) expect((await stat(`${path}.data`)).size).toBe(64 * 32 * 4);
       expect(saved.modelPath).toBe(path);
+      // the writer marker: metadata_props as protobufjs decodes them, and as core's header scan reads them
+      const model = onnx.ModelProto.decode(await readFile(path));
+      expect(model.metadataProps.map((p) => [p.key, p.value])).toEqual([
+        ['lora.writer', 'export-onnx'],
+      ]);
+      expect(readOutputWriter(path)).toBe('export-onnx');
       const session = await ort.InferenceSession.create(path);
       const x = randomF32(3 * 64, rand);
       const out = await session.run({ x: new ort.Tensor('float32', x, [3, 64]) });

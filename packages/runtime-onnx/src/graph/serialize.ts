@@ -147,11 +147,18 @@ export function serializeGraphPlaced(
   );
 }
 
-/** Serializes a graph with every initializer inline (fine below 2 GB; simplest to hand around). */
-export function serializeGraphInline(graph: Graph): Uint8Array {
+/**
+ * Serializes a graph with every initializer inline (fine below 2 GB; simplest to hand around);
+ * `metadata` becomes the model's `metadata_props`.
+ */
+export function serializeGraphInline(
+  graph: Graph,
+  metadata?: Readonly<Record<string, string>>,
+): Uint8Array {
   return modelProto(
     graph,
     [...graph.initializers].map(([name, t]) => tensorProto(name, t)),
+    metadata,
   );
 }
 
@@ -190,11 +197,7 @@ export async function saveModel(
   const mode = options.externalData ?? 'auto';
   const external = mode === true || (mode === 'auto' && totalBytes > 1.5e9);
   if (!external) {
-    const bytes = modelProto(
-      graph,
-      [...graph.initializers].map(([name, t]) => tensorProto(name, t)),
-      options.metadata,
-    );
+    const bytes = serializeGraphInline(graph, options.metadata);
     await writeFileAtomic(path, async (fh) => writeAll(fh, bytes));
     return { modelPath: path, bytes: bytes.length };
   }
