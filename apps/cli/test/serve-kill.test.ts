@@ -42,6 +42,9 @@ import {
  * adapter loading leave nothing at all.
  */
 
+/** The kill moments are found through /proc (bytes read, open files of the server). */
+const hasProc = existsSync('/proc/self/io');
+if (!hasProc) console.warn('SKIPPED: the serve kill tests need Linux /proc (/proc/self/io).');
 const model = bundledModelDir();
 /** The files of the model folder serve reads (the folder also holds docs other tools update). */
 const MODEL_FILES = [
@@ -82,7 +85,7 @@ const MAX_TOKENS = 12;
 let references: Promise<ChildResult[]>;
 
 beforeAll(async () => {
-  if (!cliBuilt) return;
+  if (!cliBuilt || !hasProc) return;
   root = await mkdtemp(join(tmpdir(), 'lora-serve-kill-'));
   adapters = join(root, 'adapters');
   await writeModelAdapters(model, adapters, RANKS);
@@ -314,7 +317,7 @@ const MOMENTS: Moment[] = [
   },
 ];
 
-describe.skipIf(!cliBuilt)('lora serve killed while it loads adapters', () => {
+describe.skipIf(!cliBuilt || !hasProc)('lora serve killed while it loads adapters', () => {
   it('SIGKILL at 5 moments, SIGTERM during the preload: inputs byte-identical, nothing written while adapters load', async () => {
     const outcomes = await Promise.all(
       MOMENTS.map(async (m) => {
