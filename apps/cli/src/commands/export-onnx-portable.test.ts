@@ -267,6 +267,87 @@ describe('lora export-onnx: standard ONNX operators for float exports', () => {
   );
 });
 
+/** Greedy decoding on an exported file through its KV cache: prefill, then one token per call. */
+async function greedyExported(
+  path: string,
+  config: { numLayers: number; numKvHeads: number; headDim: number },
+  prompt: readonly number[],
+  steps: number,
+): Promise<number[]> {
+  const session = await ort.InferenceSession.create(path);
+  try {
+    const ids = (a: readonly number[]) =>
+      new ort.Tensor('int64', BigInt64Array.from(a, BigInt), [1, a.length]);
+    let past: Record<string, ort.Tensor> = {};
+    for (let l = 0; l < config.numLayers; l++) {
+      for (const kind of ['key', 'value']) {
+        past[`past_key_values.${l}.${kind}`] = new ort.Tensor('float32', new Float32Array(0), [
+          1,
+          config.numKvHeads,
+          0,
+          config.headDim,
+        ]);
+      }
+    }
+    const out: number[] = [];
+    let input = [...prompt];
+    let done = 0; // tokens already in the cache
+    for (let s = 0; s < steps; s++) {
+      const r = await session.run({
+        input_ids: ids(input),
+        attention_mask: ids(new Array(done + input.length).fill(1)),
+        position_ids: ids(input.map((_, i) => done + i)),
+        ...past,
+      });
+      const logits = r.logits.data as Float32Array;
+      const V = r.logits.dims[2];
+      out.push(argmax(logits.subarray((input.length - 1) * V, input.length * V)));
+      done += input.length;
+      input = [out[out.length - 1]];
+      past = {};
+      for (let l = 0; l < config.numLayers; l++) {
+        past[`past_key_values.${l}.key`] = r[`present.${l}.key`];
+        past[`past_key_values.${l}.value`] = r[`present.${l}.value`];
+      }
+    }
+    return out;
+  } finally {
+    await session.release();
+  }
+}
+
+describe.skipIf(!haveStories)('lora export-onnx: standard export vs lora generate', () => {
+  it('greedy tokens through the exported KV cache equal `lora generate --json` (three prompts)', async () => {
+    const { config, source } = await openLlamaFolder(stories);
+    await source.close();
+    const std = await exportOnnx('stories-generate.onnx', ['--model', stories]);
+    await expectStandardOnly(std.path);
+    let compared = 0;
+    for (const prompt of ['Once upon a time', 'Tom had a red ball', 'The cat was']) {
+      const g = await runCli([
+        'generate',
+        '--model',
+        stories,
+        '--prompt',
+        prompt,
+        '--max-tokens',
+        '8',
+        '--json',
+      ]);
+      expect(g.code, g.stderr).toBe(0);
+      const { tokens, promptTokens } = JSON.parse(g.stdout) as {
+        tokens: number[];
+        promptTokens: number[];
+      };
+      expect(tokens.length).toBeGreaterThan(0);
+      const exported = await greedyExported(std.path, config, promptTokens, tokens.length);
+      expect(exported, prompt).toEqual(tokens);
+      compared += tokens.length;
+    }
+    expect(compared).toBeGreaterThanOrEqual(12);
+  });
+});
+
 describe('lora export-onnx: 4-bit exports need onnxruntime', () => {
   it('--quant without --ops: onnxruntime operators (MatMulNBits), the report says so, onnxruntime runs it', async () => {
     const q = await exportOnnx('syn-int4.onnx', ['--model', synthetic, '--quant', 'int4']);
