@@ -241,7 +241,11 @@ export function assertWrittenBy(
     existing.push(c);
     if (isMarkedKind(c)) mustCarry(c);
     else if (kind === 'missing') {
-      reasons.push(`${c} belongs to no ${output} written by \`lora ${writer}\``);
+      // e.g. model.onnx.data alone: raw bytes that cannot carry a marker (a run killed between
+      // its two renames leaves one; only the user can tell)
+      reasons.push(
+        `${c} belongs to no ${output} written by \`lora ${writer}\` (a run killed midway can leave it alone)`,
+      );
     }
   }
   if (reasons.length === 0) return;
