@@ -154,8 +154,8 @@ export class LowRankMerger {
     return {
       dtype: this.inDtype,
       shape: [...shape],
-      indices: this.indices.slice(0, this.count),
-      bits: this.bits.slice(0, this.count) as UnmergeResidual['bits'],
+      indices: this.indices.subarray(0, this.count),
+      bits: this.bits.subarray(0, this.count) as UnmergeResidual['bits'],
       checksum: this.checksum >>> 0,
     };
   }
@@ -169,7 +169,13 @@ export class LowRankMerger {
     const { positions, count: k } = this.found;
     const need = this.count + k;
     if (need > this.indices.length) {
-      const size = Math.max(need, 2 * this.indices.length, 1 << 12);
+      // Room for the whole weight at the rate seen so far (untouched room costs no memory
+      // until written, while each regrowth touches a fresh copy of what is kept).
+      const estimate = Math.ceil(((need * this.rows) / this.nextRow) * 1.25);
+      const size = Math.min(
+        this.rows * this.cols,
+        Math.max(need, estimate, 2 * this.indices.length),
+      );
       const indices = new Uint32Array(size);
       indices.set(this.indices.subarray(0, this.count));
       const ctor = this.bits.constructor as new (n: number) => typeof this.bits;
