@@ -169,13 +169,14 @@ export interface PrepareOptions {
 const CHUNK_VALUES = 1 << 22;
 
 /**
- * Streams float tensors of a file-backed source as float32 chunks: each chunk is read into one
- * reused buffer and widened into one of two output buffers used in turn (the consumer writes one
- * while the next is filled). The buffers live as long as this object, across tensors.
+ * Streams float tensors of a file-backed source as float32 chunks, through buffers reused for the
+ * whole load (across tensors): an f32 chunk is read into one of two output buffers used in turn
+ * (the consumer writes one while the next is filled); a bf16/f16 chunk is read into one of two raw
+ * buffers, the next chunk's read running while this one is widened into an output buffer.
  */
 export class Float32Chunks {
   private readonly out: Float32Array[] = [];
-  private raw = new Uint16Array(0);
+  private readonly raw: Uint16Array[] = [];
   private turn = 0;
 
   constructor(
@@ -188,25 +189,41 @@ export class Float32Chunks {
     private readonly chunkValues = CHUNK_VALUES,
   ) {}
 
+  private nextOut(n: number): Float32Array {
+    this.turn ^= 1;
+    this.out[this.turn] ??= new Float32Array(this.chunkValues);
+    return this.out[this.turn].subarray(0, n);
+  }
+
   async *of(
     name: string,
     dtype: 'f32' | 'f16' | 'bf16',
     elements: number,
   ): AsyncGenerator<Float32Array> {
     const size = this.chunkValues;
-    for (let at = 0; at < elements; at += size) {
-      const n = Math.min(size, elements - at);
-      this.turn ^= 1;
-      this.out[this.turn] ??= new Float32Array(size);
-      const out = this.out[this.turn].subarray(0, n);
-      if (dtype === 'f32') {
-        await this.readInto(name, at * 4, new Uint8Array(out.buffer, 0, n * 4));
-      } else {
-        if (this.raw.length === 0) this.raw = new Uint16Array(size);
-        const raw = this.raw.subarray(0, n);
-        await this.readInto(name, at * 2, new Uint8Array(raw.buffer, 0, n * 2));
-        widenF32({ dtype, shape: [n], data: raw }, out);
+    const count = Math.ceil(elements / size);
+    if (dtype === 'f32') {
+      for (let k = 0; k < count; k++) {
+        const out = this.nextOut(Math.min(size, elements - k * size));
+        await this.readInto(name, k * size * 4, new Uint8Array(out.buffer, 0, out.byteLength));
+        yield out;
       }
+      return;
+    }
+    const readRaw = (k: number): Promise<Uint16Array> => {
+      this.raw[k & 1] ??= new Uint16Array(size);
+      const raw = this.raw[k & 1].subarray(0, Math.min(size, elements - k * size));
+      const done = this.readInto(name, k * size * 2, new Uint8Array(raw.buffer, 0, raw.byteLength));
+      const ready = done.then(() => raw);
+      ready.catch(() => {}); // awaited below; marked handled in case the consumer stops early
+      return ready;
+    };
+    let pending = count > 0 ? readRaw(0) : undefined;
+    for (let k = 0; k < count; k++) {
+      const raw = await (pending as Promise<Uint16Array>);
+      pending = k + 1 < count ? readRaw(k + 1) : undefined;
+      const out = this.nextOut(raw.length);
+      widenF32({ dtype, shape: [raw.length], data: raw }, out);
       yield out;
     }
   }
