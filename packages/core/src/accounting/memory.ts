@@ -292,8 +292,11 @@ export function planMemory(options: MemoryPlanOptions): MemoryPlan {
       }),
     });
   }
-  // Loading streams the checkpoint one tensor at a time; the largest one in flight is held as
-  // stored (bf16, 2 bytes), widened to f32 and laid out (transposed) in f32: 10 bytes per element.
+  // Loading a float model streams each tensor in chunks through fixed buffers (runtime-onnx's
+  // Float32Chunks: two f32 chunks of 2^22 values and two raw 16-bit ones, 48 MiB), whatever the
+  // model size. Quantizing on load reads a whole tensor instead: the largest one held as stored
+  // (bf16, 2 bytes), widened to f32 and laid out in f32: 10 bytes per element.
+  const streamInFlight = 48 * 2 ** 20;
   const loadInFlight = 10 * Math.max(V * h, largestLinear);
   scenarios.push({
     name: 'generate',
@@ -305,7 +308,7 @@ export function planMemory(options: MemoryPlanOptions): MemoryPlan {
         adapters: T * 4,
         gradients: 0,
         optimizer: 0,
-        activations: runtimeActivations + loadInFlight,
+        activations: runtimeActivations + streamInFlight,
       },
       RUNTIME_BASELINE_BYTES,
     ),
@@ -372,7 +375,7 @@ export function planMemory(options: MemoryPlanOptions): MemoryPlan {
     `Full fine-tuning: mixed-precision AdamW, ${cb} bytes weights + ${cb} bytes gradients + 8 bytes m/v${master ? ' + 4 bytes f32 master weights' : ''} = ${2 * cb + 8 + (master ? 4 : 0)} bytes per parameter.`,
     `Training activations: batch ${batch} x sequence ${seq} = ${tokens} tokens, ${perTokenLayer} ${cd} values per token and layer (${attention === 'eager' ? 'eager attention keeps heads x seq softmax probabilities' : 'memory-efficient attention, no seq x seq scores'}), ${checkpointing ? 'gradient checkpointing ON (layer inputs kept, one layer recomputed at a time)' : 'gradient checkpointing OFF (every layer keeps its activations)'}, plus f32 logits and their gradient (${shape.vocab_size} x 8 bytes per token).`,
     `Inference activations: KV cache for ${tokens} tokens (2 x layers x tokens x ${kvDim} x ${cb} bytes) and the last position's f32 logits; adapters kept unmerged.`,
-    `lora generate (this runtime, CPU): every weight held once in f32 (onnxruntime's CPU MatMul computes in f32; bf16/f16 checkpoints are widened on load)${shape.tie_word_embeddings ? ', the tied lm_head sharing the embedding (no second copy)' : ''}; KV cache in f32 twice (past fed in, present returned); the ${seq}-token prompt prefilled at once (attention scores and probabilities, 3 x intermediate, 4 x hidden f32 values per token); LoRA A/B in f32; while loading, the largest tensor in flight three times (bf16 as stored, f32, f32 transposed); Node.js + onnxruntime ${(RUNTIME_BASELINE_BYTES / 2 ** 20).toFixed(0)} MiB.${quant.format === 'nf4' || quant.format === 'fp4' ? ` With --quant ${quant.format}: decoder linears packed (4 bits) with one f32 absmax per ${quant.blockSize} weights, embedding/lm_head/norms f32, plus one linear dequantized to f32 per call (MatMulBnb4 on CPU).` : ''}`,
+    `lora generate (this runtime, CPU): every weight held once in f32 (onnxruntime's CPU MatMul computes in f32; bf16/f16 checkpoints are widened on load)${shape.tie_word_embeddings ? ', the tied lm_head sharing the embedding (no second copy)' : ''}; KV cache in f32 twice (past fed in, present returned); the ${seq}-token prompt prefilled at once (attention scores and probabilities, 3 x intermediate, 4 x hidden f32 values per token); LoRA A/B in f32; while loading, 48 MiB of chunk buffers each tensor streams through (with --quant, the largest tensor in flight as stored and in f32); Node.js + onnxruntime ${(RUNTIME_BASELINE_BYTES / 2 ** 20).toFixed(0)} MiB.${quant.format === 'nf4' || quant.format === 'fp4' ? ` With --quant ${quant.format}: decoder linears packed (4 bits) with one f32 absmax per ${quant.blockSize} weights, embedding/lm_head/norms f32, plus one linear dequantized to f32 per call (MatMulBnb4 on CPU).` : ''}`,
     'Not counted: CUDA context and allocator fragmentation (often 0.5-2 GB), temporary dequantized weights, framework workspaces. Paged optimizers can move optimizer states to CPU memory under pressure; they are counted here in full.',
   ];
 
