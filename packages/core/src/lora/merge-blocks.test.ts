@@ -3,7 +3,7 @@ import { castFloat, type FloatDType } from '../convert.js';
 import { DTYPES } from '../dtype.js';
 import { createRng } from '../random.js';
 import { f32, type Tensor, tensorBytes } from '../tensor.js';
-import { concatLowRank, type LowRankDelta, lowRankDelta } from './delta.js';
+import { concatLowRank, type LowRankDelta, lowRankDelta, zeroLowRankDelta } from './delta.js';
 import { LowRankMerger, mergeLowRank, unmergeLowRank } from './merge.js';
 import { mergeWasmSwitch } from './merge-wasm.js';
 
@@ -119,5 +119,14 @@ describe('merge in blocks of rows = merge of the whole weight', () => {
     m.mergeRows(new Float32Array(24), new Float32Array(24));
     expect(() => m.residual()).toThrow(/3 of 4 done/);
     expect(() => m.mergeRows(new Float32Array(16), new Float32Array(16))).toThrow(/1 rows left/);
+  });
+
+  it('a weight with no columns merges to an empty tensor and an empty residual', () => {
+    const W = f32([3, 0], []);
+    const r = mergeLowRank(W, zeroLowRankDelta(3, 0), 'f32', { captureResidual: true });
+    expect(r.merged.shape).toEqual([3, 0]);
+    expect(r.merged.data.length).toBe(0);
+    expect(r.residual!.indices.length).toBe(0);
+    expect(r.firstNonFiniteRow).toBe(-1);
   });
 });

@@ -68,8 +68,7 @@ const TILE = 512;
 export class LowRankMerger {
   readonly rows: number;
   readonly cols: number;
-  /** Index of the first row holding a NaN or infinite value so far, or -1. */
-  firstNonFiniteRow = -1;
+  private firstBadRow = -1;
   private nextRow = 0;
   private readonly packed: PackedLowRank;
   private readonly capture: boolean;
@@ -101,9 +100,9 @@ export class LowRankMerger {
     this.bits = bitsView(DTYPES[inDtype].create(0), inDtype);
   }
 
-  /** Rows merged so far (the next block starts there). */
-  get rowsDone(): number {
-    return this.nextRow;
+  /** Index of the first row holding a NaN or infinite value so far, or -1. */
+  get firstNonFiniteRow(): number {
+    return this.firstBadRow;
   }
 
   /**
@@ -114,8 +113,8 @@ export class LowRankMerger {
    */
   mergeRows(w: AnyTypedArray, out: AnyTypedArray): number {
     const { cols } = this;
-    const n = w.length / cols;
     const r0 = this.nextRow;
+    const n = cols === 0 ? this.rows - r0 : w.length / cols; // rows of no columns: all of them
     if (!Number.isInteger(n) || out.length !== w.length || r0 + n > this.rows) {
       throw new CoreError(
         'LORA_SHAPE_MISMATCH',
@@ -134,7 +133,7 @@ export class LowRankMerger {
       this.found.count = 0;
       bad = this.mergeRowsTs(w, r0, out);
     }
-    if (bad >= 0 && this.firstNonFiniteRow < 0) this.firstNonFiniteRow = bad;
+    if (bad >= 0 && this.firstBadRow < 0) this.firstBadRow = bad;
     if (this.capture) {
       this.keepResidual(w, r0 * cols);
       this.checksum = fnv1a16(w, this.checksum);
@@ -167,6 +166,7 @@ export class LowRankMerger {
    */
   private keepResidual(w: AnyTypedArray, first: number): void {
     const { positions, count: k } = this.found;
+    if (k === 0) return;
     const need = this.count + k;
     if (need > this.indices.length) {
       // Room for the whole weight at the rate seen so far (untouched room costs no memory
