@@ -150,7 +150,8 @@ async function catalogOf(
  * rescaled per output row; lora_bias added to the bias; saved modules replace the base's).
  *
  * Safe: names and shapes of every target are checked from the headers BEFORE anything is
- * written; tensors are then streamed one at a time (memory: a few of the largest tensors); a
+ * written; tensors are then streamed one at a time, plain LoRA targets, casts and untouched tensors
+ * in 4 MiB blocks of rows through reused buffers (DoRA, replaced and 4-bit tensors whole); a
  * NaN/Inf result aborts and leaves no output at all (the output is built in a temporary sibling
  * and renamed at the end). The base is only read.
  *

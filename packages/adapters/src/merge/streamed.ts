@@ -22,7 +22,7 @@ import type { TensorPlan } from './plan.js';
 
 /**
  * Bytes per block (input side, and output side): large enough for few system calls, small
- * enough to stay in cache. Tests set it tiny to cross block boundaries on small tensors.
+ * enough to keep memory flat. Tests set it tiny to cross block boundaries on small tensors.
  */
 export const streamBlock = { bytes: 4 << 20 };
 
