@@ -163,7 +163,12 @@ export const loadBench: BenchSection = {
           ['load (loadLlama, to a ready session)', loadSeconds, 's'],
           ['  of which read + widen + lay out + write (last tensor prepared)', prepareSeconds, 's'],
           ['  of which session creation', loadSeconds - prepareSeconds, 's'],
-          ['load rate (checkpoint bytes)', loadGbs, 'GB/s'],
+          ['load rate to a ready session (checkpoint bytes / load)', loadGbs, 'GB/s'],
+          [
+            'weights into the session file (checkpoint bytes / read + widen + write)',
+            fileBytes / 1e9 / prepareSeconds,
+            'GB/s',
+          ],
           ['load vs plain read (fresh buffers)', loadSeconds / readSeconds, 'x'],
           ['load vs plain read (reused buffer)', loadSeconds / streamSeconds, 'x'],
           [
@@ -181,7 +186,7 @@ export const loadBench: BenchSection = {
         notes: [
           `model: random LLaMA, ${config.numLayers} layers, hidden ${config.hiddenSize}, intermediate ${config.intermediateSize}, heads ${config.numHeads}/${config.numKvHeads} kv, vocab ${config.vocabSize}, written once as bf16 safetensors in a temporary folder and removed afterwards`,
           `load: each tensor streamed in 16 MiB chunks through reused buffers, widened to f32 on the way, into the session weight file that onnxruntime maps (pre-packing off; weight file in ${weightFolder}): weights are held once`,
-          `goal load rate >= 1 GB/s of checkpoint: ${loadGbs.toFixed(2)} GB/s: ${loadGbs >= 1 ? 'met' : 'NOT met'}; the plain read of the same bytes ran at ${readGbs.toFixed(2)} GB/s into fresh buffers, ${(fileBytes / 1e9 / streamSeconds).toFixed(2)} GB/s through one reused buffer; writing the ${((params * 4) / 2 ** 30).toFixed(1)} GiB of f32 the session holds, alone, takes ${writeSeconds.toFixed(2)} s here (${(fileBytes / 1e9 / writeSeconds).toFixed(2)} GB/s of checkpoint at best for an f32 session)`,
+          `goal load rate >= 1 GB/s of checkpoint: ${loadGbs.toFixed(2)} GB/s to a ready session: ${loadGbs >= 1 ? 'met' : 'NOT met'}; the weights alone reach the session's weight file at ${(fileBytes / 1e9 / prepareSeconds).toFixed(2)} GB/s (${fileBytes / 1e9 / prepareSeconds >= 1 ? 'met' : 'NOT met'}), onnxruntime's session creation adds ${(loadSeconds - prepareSeconds).toFixed(2)} s; the plain read of the same bytes ran at ${readGbs.toFixed(2)} GB/s into fresh buffers, ${(fileBytes / 1e9 / streamSeconds).toFixed(2)} GB/s through one reused buffer; writing the ${((params * 4) / 2 ** 30).toFixed(1)} GiB of f32 the session holds, alone, takes ${writeSeconds.toFixed(2)} s here (${(fileBytes / 1e9 / writeSeconds).toFixed(2)} GB/s of checkpoint at best for an f32 session)`,
           `goal peak RSS <= 1.3 x the f32 weight bytes: ${peakRatio.toFixed(2)}x: ${peakRatio <= 1.3 ? 'met' : 'NOT met'} (peak includes writing the checkpoint, one tensor at a time, and ${(planned.runtime / MiB).toFixed(0)} MiB of Node.js + onnxruntime)`,
           `lora plan's "lora generate" row vs the measured peak: ${planError >= 0 ? '+' : ''}${(planError * 100).toFixed(0)} %`,
           'machine shared and noisy: times vary between runs, ratios less so',
