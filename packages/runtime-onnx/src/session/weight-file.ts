@@ -112,26 +112,9 @@ export class WeightFile {
    */
   async add(t: Tensor): Promise<void> {
     if (this.offsets.has(t.data)) return;
-    await this.pending;
-    const handle = this.handle;
-    if (!handle)
-      throw new RuntimeError('WEIGHT_FILE', `${this.dir}: the weight file is already closed.`);
-    const start = Math.ceil(this.end / ALIGN) * ALIGN;
-    const padding = start - this.end;
+    const { handle, start } = await this.reserve(t.data.byteLength);
     this.offsets.set(t.data, start);
-    this.end = start + t.data.byteLength;
-    this.pending = (async () => {
-      if (padding > 0) await writeAll(handle, new Uint8Array(padding));
-      await writeAll(handle, tensorBytes(t));
-    })().catch((error) => {
-      throw new RuntimeError(
-        'WEIGHT_FILE',
-        `Cannot write the model's weights to ${this.dir} (${String(error)}); the temporary folder needs room for the weights (set LORA_SESSION_DIR or TMPDIR elsewhere).`,
-        { dir: this.dir },
-      );
-    });
-    // Marked handled here; the error is rethrown by the next add() or close().
-    this.pending.catch(() => {});
+    this.startWrite(handle, tensorBytes(t));
   }
 
   /**
@@ -141,14 +124,12 @@ export class WeightFile {
    */
   async spill<T extends Tensor>(t: T): Promise<T> {
     await this.add(t);
-    const bytes = t.data.byteLength;
-    if (this.zero.byteLength < bytes) this.zero = new ArrayBuffer(Math.max(bytes, MIN_ZERO_BYTES));
     const View = t.data.constructor as new (
       b: ArrayBuffer,
       offset: number,
       length: number,
     ) => T['data'];
-    const data = new View(this.zero, 0, t.data.length);
+    const data = new View(this.zeros(t.data.byteLength), 0, t.data.length);
     this.offsets.set(data, this.offsets.get(t.data) as number);
     return { dtype: t.dtype, shape: t.shape, data } as T;
   }
@@ -165,29 +146,12 @@ export class WeightFile {
     chunks: AsyncIterable<Float32Array>,
   ): Promise<Tensor<'f32'>> {
     const elements = shape.reduce((a, b) => a * b, 1);
-    await this.pending;
-    const handle = this.handle;
-    if (!handle)
-      throw new RuntimeError('WEIGHT_FILE', `${this.dir}: the weight file is already closed.`);
-    const start = Math.ceil(this.end / ALIGN) * ALIGN;
-    const padding = start - this.end;
-    this.end = start + elements * 4;
+    const { handle, start } = await this.reserve(elements * 4);
     let written = 0;
-    const write = (bytes: Uint8Array) => {
-      this.pending = writeAll(handle, bytes).catch((error) => {
-        throw new RuntimeError(
-          'WEIGHT_FILE',
-          `Cannot write the model's weights to ${this.dir} (${String(error)}); the temporary folder needs room for the weights (set LORA_SESSION_DIR or TMPDIR elsewhere).`,
-          { dir: this.dir },
-        );
-      });
-      this.pending.catch(() => {});
-    };
-    if (padding > 0) write(new Uint8Array(padding));
     for await (const chunk of chunks) {
       await this.pending;
       written += chunk.length;
-      write(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+      this.startWrite(handle, new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
     }
     if (written !== elements) {
       await this.pending;
@@ -196,11 +160,46 @@ export class WeightFile {
         `${this.dir}: a streamed tensor of shape [${shape.join(', ')}] delivered ${written} of ${elements} values.`,
       );
     }
-    if (this.zero.byteLength < elements * 4)
-      this.zero = new ArrayBuffer(Math.max(elements * 4, MIN_ZERO_BYTES));
-    const data = new Float32Array(this.zero, 0, elements);
+    const data = new Float32Array(this.zeros(elements * 4), 0, elements);
     this.offsets.set(data, start);
     return tensor('f32', [...shape], data);
+  }
+
+  /**
+   * Waits for the write in flight, then reserves `byteLength` bytes at the next page-aligned
+   * offset (starting the padding's write) and returns where they start.
+   */
+  private async reserve(byteLength: number): Promise<{ handle: FileHandle; start: number }> {
+    await this.pending;
+    const handle = this.handle;
+    if (!handle)
+      throw new RuntimeError('WEIGHT_FILE', `${this.dir}: the weight file is already closed.`);
+    const start = Math.ceil(this.end / ALIGN) * ALIGN;
+    if (start > this.end) this.startWrite(handle, new Uint8Array(start - this.end));
+    this.end = start + byteLength;
+    return { handle, start };
+  }
+
+  /** Starts writing `bytes` once the write in flight is done; its error surfaces at the next wait. */
+  private startWrite(handle: FileHandle, bytes: Uint8Array): void {
+    this.pending = this.pending
+      .then(() => writeAll(handle, bytes))
+      .catch((error) => {
+        if (error instanceof RuntimeError) throw error;
+        throw new RuntimeError(
+          'WEIGHT_FILE',
+          `Cannot write the model's weights to ${this.dir} (${String(error)}); the temporary folder needs room for the weights (set LORA_SESSION_DIR or TMPDIR elsewhere).`,
+          { dir: this.dir },
+        );
+      });
+    // Marked handled here; the error is rethrown by the next wait (add, spillChunks, close).
+    this.pending.catch(() => {});
+  }
+
+  /** A buffer of at least `bytes` zeros that is never written: stand-ins view it, no memory used. */
+  private zeros(bytes: number): ArrayBuffer {
+    if (this.zero.byteLength < bytes) this.zero = new ArrayBuffer(Math.max(bytes, MIN_ZERO_BYTES));
+    return this.zero;
   }
 
   /** Where a tensor (or its stand-in) sits in the file, or undefined if it was not added. */
