@@ -5,7 +5,9 @@ import { type Adapter, type LoraModule, mergeIntoModel } from '@lora/adapters';
 import {
   createLoraConfig,
   f32ToF16Array,
+  type SafetensorsEntry,
   SafetensorsFile,
+  type TensorToWrite,
   tensor,
   writeSafetensors,
 } from '@lora/core';
@@ -93,59 +95,49 @@ export const mergeBench: BenchSection = {
         };
 
         let n = 0;
+        /** Copies the base file, each tensor's data given by `data` (read as the copy chooses). */
+        const copyWith =
+          (
+            data: (
+              f: SafetensorsFile,
+              name: string,
+              e: SafetensorsEntry,
+            ) => Omit<TensorToWrite, 'name'>,
+          ) =>
+          async () => {
+            const f = await SafetensorsFile.open(basePath);
+            try {
+              const out = join(dir, `copy-${n++}.safetensors`);
+              await writeSafetensors(
+                out,
+                f.names().map((name) => ({ name, ...data(f, name, f.entry(name)) })),
+              );
+              await rm(out);
+            } finally {
+              await f.close();
+            }
+          };
         // Plain copy: each tensor read whole into a fresh buffer (SafetensorsFile.read), then
         // written (writeSafetensors).
-        const copy = async () => {
-          const f = await SafetensorsFile.open(basePath);
-          try {
-            const out = join(dir, `copy-${n++}.safetensors`);
-            await writeSafetensors(
-              out,
-              f.names().map((name) => {
-                const e = f.entry(name);
-                return {
-                  name,
-                  dtype: e.dtype,
-                  shape: e.shape,
-                  data: async () => (await f.read(name)).data,
-                };
-              }),
-            );
-            await rm(out);
-          } finally {
-            await f.close();
-          }
-        };
+        const copy = copyWith((f, name, e) => ({
+          dtype: e.dtype,
+          shape: e.shape,
+          data: async () => (await f.read(name)).data,
+        }));
         // Streamed copy: the merge's own I/O pattern, each tensor read in 4 MiB pieces into one
         // reused buffer (SafetensorsFile.readInto), each piece written before the next is read.
         const block = new Uint8Array(4 << 20);
-        const streamedCopy = async () => {
-          const f = await SafetensorsFile.open(basePath);
-          try {
-            const out = join(dir, `copy-${n++}.safetensors`);
-            await writeSafetensors(
-              out,
-              f.names().map((name) => {
-                const e = f.entry(name);
-                return {
-                  name,
-                  dtype: 'u8' as const,
-                  shape: [e.byteLength],
-                  data: async function* () {
-                    for (let at = 0; at < e.byteLength; at += block.length) {
-                      const piece = block.subarray(0, Math.min(block.length, e.byteLength - at));
-                      await f.readInto(name, at, piece);
-                      yield piece;
-                    }
-                  },
-                };
-              }),
-            );
-            await rm(out);
-          } finally {
-            await f.close();
-          }
-        };
+        const streamedCopy = copyWith((f, name, e) => ({
+          dtype: 'u8' as const,
+          shape: [e.byteLength],
+          data: async function* () {
+            for (let at = 0; at < e.byteLength; at += block.length) {
+              const piece = block.subarray(0, Math.min(block.length, e.byteLength - at));
+              await f.readInto(name, at, piece);
+              yield piece;
+            }
+          },
+        }));
         const merge = (residual: boolean) => async () => {
           const out = join(dir, `merged-${n++}.safetensors`);
           await mergeIntoModel(basePath, [{ adapter }], out, { residual });
