@@ -6,6 +6,7 @@ import { llamaWeightSpec, loadLlama, parseLlamaConfig } from '@lora/runtime-onnx
 import { WeightFile } from '@lora/runtime-onnx/internal';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { runCli } from '../src/test-utils/run-cli.js';
+import { xorshiftValues } from '../src/synthetic-values.js';
 
 /**
  * `lora plan`'s "lora generate" row against what the runtime really holds for a tied lm_head.
@@ -53,11 +54,11 @@ async function modelFolder(tied: boolean): Promise<string> {
       dtype: 'f32' as const,
       shape,
       data: () => {
-        const values = new Float32Array(shape.reduce((a, b) => a * b, 1));
-        for (let i = 0; i < values.length; i++) {
-          seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
-          values[i] = (seed / 2 ** 32 - 0.5) * 0.1;
-        }
+        const values = xorshiftValues(
+          shape.reduce((a, b) => a * b, 1),
+          seed++,
+          0.1,
+        );
         return values;
       },
     })),

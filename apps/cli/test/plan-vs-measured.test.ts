@@ -5,6 +5,7 @@ import { fromFloat32Array, writeSafetensors } from '@lora/core';
 import { llamaWeightSpec, parseLlamaConfig } from '@lora/runtime-onnx';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../src/test-utils/run-cli.js';
+import { xorshiftValues } from '../src/synthetic-values.js';
 import { cliBuilt, runCliChild } from './helpers/child-cli.js';
 
 /**
@@ -36,11 +37,11 @@ describe.skipIf(!cliBuilt)('lora plan vs what lora generate uses', () => {
         dtype: 'bf16' as const,
         shape,
         data: () => {
-          const values = new Float32Array(shape.reduce((a, b) => a * b, 1));
-          for (let i = 0; i < values.length; i++) {
-            seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
-            values[i] = (seed / 2 ** 32 - 0.5) * 0.1;
-          }
+          const values = xorshiftValues(
+            shape.reduce((a, b) => a * b, 1),
+            seed++,
+            0.1,
+          );
           return fromFloat32Array(values, 'bf16');
         },
       })),
