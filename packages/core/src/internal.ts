@@ -13,6 +13,7 @@ export * from './io/json-file.js';
 export * from './io/fs-errors.js';
 export * from './io/output-guard.js';
 export * from './io/output-marker.js';
+export * from './io/read-lines.js';
 export * from './io/temporaries.js';
 export * from './safetensors/header.js';
 export * from './safetensors/reader.js';

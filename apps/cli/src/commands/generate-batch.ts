@@ -1,10 +1,10 @@
 import { existsSync } from 'node:fs';
 import { isLoraError, openRegularFile, parseJsonText } from '@lora/core';
+import { readLines } from '@lora/core/internal';
 import type { GenerationTimings } from '@lora/runtime-onnx';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { log, parsePositiveInt } from '../output.js';
-import { readLines } from '../read-lines.js';
 import type { GenerateCommandOptions } from './generate.js';
 import {
   type AdapterSet,
@@ -88,7 +88,8 @@ export interface BatchRow {
 /**
  * The rows of a `--batch` input (`-` = standard input), parsed one line at a time as the
  * consumer asks for them; blank lines are skipped. Rows without `adapter` use `defaults`. A bad
- * line throws a usage error naming it (after the rows before it were yielded).
+ * line throws a usage error naming it (a line over {@link MAX_BATCH_LINE_BYTES}: core's
+ * `LINE_TOO_LONG`), after the rows before it were yielded.
  */
 export async function* readBatchRows(
   source: string,

@@ -1,13 +1,18 @@
 import { describe, expect, it } from 'vitest';
+import { CoreError } from '../errors.js';
 import { readLines } from './read-lines.js';
 
-/** A byte source that yields `chunks` one by one and records how many were pulled. */
+/** A byte source that yields `chunks` one by one and records how many were pulled and whether it was closed. */
 function source(chunks: (string | Uint8Array)[]) {
-  const state = { pulled: 0 };
+  const state = { pulled: 0, closed: false };
   async function* gen() {
-    for (const c of chunks) {
-      state.pulled++;
-      yield c;
+    try {
+      for (const c of chunks) {
+        state.pulled++;
+        yield c;
+      }
+    } finally {
+      state.closed = true;
     }
   }
   return { input: gen(), state };
@@ -51,11 +56,28 @@ describe('readLines', () => {
 
   it('refuses a line longer than the limit, naming it, before reading it to its end', async () => {
     const { input, state } = source(['ok\n', 'x'.repeat(6), 'x'.repeat(6), 'x'.repeat(6), '\n']);
-    await expect(all(input, 10)).rejects.toThrow(
-      /^in\.jsonl:2: line longer than 10 bytes \(the limit for one line\)/,
-    );
+    const error = await all(input, 10).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(CoreError);
+    expect(error).toMatchObject({
+      code: 'LINE_TOO_LONG',
+      message: expect.stringMatching(
+        /^in\.jsonl:2: line longer than 10 bytes \(the limit for one line\)/,
+      ),
+      details: { source: 'in.jsonl', line: 2, maxLineBytes: 10 },
+    });
     expect(state.pulled).toBe(3); // 12 bytes of line 2 seen: the rest of it was never pulled
+    expect(state.closed).toBe(true);
     // exactly at the limit is accepted
     expect(await all(source(['0123456789\n']).input, 10)).toEqual([[1, '0123456789']]);
+    // the limit counts bytes, not characters: 6 x "é" is 12 bytes
+    await expect(all(source(['éééééé\n']).input, 10)).rejects.toThrow(/^in\.jsonl:1: /);
+  });
+
+  it('ends lines at \n only: a lone \r is text (JSON Lines), invalid UTF-8 decodes to U+FFFD', async () => {
+    const bytes = Uint8Array.from([0x61, 0x0d, 0x62, 0x0a, 0xff, 0x63, 0x0a]);
+    expect(await all(source([bytes]).input)).toEqual([
+      [1, 'a\rb'],
+      [2, '\uFFFDc'],
+    ]);
   });
 });
