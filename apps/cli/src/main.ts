@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { commands } from './commands/index.js';
 import { UsageError } from './errors.js';
 import { releaseOutputs } from './output.js';
+import { StdoutClosed, watchStdout } from './stdout.js';
 import { VERSION } from './version.js';
 
 export { installSignalCleanup } from './signals.js';
@@ -30,16 +31,21 @@ export async function run(argv: readonly string[]): Promise<number> {
       command.option('--verbose', 'on errors, also print the stack trace');
   }
   const verbose = argv.includes('--verbose');
+  // The reader of stdout going away (`| head`) ends the command quietly (see stdout.ts).
+  const stdout = watchStdout();
+  let code = 0;
   try {
     // Temporaries of earlier runs that were killed (SIGKILL, power loss) are removed first.
     removeStaleTemporaries();
     await program.parseAsync(argv, { from: 'user' });
-    return 0;
   } catch (e) {
-    return reportError(e, verbose);
+    // StdoutClosed unwound the command: its own finally blocks removed its temporaries.
+    if (!(e instanceof StdoutClosed)) code = reportError(e, verbose);
   } finally {
     releaseOutputs();
   }
+  const writeError = await stdout.end();
+  return writeError && code === 0 ? reportError(writeError, verbose) : code;
 }
 
 function reportError(e: unknown, verbose: boolean): number {

@@ -1,6 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { guardOutput } from '@lora/core';
 import { UsageError } from './errors.js';
+import { writeStdout } from './stdout.js';
 
 /** Options every command accepts. */
 export interface CommonOptions {
@@ -12,8 +13,8 @@ export interface CommonOptions {
 
 /** Prints either the human text or one JSON document on stdout. */
 export function emit(options: CommonOptions, json: unknown, human: () => string): void {
-  if (options.json) process.stdout.write(`${JSON.stringify(json, jsonReplacer, 2)}\n`);
-  else process.stdout.write(`${human()}\n`);
+  if (options.json) writeStdout(`${JSON.stringify(json, jsonReplacer, 2)}\n`);
+  else writeStdout(`${human()}\n`);
 }
 
 function jsonReplacer(_key: string, value: unknown): unknown {

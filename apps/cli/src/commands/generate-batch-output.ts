@@ -1,4 +1,5 @@
 import type { GenerationOutput, GenerationTimings } from '@lora/runtime-onnx';
+import { writeStdout } from '../stdout.js';
 import type { GenerateCommandOptions } from './generate.js';
 import { adapterSetLabel } from './generate-adapters.js';
 import type { BatchRow } from './generate-batch.js';
@@ -25,32 +26,7 @@ export function createBatchWriter(options: GenerateCommandOptions): BatchWriter 
   return humanWriter(options.echo);
 }
 
-const write = (text: string) => process.stdout.write(text);
-
-/**
- * Watches stdout while a batch runs: when its reader goes away (EPIPE, e.g. `| head -n 5`),
- * `closed` turns true so that the run stops instead of generating rows nobody reads; another
- * write error is kept in `error`.
- */
-export function watchStdout(): { readonly closed: boolean; readonly error?: Error; stop(): void } {
-  let closed = false;
-  let error: Error | undefined;
-  const onError = (e: NodeJS.ErrnoException) => {
-    closed = true;
-    if (e.code !== 'EPIPE') error ??= e;
-  };
-  process.stdout.on('error', onError);
-  return {
-    get closed() {
-      return closed;
-    },
-    get error() {
-      return error;
-    },
-    // write errors are emitted on the next tick: keep listening until those have passed
-    stop: () => setImmediate(() => process.stdout.off('error', onError)),
-  };
-}
+const write = writeStdout;
 
 function humanWriter(echo: boolean): BatchWriter {
   let rows = 0;

@@ -5,6 +5,7 @@ import type { GenerationTimings } from '@lora/runtime-onnx';
 import type { Command } from 'commander';
 import { UsageError } from '../errors.js';
 import { log, parsePositiveInt } from '../output.js';
+import { stdoutClosed } from '../stdout.js';
 import type { GenerateCommandOptions } from './generate.js';
 import {
   type AdapterSet,
@@ -12,7 +13,7 @@ import {
   adapterSetLabel,
   LoadedAdapters,
 } from './generate-adapters.js';
-import { createBatchWriter, watchStdout } from './generate-batch-output.js';
+import { createBatchWriter } from './generate-batch-output.js';
 import { type OpenedModel, openModel, PromptError } from './generate-model.js';
 
 /**
@@ -145,7 +146,6 @@ export async function runBatch(options: GenerateCommandOptions): Promise<void> {
   await loaded.add(defaults);
   const input = new GroupReader(readBatchRows(options.batch!, defaults), loaded, options);
   const writer = createBatchWriter(options);
-  const stdout = watchStdout();
   let sets: AdapterSet[] = [];
   const total: GenerationTimings = {
     prefillMs: 0,
@@ -186,16 +186,15 @@ export async function runBatch(options: GenerateCommandOptions): Promise<void> {
         break;
       }
       // Nobody reads the results any more (`| head`): stop quietly.
-      if (stdout.closed) break;
+      if (stdoutClosed()) break;
     }
   } catch (e) {
     stop = e;
   } finally {
     await opened?.release();
-    stdout.stop();
   }
-  if (stdout.error) throw stdout.error;
-  if (stdout.closed) return;
+  // Stdout closed: the run ends quietly, or with its write error (main.ts, stdout.ts).
+  if (stdoutClosed()) return;
   stop ??= input.error;
   total.tokensPerSecond = total.decodeTokens > 0 ? total.decodeTokens / (total.decodeMs / 1000) : 0;
   // Results so far stay valid output (a closed JSON document) also when a line stopped the run.

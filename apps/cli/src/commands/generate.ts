@@ -7,6 +7,7 @@ import { type CommonOptions, emit, log, parseNumber, parsePositiveInt } from '..
 import { readPrompt } from '../prompt-input.js';
 import { parseQuantFlag, QUANT_FORMAT_LIST } from '../quant-formats.js';
 import { resolveModelOrBundled } from '../model-source.js';
+import { writeStdout } from '../stdout.js';
 // LoRA flags (--adapter, --merged) live in generate-adapters.ts, --batch in generate-batch.ts.
 import { type AdapterOptions, addAdapterOptions, LoadedAdapters } from './generate-adapters.js';
 import { addBatchOptions, type BatchOptions, runBatch } from './generate-batch.js';
@@ -115,7 +116,7 @@ async function runGenerate(options: GenerateCommandOptions): Promise<void> {
   // The prompt is echoed with the first token, so a refused run prints only its error.
   let echo = streaming && options.echo;
   const echoPrompt = () => {
-    if (echo) process.stdout.write(prompt);
+    if (echo) writeStdout(prompt);
     echo = false;
   };
   try {
@@ -126,7 +127,7 @@ async function runGenerate(options: GenerateCommandOptions): Promise<void> {
       streaming
         ? (e) => {
             echoPrompt();
-            if (e.text) process.stdout.write(e.text);
+            if (e.text) writeStdout(e.text);
           }
         : undefined,
     );
@@ -137,7 +138,7 @@ async function runGenerate(options: GenerateCommandOptions): Promise<void> {
   const { timings } = result;
   const out = result.outputs[0];
   if (streaming) {
-    process.stdout.write('\n');
+    writeStdout('\n');
     log(
       options,
       `[${out.tokens.length} tokens, finish: ${out.finishReason}; prompt ${out.promptTokens.length} tokens in ${timings.prefillMs.toFixed(1)} ms, ` +
