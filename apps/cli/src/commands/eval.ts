@@ -26,7 +26,7 @@ export function registerEval(program: Command): void {
     .option('--adapter <dir>', 'PEFT adapter folder to evaluate with')
     .option(
       '--data <file>',
-      'JSONL rows: {"text"}, {"prompt","completion"} or {"input_ids","labels"}',
+      'JSONL rows: {"text"}, {"prompt","completion"} or {"input_ids","labels"} (at most 16 MiB a line)',
     )
     .option('--batch-size <n>', 'rows per forward pass', parsePositiveInt('batch-size'), 8)
     .option('--seq-len <t>', 'keep the first T tokens of each row', parsePositiveInt('seq-len'))

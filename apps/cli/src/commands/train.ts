@@ -106,7 +106,7 @@ export function registerTrain(program: Command): void {
     .option('--model <dir>', 'model folder (config.json, safetensors, tokenizer.json)')
     .option(
       '--data <file>',
-      'training data, JSONL: {"text"}, {"prompt","completion"} or {"input_ids","labels"} per line',
+      'training data, JSONL: {"text"}, {"prompt","completion"} or {"input_ids","labels"} per line (at most 16 MiB a line)',
     )
     .option('-o, --output <dir>', 'output folder: the PEFT adapter, or the model for --method full')
     .option('--method <m>', 'lora, qlora (4-bit base) or full', oneOf('method', METHODS), 'lora')
@@ -201,7 +201,7 @@ export function registerTrain(program: Command): void {
     .option('--resume', 'continue from <output>.checkpoint (same flags as the interrupted run)')
     .option(
       '--eval-data <file>',
-      'held-out JSONL: loss and perplexity at --eval-every and at the end',
+      'held-out JSONL (rows as --data): loss and perplexity at --eval-every and at the end',
     )
     .option('--eval-every <n>', 'evaluate every N steps', parsePositiveInt('eval-every'))
     .option(
