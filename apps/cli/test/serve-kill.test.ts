@@ -421,7 +421,9 @@ describe.skipIf(!cliBuilt || !hasProc)('lora serve killed while it loads adapter
     expect(loaded.status, JSON.stringify(loaded.json)).toBe(200);
     expect(loaded.json.loaded).toBe(true);
     expect(result.code, result.stderr).toBe(0);
-    expect(result.stderr).toMatch(/SIGTERM: no new requests[\s\S]*stopped/);
+    expect(result.stderr).toMatch(
+      /SIGTERM: no new requests; finishing 0 completions \(at most 10 s\) and 1 adapter load\n[\s\S]*stopped/,
+    );
     expect(listTree(tmp)).toEqual(['.lora-temporaries/']);
     expect(readdirSync(cwd)).toEqual([]);
     expect(leftoversOf(s.pid, tmp)).toEqual([]);

@@ -274,6 +274,19 @@ describe('models and adapters', () => {
     expect(good.choices[0].text).toBe(references.get('a7')![0].text);
   });
 
+  it('adapterLoadsInFlight counts the loads in progress, until each succeeds or fails', async () => {
+    const { service } = server;
+    expect(service.adapterLoadsInFlight).toBe(0);
+    const ok = service.loadAdapter('a3');
+    const bad = service.loadAdapter('broken');
+    expect(service.adapterLoadsInFlight).toBe(2);
+    expect(service.inFlight).toBe(0); // loads are not completions
+    const [loaded, failed] = await Promise.allSettled([ok, bad]);
+    expect(loaded.status).toBe('fulfilled');
+    expect(failed.status).toBe('rejected');
+    expect(service.adapterLoadsInFlight).toBe(0);
+  });
+
   it('adapter names cannot leave the folder', async () => {
     for (const model of ['../tiny-model', '/etc', 'escape', '..']) {
       const r = await post(server.url, '/v1/completions', { model, prompt: 'x', max_tokens: 2 });

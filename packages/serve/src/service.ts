@@ -140,6 +140,7 @@ export class CompletionService {
   readonly #maxLoaded: number;
   readonly #pinned: Set<string>;
   #inFlight = 0;
+  #adapterLoads = 0;
   #waitingForSlot = 0;
   #evictions = 0;
   readonly #idleWaiters = new Set<() => void>();
@@ -291,8 +292,22 @@ export class CompletionService {
     return this.#inFlight;
   }
 
+  /** Adapter loads ({@link loadAdapter}, `POST /v1/adapters`) in progress. */
+  get adapterLoadsInFlight(): number {
+    return this.#adapterLoads;
+  }
+
   /** Loads an adapter into memory (and checks it fits the graph); `pin` keeps it from eviction. */
   async loadAdapter(name: string, options: { pin?: boolean } = {}): Promise<void> {
+    this.#adapterLoads++;
+    try {
+      await this.#loadAdapter(name, options);
+    } finally {
+      this.#adapterLoads--;
+    }
+  }
+
+  async #loadAdapter(name: string, options: { pin?: boolean }): Promise<void> {
     this.#requireAdapters();
     this.#folder!.path(name);
     try {

@@ -152,8 +152,11 @@ async function runServe(options: ServeCommandOptions): Promise<void> {
   await new Promise<void>((resolve) => {
     for (const s of signals) {
       process.once(s, () => {
+        // What the drain waits for: completions (bounded by the grace period) and adapter loads.
+        const completions = count(service.inFlight, 'completion');
+        const loads = count(service.adapterLoadsInFlight, 'adapter load');
         say(
-          `${s}: no new requests; finishing ${service.inFlight} in flight (at most ${GRACE_MS / 1000} s)`,
+          `${s}: no new requests; finishing ${completions} (at most ${GRACE_MS / 1000} s) and ${loads}`,
         );
         resolve();
       });
@@ -165,6 +168,11 @@ async function runServe(options: ServeCommandOptions): Promise<void> {
     for (const listener of listeners) process.on(s, listener as () => void);
   }
   say('stopped');
+}
+
+/** `1 completion`, `2 completions`. */
+function count(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? '' : 's'}`;
 }
 
 function parsePort(value: string): number {
