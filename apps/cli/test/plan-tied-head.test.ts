@@ -1,12 +1,11 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { writeSafetensors } from '@lora/core';
-import { llamaWeightSpec, loadLlama, parseLlamaConfig } from '@lora/runtime-onnx';
+import { loadLlama } from '@lora/runtime-onnx';
 import { WeightFile } from '@lora/runtime-onnx/internal';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { runCli } from '../src/test-utils/run-cli.js';
-import { xorshiftValues } from '../src/synthetic-values.js';
+import { writeRandomLlamaFolder } from '../src/test-utils/synthetic-model.js';
 
 /**
  * `lora plan`'s "lora generate" row against what the runtime really holds for a tied lm_head.
@@ -44,25 +43,7 @@ afterEach(() => {
 async function modelFolder(tied: boolean): Promise<string> {
   const config = { ...BASE, tie_word_embeddings: tied };
   const dir = join(work, tied ? 'tied' : 'untied');
-  await mkdir(dir, { recursive: true });
-  await writeFile(join(dir, 'config.json'), JSON.stringify(config));
-  let seed = tied ? 3 : 5;
-  await writeSafetensors(
-    join(dir, 'model.safetensors'),
-    llamaWeightSpec(parseLlamaConfig(config)).map(({ name, shape }) => ({
-      name,
-      dtype: 'f32' as const,
-      shape,
-      data: () => {
-        const values = xorshiftValues(
-          shape.reduce((a, b) => a * b, 1),
-          seed++,
-          0.1,
-        );
-        return values;
-      },
-    })),
-  );
+  await writeRandomLlamaFolder(dir, config, 'f32', tied ? 3 : 5);
   return dir;
 }
 

@@ -1,11 +1,9 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fromFloat32Array, writeSafetensors } from '@lora/core';
-import { llamaWeightSpec, parseLlamaConfig } from '@lora/runtime-onnx';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../src/test-utils/run-cli.js';
-import { xorshiftValues } from '../src/synthetic-values.js';
+import { writeRandomLlamaFolder } from '../src/test-utils/synthetic-model.js';
 import { cliBuilt, runCliChild } from './helpers/child-cli.js';
 
 /**
@@ -27,25 +25,7 @@ describe.skipIf(!cliBuilt)('lora plan vs what lora generate uses', () => {
   let dir: string;
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'lora-plan-rss-'));
-    await writeFile(join(dir, 'config.json'), JSON.stringify(CONFIG));
-    let seed = 7;
-    const spec = llamaWeightSpec(parseLlamaConfig(CONFIG));
-    await writeSafetensors(
-      join(dir, 'model.safetensors'),
-      spec.map(({ name, shape }) => ({
-        name,
-        dtype: 'bf16' as const,
-        shape,
-        data: () => {
-          const values = xorshiftValues(
-            shape.reduce((a, b) => a * b, 1),
-            seed++,
-            0.1,
-          );
-          return fromFloat32Array(values, 'bf16');
-        },
-      })),
-    );
+    await writeRandomLlamaFolder(dir, CONFIG, 'bf16', 7);
     // Reports the child's peak resident memory when it exits.
     await writeFile(
       join(dir, 'peak.mjs'),

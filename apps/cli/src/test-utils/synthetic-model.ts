@@ -3,7 +3,8 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { type Adapter, savePeftAdapter } from '@lora/adapters';
-import { createLoraConfig, tensor, writeSafetensors } from '@lora/core';
+import { createLoraConfig, fromFloat32Array, tensor, writeSafetensors } from '@lora/core';
+import { llamaWeightSpec, parseLlamaConfig } from '@lora/runtime-onnx';
 import { xorshiftValues } from '../synthetic-values.js';
 
 /** SHA-256 of every file below `path` (or of the file itself), keyed by relative path. */
@@ -109,4 +110,36 @@ export async function writeSyntheticAdapter(dir: string, seed = 1): Promise<void
     modulesToSave: new Map(),
   };
   await savePeftAdapter(dir, adapter);
+}
+
+/**
+ * Writes a LLaMA folder for `configJson` (config.json + model.safetensors) with every tensor the
+ * config implies filled with xorshift values in [-0.05, 0.05), stored as `dtype`; tensors are
+ * produced one at a time while the file is written.
+ */
+export async function writeRandomLlamaFolder(
+  dir: string,
+  configJson: Record<string, unknown>,
+  dtype: 'f32' | 'bf16',
+  seed: number,
+): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, 'config.json'), JSON.stringify(configJson));
+  let s = seed;
+  await writeSafetensors(
+    join(dir, 'model.safetensors'),
+    llamaWeightSpec(parseLlamaConfig(configJson)).map(({ name, shape }) => ({
+      name,
+      dtype,
+      shape,
+      data: () => {
+        const values = xorshiftValues(
+          shape.reduce((a, b) => a * b, 1),
+          s++,
+          0.1,
+        );
+        return dtype === 'f32' ? values : fromFloat32Array(values, dtype);
+      },
+    })),
+  );
 }
